@@ -1,0 +1,1 @@
+"""imagen-bench: prompt suites, grids, generation, metrics and the result store around the Imagen model."""

@@ -1,0 +1,79 @@
+"""The `imagen-bench` command: one entry point, one module per group of subcommands.
+
+Each module in this package defines `register(subparsers)`, which adds its subcommands and sets `func` on each;
+`func(args) -> int` does the work. A `UserError` anywhere becomes one line on stderr and exit status 2.
+This package is the top floor: nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from imagen.errors import UserError
+
+# Subcommand groups, in the order `--help` lists them. A module that fails to import (a missing optional
+# dependency) only disables its own commands.
+GROUPS = ("model", "sample", "data", "train", "metrics", "grid", "drawbench")
+
+EPILOG = """examples:
+  imagen-bench quickstart                              # the main job: a grid on the shipped model, with a report
+  imagen-bench model info --preset paper               # stage resolutions and parameter counts
+  imagen-bench sample --preset tiny --prompt "a red circle" --guidance 3 --threshold dynamic:0.995 --out a.png
+  imagen-bench <command> --help                        # every command has its own examples
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps hand-written examples as they are and shows defaults."""
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """The shared --data-dir option (DrawBench prompts, COCO captions); defaults to $IMAGEN_BENCH_DATA."""
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("IMAGEN_BENCH_DATA"),
+        help="folder holding drawbench/prompts.csv and coco/ (default: $IMAGEN_BENCH_DATA)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagen-bench",
+        description="Imagen text-to-image diffusion: train, sample, and benchmark (FID, CLIP score, DrawBench).",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        try:
+            module = importlib.import_module(f"bench.cli.{group}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("bench.cli."):
+                continue  # group not written yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"imagen-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imagen-bench: interrupted; completed work is kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

