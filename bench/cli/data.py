@@ -1,0 +1,233 @@
+"""`imagen-bench data shapes` (write a captioned shapes dataset) and `imagen-bench eval shapes` (caption alignment
+of a model on held-out shapes captions, scored by imagen.shapes_scorer)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from imagen.errors import UserError
+
+CSV_NAME = "captions.csv"
+
+
+# ----------------------------------------------------------------------------- data shapes
+
+
+def write_shapes(out: Path, n: int, size: int, seed: int, split: str, overwrite: bool = False,
+                 progress: bool = False) -> Path:
+    """Render n items of ShapesWorld(seed, split) as PNGs + captions.csv into `out`, atomically: everything is
+    written into a temp folder beside `out`, which is renamed to `out` only when complete."""
+    from PIL import Image
+
+    from imagen.shapes import FACT_COLUMNS, ShapesWorld, facts_to_row, render
+
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    if not 8 <= size <= 4096:
+        raise UserError(f"--size must be between 8 and 4096 pixels, got {size}")
+    world = ShapesWorld(seed, split)  # an unknown split is a UserError
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} already exists and is not empty; choose another folder or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        rows = []
+        items = range(n)
+        if progress:
+            from tqdm.auto import tqdm
+
+            items = tqdm(items, desc="shapes", unit="img")
+        width = max(6, len(str(n - 1)))
+        for i in items:
+            scene, text, facts = world.item(i)
+            name = f"{i:0{width}d}.png"
+            Image.fromarray(render(scene, size), mode="RGB").save(tmp / name)
+            rows.append({"file": name, "caption": text, **facts_to_row(facts)})
+        with open(tmp / CSV_NAME, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["file", "caption", *FACT_COLUMNS])
+            writer.writeheader()
+            writer.writerows(rows)
+        if out.exists():  # --overwrite: move the old folder aside, then put the new one in place
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _data_shapes(args: argparse.Namespace) -> int:
+    out = write_shapes(Path(args.out), args.n, args.size, args.seed, args.split, args.overwrite, progress=True)
+    if args.json:
+        print(json.dumps({"out": str(out), "n": args.n, "size": args.size, "seed": args.seed, "split": args.split,
+                          "captions": str(out / CSV_NAME)}))
+    else:
+        print(f"wrote {args.n} images ({args.size}px, split {args.split}, seed {args.seed}) and {CSV_NAME} to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval shapes
+
+
+def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: int | None, threshold: str | None,
+                    sampler: str | None, batch_size: int, progress: bool = False) -> list[dict]:
+    """For each guidance weight: n held-out captions sampled with seeds seed+i (the same prompts and seeds at
+    every weight), scored by the shapes scorer. Returns [{"guidance", "n", "accuracy", "by_category"}]."""
+    from bench.metrics.alignment import accuracy_dict, alignment
+    from imagen.config import SamplerConfig
+    from imagen.shapes import held_out_captions
+
+    captions = held_out_captions(n, seed)
+    prompts = [c for c, _, _ in captions]
+    facts = [f for _, f, _ in captions]
+    seeds = [seed + i for i in range(n)]
+    defaults = SamplerConfig()
+    results = []
+    for g in guidances:
+        cfg = SamplerConfig(sampler=sampler or defaults.sampler, steps=steps or defaults.steps, guidance=(float(g),),
+                            threshold=threshold or defaults.threshold)
+        images = pipeline.generate(prompts, seeds, cfg, batch_size=batch_size, progress=progress)
+        res = alignment(images, facts)
+        results.append({
+            "guidance": float(g), "n": n, "accuracy": accuracy_dict(res.accuracy),
+            "by_category": {cat: accuracy_dict(acc) for cat, acc in res.by_category.items()},
+        })
+    return results
+
+
+def _table(results: list[dict]) -> str:
+    from imagen.shapes_scorer import FACT_TYPES
+
+    cols = [t for t in (*FACT_TYPES, "overall") if any(t in r["accuracy"] for r in results)]
+    lines = [f"{'guidance':>8}  {'n':>5}  " + "  ".join(f"{c:>8}" for c in cols)]
+    for r in results:
+        acc = r["accuracy"]
+        lines.append(f"{r['guidance']:>8g}  {r['n']:>5d}  "
+                     + "  ".join(f"{acc[c]:>8.3f}" if c in acc else f"{'-':>8}" for c in cols))
+    lines.append("")
+    lines.append("overall accuracy by category:")
+    cats = sorted({c for r in results for c in r["by_category"]})
+    lines.append(f"{'guidance':>8}  " + "  ".join(f"{c:>12}" for c in cats))
+    for r in results:
+        lines.append(f"{r['guidance']:>8g}  " + "  ".join(
+            f"{r['by_category'][c]['overall']:>12.3f}" if c in r["by_category"] else f"{'-':>12}" for c in cats))
+    return "\n".join(lines)
+
+
+def _eval_shapes(args: argparse.Namespace) -> int:
+    from imagen.pipeline import Pipeline
+    from imagen.sampling import get_sampler, parse_threshold
+
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if any(g < 0 for g in args.guidance):
+        raise UserError(f"--guidance weights must be >= 0 (1 = no guidance), got {args.guidance}")
+    if args.threshold is not None:
+        parse_threshold(args.threshold)  # a bad spec is a UserError before any model is loaded
+    if args.sampler is not None:
+        get_sampler(args.sampler)
+    pipeline = Pipeline.load(args.model, device=args.device)
+    results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, args.steps, args.threshold, args.sampler,
+                              args.batch_size, progress=True)
+    report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed,
+              "results": results}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"model {args.model} ({pipeline.checkpoint_hash[:12]}), {args.n} held-out shapes captions, "
+              f"seed {args.seed}; fraction of images passing each fact (overall: every fact of the caption)")
+        print(_table(results))
+    return 0
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def register(subparsers) -> None:
+    from bench.cli import HelpFormatter
+
+    # data ...
+    data = subparsers.add_parser(
+        "data", help="write datasets (the shapes world)", formatter_class=HelpFormatter,
+        description="Write datasets to disk.",
+        epilog="examples:\n  imagen-bench data shapes --n 1000 --size 64 --seed 0 --split train --out data/shapes64\n",
+    )
+    data.set_defaults(func=lambda args: data.print_help() or 2)
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    shapes = dsub.add_parser(
+        "shapes", formatter_class=HelpFormatter, help="render captioned shapes images (no download)",
+        description="Render n captioned images of the shapes world (coloured circles, squares and triangles on white, "
+                    "captions in the categories Colors, Counting, Positional, Binding, Misspellings) as PNGs plus "
+                    f"{CSV_NAME} (columns file, caption, category, color_1, shape_1, count_1, color_2, shape_2, "
+                    "count_2, relation). Item i depends only on (seed, split, i). The folder appears only when "
+                    "complete.",
+        epilog="examples:\n"
+               "  imagen-bench data shapes --n 1000 --size 64 --seed 0 --split train --out data/shapes64\n"
+               "  imagen-bench data shapes --n 200 --size 256 --split heldout --out data/shapes-heldout\n"
+               "  imagen-bench data shapes --n 10 --size 32 --out /tmp/s --overwrite --json\n",
+    )
+    shapes.add_argument("--n", type=int, default=1000, help="number of images")
+    shapes.add_argument("--size", type=int, default=64, help="image side in pixels (8 to 4096)")
+    shapes.add_argument("--seed", type=int, default=0, help="world seed")
+    shapes.add_argument("--split", default="train", choices=("train", "heldout"),
+                        help="train and heldout draw from disjoint seed streams")
+    shapes.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)")
+    shapes.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    shapes.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
+    shapes.set_defaults(func=_data_shapes)
+
+    # eval ...
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a model (caption alignment on the shapes world)", formatter_class=HelpFormatter,
+        description="Evaluate a model.",
+        epilog="examples:\n  imagen-bench eval shapes --model shapes --guidance 1 3 5 --n 64 --json\n",
+    )
+    ev.set_defaults(func=lambda args: ev.print_help() or 2)
+    esub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+    es = esub.add_parser(
+        "shapes", formatter_class=HelpFormatter, help="caption alignment on held-out shapes captions",
+        description="Sample n held-out shapes captions (balanced over Colors, Counting, Positional, Binding, "
+                    "Misspellings) at each guidance weight, with seeds seed..seed+n-1 (the same prompts and seeds "
+                    "at every weight), and score each image against its caption's facts with the shapes scorer. "
+                    "Accuracy per fact type = fraction of the images whose caption tests it that pass it; overall = "
+                    "fraction of images passing every fact their caption tests. A fact type the sample did not "
+                    "test is absent, not zero.",
+        epilog="examples:\n"
+               "  imagen-bench eval shapes --model shapes --guidance 1 3 5 --n 64 --json\n"
+               "  imagen-bench eval shapes --model shapes --guidance 1 5 --n 200 --steps 50 --threshold static\n"
+               "  imagen-bench eval shapes --model runs/shapes/ckpt --guidance 3 --n 32 --device cuda --batch-size 32\n"
+               "  imagen-bench eval shapes --model tiny --guidance 1 --n 5 --steps 2 --json   # untrained preset\n",
+    )
+    es.add_argument("--model", default="shapes", help="shipped model name, checkpoint folder, or preset (untrained)")
+    es.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0], metavar="W",
+                    help="classifier-free guidance weights (1 = no guidance)")
+    es.add_argument("--n", type=int, default=64, help="held-out captions per guidance weight")
+    es.add_argument("--steps", type=int, default=None, help="sampling steps (default: the SamplerConfig default)")
+    es.add_argument("--threshold", default=None, metavar="T",
+                    help="none | static | dynamic:P (default: the SamplerConfig default)")
+    es.add_argument("--sampler", default=None, help="sampler name (default: the SamplerConfig default)")
+    es.add_argument("--seed", type=int, default=0, help="picks the held-out captions and the first image seed")
+    es.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    es.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    es.add_argument("--json", action="store_true",
+                    help='print only {"model", "checkpoint_hash", "seed", "results": [{"guidance", "n", "accuracy", '
+                         '"by_category"}]}')
+    es.set_defaults(func=_eval_shapes)

@@ -1,0 +1,260 @@
+"""The Efficient U-Net (Saharia et al. 2022, appendix B.1), built from a UNetConfig.
+
+It knows nothing about noise schedules: it takes a noisy image, the log-SNR of its noise level, the text tokens and
+(for super-resolution stages) the upsampled low-res image with its augmentation level, and returns the raw
+prediction (eps, x0 or v: the stage config decides how it is read).
+
+Layout, for levels i = 0..n-1 with channels dim * dim_mults[i]:
+
+    in conv -> DBlock_0 .. DBlock_{n-1} -> middle -> UBlock_{n-1} .. UBlock_0 -> out conv (zero-init)
+
+    DBlock_i: [downsample (i > 0)] -> num_res_blocks[i] ResBlocks -> [self-attn] [text cross-attn]
+    UBlock_i: concat(x, skip_i / sqrt 2) -> num_res_blocks[i] ResBlocks -> [self-attn] [text cross-attn]
+              -> [upsample (i > 0)]
+
+Efficient U-Net choices (B.1): more blocks at low resolution (per-level num_res_blocks), skips scaled by 1/sqrt 2,
+downsampling BEFORE the convolutions of a DBlock and upsampling AFTER those of a UBlock (the convolutions run at
+the lower resolution, which is where the memory and time go).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imagen.config import UNetConfig
+from imagen.text import pooled
+
+SKIP_SCALE = 2 ** -0.5  # B.1: skip connections scaled by 1/sqrt(2)
+
+
+def _groups(cfg: UNetConfig, channels: int) -> int:
+    return math.gcd(cfg.groups, channels)
+
+
+def log_snr_to_t(log_snr: torch.Tensor) -> torch.Tensor:
+    """A bounded, monotone time-like value in (0, 1) from log-SNR in (-inf, inf): the cosine schedule's inverse."""
+    return torch.atan(torch.exp(-0.5 * log_snr.float().clamp(-40.0, 40.0))) * (2.0 / math.pi)
+
+
+def sinusoidal(x: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Transformer-style features of a scalar per row: x [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = (x.float() * scale)[:, None] * freqs[None]  # [B, half]
+    return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv -> GroupNorm -> FiLM(cond) -> SiLU -> conv, plus a (1x1) shortcut."""
+
+    def __init__(self, cfg: UNetConfig, c_in: int, c_out: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cfg, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(cfg.cond_dim, 2 * c_out)  # scale and shift from the conditioning vector
+        self.norm2 = nn.GroupNorm(_groups(cfg, c_out), c_out)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # x [B, C_in, H, W], cond [B, cond_dim] (already SiLU-activated by the model)
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
+        scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)  # [B, C_out, 1, 1] each
+        h = torch.addcmul(shift, self.norm2(h), scale + 1.0)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return h + self.shortcut(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of image tokens to themselves (context None) or to text tokens (context given)."""
+
+    def __init__(self, cfg: UNetConfig, channels: int, context_dim: int | None):
+        super().__init__()
+        self.heads, self.head_dim = cfg.attn_heads, cfg.attn_head_dim
+        inner = self.heads * self.head_dim
+        self.norm = nn.LayerNorm(channels)
+        self.cross = context_dim is not None
+        if self.cross:
+            self.to_q = nn.Linear(channels, inner, bias=False)
+            self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
+        else:
+            self.to_qkv = nn.Linear(channels, 3 * inner, bias=False)
+        self.to_out = nn.Linear(inner, channels)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # [B, heads, N, head_dim]
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x [B, N, C] image tokens; context [B, L, Dc]; context_mask [B, L] bool (True = attend)
+        h = self.norm(x)
+        if self.cross:
+            q = self._split(self.to_q(h))
+            k, v = (self._split(t) for t in self.to_kv(context).chunk(2, dim=-1))
+            mask = context_mask[:, None, None, :]  # [B, 1, 1, L]
+        else:
+            q, k, v = (self._split(t) for t in self.to_qkv(h).chunk(3, dim=-1))
+            mask = None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, N, head_dim]
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # [B, N, inner]
+        return x + self.to_out(out)
+
+
+class AttnBlock(nn.Module):
+    """Optional self-attention, optional text cross-attention, then a feed-forward layer, on [B, C, H, W]."""
+
+    def __init__(self, cfg: UNetConfig, channels: int, self_attn: bool, cross_attn: bool):
+        super().__init__()
+        self.self_attn = Attention(cfg, channels, None) if self_attn else None
+        self.cross_attn = Attention(cfg, channels, cfg.cond_dim) if cross_attn else None
+        self.ff = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, 2 * channels), nn.GELU(),
+                                nn.Linear(2 * channels, channels))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        t = x.flatten(2).transpose(1, 2)  # [B, H*W, C]
+        if self.self_attn is not None:
+            t = self.self_attn(t)
+        if self.cross_attn is not None:
+            t = self.cross_attn(t, text, text_mask)
+        t = t + self.ff(t)
+        return t.transpose(1, 2).reshape(b, c, hgt, wid)
+
+
+class Level(nn.Module):
+    """The residual blocks and attention of one level (shared by DBlock and UBlock)."""
+
+    def __init__(self, cfg: UNetConfig, c_in: int, c_out: int, n_blocks: int, self_attn: bool, cross_attn: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(cfg, c_in if j == 0 else c_out, c_out) for j in range(n_blocks))
+        self.attn = AttnBlock(cfg, c_out, self_attn, cross_attn) if (self_attn or cross_attn) else None
+
+    def forward(self, x, cond, text, text_mask):
+        for block in self.blocks:
+            x = block(x, cond)
+        if self.attn is not None:
+            x = self.attn(x, text, text_mask)
+        return x
+
+
+class EfficientUNet(nn.Module):
+    """forward(x, log_snr, text, text_mask, *, drop_text=None, lowres=None, aug_level=None) -> prediction."""
+
+    def __init__(self, cfg: UNetConfig, null_text: str = "learned"):
+        super().__init__()
+        if null_text not in ("learned", "zero"):
+            raise ValueError(f"null_text must be 'learned' or 'zero', got {null_text!r}")
+        self.cfg = cfg
+        chans = [cfg.dim * m for m in cfg.dim_mults]
+        n = len(chans)
+        c_cond = cfg.cond_dim
+
+        # conditioning: time (log-SNR), pooled text, SR augmentation level -> one vector [B, cond_dim] (2.5, 2.4)
+        self.sin_dim = max(32, (cfg.dim // 2) * 2)
+        self.time_mlp = nn.Sequential(nn.Linear(self.sin_dim, c_cond), nn.SiLU(), nn.Linear(c_cond, c_cond))
+        self.aug_mlp = (nn.Sequential(nn.Linear(self.sin_dim, c_cond), nn.SiLU(), nn.Linear(c_cond, c_cond))
+                        if cfg.lowres_cond else None)
+        self.text_norm = nn.LayerNorm(cfg.text_dim)  # 2.5: layer norm of the text tokens
+        self.text_proj = nn.Linear(cfg.text_dim, c_cond)  # tokens [B, L, D] -> [B, L, cond_dim]
+        self.pool_proj = nn.Sequential(nn.Linear(cfg.text_dim, c_cond), nn.SiLU(), nn.Linear(c_cond, c_cond))
+        # classifier-free guidance (2.2): the embedding that replaces dropped text, learned or fixed zero
+        if null_text == "learned":
+            self.null_token = nn.Parameter(torch.randn(c_cond) * 0.02)  # one key/value token
+            self.null_pooled = nn.Parameter(torch.zeros(c_cond))
+        else:
+            self.register_buffer("null_token", torch.zeros(c_cond), persistent=False)
+            self.register_buffer("null_pooled", torch.zeros(c_cond), persistent=False)
+
+        # image path
+        c_img = cfg.in_channels * (2 if cfg.lowres_cond else 1)  # SR: noisy image ++ upsampled low-res image
+        self.conv_in = nn.Conv2d(c_img, chans[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        for i in range(n):
+            # B.1: the DBlock downsamples first, so its convolutions run at the lower resolution
+            self.downsample.append(nn.Conv2d(chans[i - 1], chans[i], 3, stride=2, padding=1) if i else nn.Identity())
+            self.down.append(Level(cfg, chans[i], chans[i], cfg.num_res_blocks[i], cfg.self_attn[i],
+                                   cfg.cross_attn[i]))
+        self.mid = Level(cfg, chans[-1], chans[-1], 2, cfg.self_attn[-1], cfg.cross_attn[-1])
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i in reversed(range(n)):
+            self.up.append(Level(cfg, 2 * chans[i], chans[i], cfg.num_res_blocks[i], cfg.self_attn[i],
+                                 cfg.cross_attn[i]))
+            # B.1: the UBlock upsamples after its convolutions; the channel-changing conv also runs at the low
+            # resolution (a quarter of the FLOPs of conv-after-upsample, same parameters)
+            self.upsample.append(nn.Sequential(nn.Conv2d(chans[i], chans[i - 1], 3, padding=1),
+                                               nn.Upsample(scale_factor=2.0, mode="nearest")) if i else nn.Identity())
+        self.norm_out = nn.GroupNorm(_groups(cfg, chans[0]), chans[0])
+        self.conv_out = nn.Conv2d(chans[0], cfg.in_channels, 3, padding=1)
+        if self.conv_out.weight.device.type != "meta":
+            nn.init.zeros_(self.conv_out.weight)  # the untrained model predicts zero
+            nn.init.zeros_(self.conv_out.bias)
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, log_snr, text, text_mask, drop_text=None, aug_level=None):
+        """-> (cond [B, cond_dim] after SiLU, text tokens [B, L, cond_dim], mask [B, L] with null rows applied)."""
+        b, length = text_mask.shape
+        drop = ~text_mask.any(dim=1)  # a row with no valid token is treated as dropped
+        if drop_text is not None:
+            drop = drop | drop_text.to(device=text_mask.device, dtype=torch.bool)
+        normed = self.text_norm(text.to(self.text_proj.weight.dtype))  # [B, L, D]
+        tokens = self.text_proj(normed)  # [B, L, cond_dim]
+        pool = self.pool_proj(pooled(normed, text_mask))  # [B, cond_dim]
+        if length == 0:  # no text at all: one slot for the null token
+            tokens = tokens.new_zeros(b, 1, tokens.shape[-1])
+            text_mask = torch.zeros(b, 1, dtype=torch.bool, device=tokens.device)
+            drop = torch.ones_like(drop)
+        # dropped rows see only the null token at position 0 (2.2); their own text cannot leak through
+        first = torch.zeros_like(text_mask)
+        first[:, 0] = True
+        d = drop[:, None]
+        tokens = torch.where(d[..., None], self.null_token.to(tokens.dtype).expand_as(tokens), tokens)
+        mask = torch.where(d, first, text_mask)
+        pool = torch.where(d, self.null_pooled.to(pool.dtype).expand_as(pool), pool)
+
+        t = log_snr_to_t(log_snr.reshape(-1).expand(b) if log_snr.numel() == 1 else log_snr)
+        cond = self.time_mlp(sinusoidal(t, self.sin_dim).to(tokens.dtype)) + pool
+        if self.aug_mlp is not None:
+            aug = aug_level if aug_level is not None else torch.zeros(b, device=t.device)
+            cond = cond + self.aug_mlp(sinusoidal(aug.reshape(-1).expand(b) if aug.numel() == 1 else aug,
+                                                  self.sin_dim).to(tokens.dtype))
+        return F.silu(cond), tokens, mask
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, log_snr: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, *,
+                drop_text: torch.Tensor | None = None, lowres: torch.Tensor | None = None,
+                aug_level: torch.Tensor | None = None) -> torch.Tensor:
+        # x [B, C, H, W]; log_snr [B]; text [B, L, D]; text_mask [B, L] bool; lowres [B, C, H, W] (SR only)
+        cond, tokens, mask = self.condition(log_snr, text, text_mask, drop_text, aug_level)
+        if self.cfg.lowres_cond:
+            if lowres is None:
+                raise ValueError("this is a super-resolution U-Net: pass lowres (already at the output size)")
+            x = torch.cat([x, lowres.to(x.dtype)], dim=1)  # [B, 2C, H, W]
+        # channels-last: faster convolutions on CPU and GPU, and the attention blocks' [B, H*W, C] view is free
+        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
+        skips = []
+        for down, level in zip(self.downsample, self.down):
+            h = level(down(h), cond, tokens, mask)
+            skips.append(h)
+        h = self.mid(h, cond, tokens, mask)
+        for level, up in zip(self.up, self.upsample):
+            h = torch.cat([h, skips.pop() * SKIP_SCALE], dim=1)  # [B, 2C_i, H_i, W_i]
+            h = up(level(h, cond, tokens, mask))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()  # [B, C, H, W], standard layout
+
+
+def count_parameters(cfg: UNetConfig, null_text: str = "learned") -> int:
+    """Parameters of the U-Net a config describes, counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        model = EfficientUNet(cfg, null_text=null_text)
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["EfficientUNet", "count_parameters", "log_snr_to_t", "sinusoidal", "SKIP_SCALE"]
