@@ -161,21 +161,24 @@ MINILM = TextEncoderConfig()
 
 
 def _paper() -> CascadeConfig:
-    # Sizes follow the paper's appendix (2B base @64, 600M SR @256, 400M SR @1024), text encoder not counted.
+    # Sizes follow the paper (2B base @64, 600M SR 64->256, 400M SR 256->1024; text encoder not counted).
+    # Counts from imagen.unet.count_parameters: base 2.11B, sr256 586M, sr1024 405M (tests keep them within 15%).
+    # B.1: more residual blocks at lower resolutions; the SR models have no self-attention, only text
+    # cross-attention at their lowest resolution.
     base = UNetConfig(
-        dim=512, dim_mults=(1, 2, 3, 4), num_res_blocks=(3, 3, 3, 3),
+        dim=512, dim_mults=(1, 2, 3, 4), num_res_blocks=(3, 4, 6, 6),
         self_attn=(False, True, True, True), cross_attn=(False, True, True, True),
-        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512,
+        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512, groups=32,
     )
     sr256 = UNetConfig(
-        dim=128, dim_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 8, 8),
+        dim=128, dim_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 8, 10),
         self_attn=(False, False, False, False), cross_attn=(False, False, False, True),
-        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512, lowres_cond=True,
+        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512, lowres_cond=True, groups=32,
     )
     sr1024 = UNetConfig(
-        dim=128, dim_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 8, 8),
+        dim=128, dim_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 6, 6),
         self_attn=(False, False, False, False), cross_attn=(False, False, False, True),
-        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512, lowres_cond=True,
+        attn_heads=8, attn_head_dim=64, text_dim=4096, cond_dim=512, lowres_cond=True, groups=32,
     )
     return CascadeConfig(
         name="paper",
