@@ -132,3 +132,23 @@ def clean_temp_files(study: Path | str) -> int:
             tmp.unlink(missing_ok=True)
             n += 1
     return n
+
+
+# ----------------------------------------------------------------------------- added for the grid runner (issue 5)
+COL_FACTS = "facts"  # samples: JSON of the facts the shapes scorer checks (shapes suite), else null
+COL_INPUTS_HASH = "inputs_hash"  # metrics: sha256 over the metric's settings and its images' sha256s
+COL_PLAN = "plan"  # study: JSON {cell_id: {settings..., "items": n}} of this run's share of the grid
+COL_SHARD = "shard"  # study: "I/N" of the process that wrote the row
+COL_NAME = "name"  # study: the spec's name
+
+
+def clean_temp_files_prefixed(study: Path | str, prefix: str) -> int:
+    """Remove only the temp files a writer with this part prefix left behind (safe while other shards write)."""
+    n = 0
+    for table in TABLES:
+        folder = table_dir(study, table)
+        if folder.is_dir():
+            for tmp in folder.glob(f".{prefix}-*.tmp"):
+                tmp.unlink(missing_ok=True)
+                n += 1
+    return n
