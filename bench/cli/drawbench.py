@@ -1,0 +1,212 @@
+"""`imagen-bench drawbench ...`: rating sessions, the rating app, vote export and statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from imagen.errors import UserError
+
+PAIRS_EPILOG = """examples:
+  imagen-bench drawbench pairs --study runs/imagen --study runs/baseline --names imagen baseline \\
+      --codes 10 --organiser-password 'change me' --out sessions/imagen-vs-baseline
+  imagen-bench drawbench pairs --study runs/grid:c3f1a2 --study runs/grid:9b0e77 --per-set 2 \\
+      --attention-rate 0.05 --codes-file codes.txt --seed 7 --out sessions/guidance
+"""
+APP_EPILOG = """examples:
+  imagen-bench drawbench app sessions/imagen-vs-baseline                 # http://localhost:8501
+  imagen-bench drawbench app sessions/imagen-vs-baseline --port 8600 --address 0.0.0.0
+"""
+EXPORT_EPILOG = """examples:
+  imagen-bench drawbench export sessions/imagen-vs-baseline              # SESSION/export/votes.{parquet,csv}
+  imagen-bench drawbench export sessions/imagen-vs-baseline --out results/ --current-only
+"""
+STATS_EPILOG = """examples:
+  imagen-bench drawbench stats sessions/imagen-vs-baseline
+  imagen-bench drawbench stats sessions/imagen-vs-baseline --min-attention 0.8 --json > stats.json
+"""
+
+
+def register(subparsers) -> None:
+    from bench.cli import HelpFormatter
+
+    grp = subparsers.add_parser("drawbench", help="human evaluation on DrawBench: sessions, rating app, stats",
+                                description="Human evaluation as in the Imagen paper (Sec. 4.2): raters choose "
+                                            "between two systems' images per DrawBench prompt.",
+                                formatter_class=HelpFormatter,
+                                epilog="examples:\n  imagen-bench drawbench pairs --help\n"
+                                       "  imagen-bench drawbench app SESSION\n  imagen-bench drawbench stats SESSION\n")
+    sub = grp.add_subparsers(dest="drawbench_command", metavar="SUBCOMMAND")
+    grp.set_defaults(func=lambda args: (grp.print_help(), 2)[1])
+
+    p = sub.add_parser("pairs", help="build a blinded rating session from two or more studies",
+                       description="Build a rating session: one comparison per prompt (and pair of systems) that "
+                                   "all studies share, N images per side with the same sample indices, sides "
+                                   "randomised with a recorded seed, system names hidden from raters. Prints the "
+                                   "access codes once: hand them out, they are stored only hashed.",
+                       formatter_class=HelpFormatter, epilog=PAIRS_EPILOG)
+    p.add_argument("--study", action="append", required=True, metavar="DIR[:CELL]",
+                   help="a study folder of the grid runner, optionally one cell of it (repeat, 2 or more)")
+    p.add_argument("--names", nargs="+", help="one name per --study, shown only in results (default A, B, ...)")
+    p.add_argument("--per-set", type=int, default=4, help="images per side of a comparison")
+    p.add_argument("--attention-rate", type=float, default=0.0,
+                   help="share of attention checks mixed in (noise images against a real set), e.g. 0.05")
+    codes = p.add_mutually_exclusive_group()
+    codes.add_argument("--codes", type=int, default=0, metavar="N", help="generate N access codes, one per rater")
+    codes.add_argument("--codes-file", type=Path, metavar="F", help="a text file with one access code per line")
+    p.add_argument("--organiser-password", help="password of the organiser view (progress and live results)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sides, attention checks and rater orders")
+    p.add_argument("--out", type=Path, required=True, help="the new session folder")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (with the codes) instead of text")
+    p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("app", help="run the Streamlit rating app on a session",
+                       description="Serve the rating app. Raters sign in (with their access code when the session "
+                                   "has codes), and vote; the organiser view (sidebar) shows progress and results.",
+                       formatter_class=HelpFormatter, epilog=APP_EPILOG)
+    p.add_argument("session", type=Path, metavar="SESSION")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="localhost", help="interface to listen on (0.0.0.0 for a lab network)")
+    p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("export", help="write the votes as Parquet and CSV",
+                       description="Write every vote joined to prompts, categories, systems, sides, raters and "
+                                   "times, as votes.parquet and votes.csv (vote history included, `current` marks "
+                                   "each rater's latest answer).",
+                       formatter_class=HelpFormatter, epilog=EXPORT_EPILOG)
+    p.add_argument("session", type=Path, metavar="SESSION")
+    p.add_argument("--out", type=Path, help="output folder (default SESSION/export)")
+    p.add_argument("--current-only", action="store_true", help="only each rater's latest vote per comparison")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("stats", help="preference shares, Bradley-Terry, agreement, position bias",
+                       description="Per category and overall, per question: shares preferring A, B or neither with "
+                                   "95% intervals from a bootstrap over prompts and raters; Bradley-Terry-Davidson "
+                                   "strengths with more than two systems; Krippendorff's alpha; left/right bias; "
+                                   "attention-check pass rate per rater.",
+                       formatter_class=HelpFormatter, epilog=STATS_EPILOG)
+    p.add_argument("session", type=Path, metavar="SESSION")
+    p.add_argument("--min-attention", type=float, help="drop raters whose attention-check pass rate is below this")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for shares")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.set_defaults(func=cmd_stats)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_pairs(args) -> int:
+    from drawbench.pairs import build_session
+
+    session, codes = build_session(args.study, args.out, names=args.names, per_set=args.per_set,
+                                   attention_rate=args.attention_rate, n_codes=args.codes, codes_file=args.codes_file,
+                                   organiser_password=args.organiser_password, seed=args.seed, progress=True)
+    n_checks = sum(c.attention is not None for c in session.comparisons)
+    summary = {"session": str(args.out), "comparisons": len(session.comparisons), "attention_checks": n_checks,
+               "prompts": len({c.prompt_id for c in session.comparisons if c.attention is None}),
+               "dropped_prompts": session.dropped_prompts, "systems": [s.name for s in session.systems],
+               "codes": {f"rater-{i + 1:02d}": c for i, c in enumerate(codes)} if not args.codes_file else {}}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"wrote {args.out}: {summary['comparisons']} comparisons ({n_checks} attention checks) on "
+          f"{summary['prompts']} prompts, systems {', '.join(summary['systems'])}")
+    if session.dropped_prompts:
+        print(f"dropped {session.dropped_prompts} prompts not shared by every study (or with too few images)")
+    if codes and not args.codes_file:
+        print("access codes (shown once, stored only hashed; give one to each rater):")
+        for rater, code in summary["codes"].items():
+            print(f"  {rater}  {code}")
+    if not session.has_codes:
+        print("no access codes: anyone who can open the app can rate (use --codes N for a controlled study)")
+    print(f"next: imagen-bench drawbench app {args.out}")
+    return 0
+
+
+def cmd_app(args) -> int:
+    import logging
+
+    # importing the app outside `streamlit run` only builds its command line; silence the "no runtime" warning
+    import streamlit  # noqa: F401  (configures streamlit's loggers; quiet one of them below)
+
+    logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
+    from drawbench import app
+    from drawbench.pairs import load_session
+
+    load_session(args.session)  # fail here, with a clear message, rather than inside the browser
+    env = {**os.environ, app.SESSION_ENV: str(args.session.resolve())}
+    cmd = app.streamlit_command(args.port, args.address)
+    print(f"rating app for {args.session} on http://{args.address}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    return subprocess.call(cmd, env=env)
+
+
+def cmd_export(args) -> int:
+    from drawbench.pairs import load_session
+    from drawbench.votes import export
+
+    pq, csv = export(load_session(args.session), args.out, history=not args.current_only)
+    if args.json:
+        print(json.dumps({"parquet": str(pq), "csv": str(csv)}))
+    else:
+        print(f"wrote {pq}\nwrote {csv}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from drawbench.pairs import load_session
+    from drawbench.stats import summarize
+    from drawbench.votes import votes_table
+
+    if args.min_attention is not None and not 0 <= args.min_attention <= 1:
+        raise UserError("--min-attention is a pass rate in [0, 1], e.g. 0.8")
+    session = load_session(args.session)
+    votes = votes_table(session)
+    if len(votes) == 0:
+        raise UserError(f"{args.session} has no votes yet; run `imagen-bench drawbench app {args.session}` first")
+    out = summarize(votes, n_boot=args.bootstrap, seed=args.seed, min_attention=args.min_attention,
+                    systems=[x.name for x in session.systems])
+    if args.json:
+        print(json.dumps(out, indent=1, default=str))
+        return 0
+    print(format_summary(out))
+    return 0
+
+
+def _pct(x) -> str:
+    return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:4.1f}%"
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['n_votes']} votes by {s['n_raters']} raters on {s['n_prompts']} prompts; systems: "
+             f"{', '.join(s['systems'])}"]
+    if s["dropped_raters"]:
+        lines.append(f"dropped raters (attention pass rate < {s['min_attention']}): {', '.join(s['dropped_raters'])}")
+    for r in s["preference"]:
+        if r["category"] == "overall":
+            lines.append(f"\n{r['question']}: {r['system_a']} vs {r['system_b']}  (95% intervals, clustered by "
+                         "prompt and rater)")
+            lines.append(f"  {'category':<20} {'n':>4}  {'prefer ' + r['system_a']:>22}  "
+                         f"{'indifferent':>22}  {'prefer ' + r['system_b']:>22}")
+        lines.append(f"  {r['category']:<20} {r['n']:>4}  " + "  ".join(
+            f"{_pct(r[k])} [{_pct(r[k + '_low'])},{_pct(r[k + '_high'])}]" for k in
+            ("prefer_a", "indifferent", "prefer_b")))
+    if s["bradley_terry"]:
+        lines.append("\nBradley-Terry-Davidson log-strengths (95% intervals):")
+        for r in s["bradley_terry"]:
+            lines.append(f"  {r['question']:<10} {r['system']:<16} {r['log_strength']:+.2f} "
+                         f"[{r['log_strength_low']:+.2f}, {r['log_strength_high']:+.2f}]")
+    for r in s["agreement"]:
+        a = r["alpha"]
+        lines.append(f"agreement ({r['question']}): Krippendorff's alpha = "
+                     f"{'n/a' if a is None or math.isnan(a) else f'{a:.3f}'} on {r['units']} comparisons")
+    for r in s["position_bias"]:
+        lines.append(f"position ({r['question']}): left chosen in {_pct(r['left_share'])} "
+                     f"[{_pct(r['low'])},{_pct(r['high'])}] of {r['n']} decided votes, p = {r['p_value']:.3g}")
+    for r in s["attention"]:
+        if r["checks"]:
+            lines.append(f"attention {r['rater']}: {r['passed']}/{r['checks']} passed")
+    return "\n".join(lines)

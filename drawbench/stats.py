@@ -1,0 +1,267 @@
+"""Statistics of a DrawBench rating session: preference shares with clustered intervals, Bradley-Terry-Davidson
+strengths, inter-rater agreement, position bias and attention checks.
+
+Votes are not independent: the same prompt is judged by many raters and the same rater judges many prompts. Every
+interval here comes from a two-way cluster ("pigeonhole") bootstrap (Owen 2007): each replicate resamples prompts
+and raters independently with replacement, and a vote's weight is (times its prompt was drawn) x (times its rater
+was drawn). Percentile intervals at 95%.
+
+The input of every function is a votes DataFrame as `drawbench.votes.votes_table` returns it (current votes), with
+columns prompt_id, category, rater, left_system, right_system, quality, alignment, attention.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from drawbench.pairs import LEFT, QUESTIONS, RIGHT, SAME
+
+QUESTION_IDS = tuple(q for q, _ in QUESTIONS)
+OVERALL = "overall"
+ALPHA = 0.05  # 95% intervals
+
+
+# ----------------------------------------------------------------------------- bootstrap weights
+def cluster_weights(prompts: np.ndarray, raters: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Two-way cluster bootstrap weights [n_boot, n_votes]: prompt multiplicity x rater multiplicity."""
+    pu, pi = np.unique(prompts, return_inverse=True)
+    ru, ri = np.unique(raters, return_inverse=True)
+    mp = rng.multinomial(len(pu), np.full(len(pu), 1 / len(pu)), size=n_boot)  # [n_boot, P]
+    mr = rng.multinomial(len(ru), np.full(len(ru), 1 / len(ru)), size=n_boot)  # [n_boot, R]
+    return (mp[:, pi] * mr[:, ri]).astype(np.float64)
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float]:
+    s = samples[np.isfinite(samples)]
+    if len(s) == 0:
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(s, [ALPHA / 2, 1 - ALPHA / 2])
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- orientation
+def oriented(df: pd.DataFrame, question: str, a: str, b: str) -> pd.DataFrame:
+    """The votes on the pair (a, b) with `outcome` +1 = prefers a, 0 = indifferent, -1 = prefers b."""
+    m = ((df.left_system == a) & (df.right_system == b)) | ((df.left_system == b) & (df.right_system == a))
+    d = df[m].copy()
+    chose = np.where(d[question] == LEFT, d.left_system, np.where(d[question] == RIGHT, d.right_system, ""))
+    d["outcome"] = np.where(chose == a, 1, np.where(chose == b, -1, 0))
+    return d
+
+
+def systems_of(df: pd.DataFrame) -> list[str]:
+    return sorted(set(df.left_system) | set(df.right_system))
+
+
+# ----------------------------------------------------------------------------- preference shares
+def preference_shares(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
+    """Shares preferring a, preferring b and indifferent among oriented votes `d`, each with a 95% interval."""
+    n = len(d)
+    out: dict = {"n": n, "n_prompts": int(d.prompt_id.nunique()) if n else 0,
+                 "n_raters": int(d.rater.nunique()) if n else 0}
+    if n == 0:
+        for k in ("prefer_a", "prefer_b", "indifferent"):
+            out[k], out[k + "_low"], out[k + "_high"] = math.nan, math.nan, math.nan
+        return out
+    y = d.outcome.to_numpy()
+    ind = np.stack([y == 1, y == -1, y == 0], axis=1).astype(np.float64)  # [n, 3]
+    w = cluster_weights(d.prompt_id.to_numpy(), d.rater.to_numpy(), n_boot, rng)  # [n_boot, n]
+    tot = w.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (w @ ind) / tot  # [n_boot, 3]
+    for j, k in enumerate(("prefer_a", "prefer_b", "indifferent")):
+        out[k] = float(ind[:, j].mean())
+        out[k + "_low"], out[k + "_high"] = _interval(boot[:, j])
+    return out
+
+
+def preference_table(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
+                     systems: list[str] | None = None) -> pd.DataFrame:
+    """Per pair of systems, per question, per category and overall: shares with 95% intervals.
+
+    `systems` orders each pair (a = earlier, e.g. the session's first --study); default alphabetical.
+    """
+    rng = np.random.default_rng(seed)
+    present = set(systems_of(df))
+    order = [x for x in systems if x in present] if systems else sorted(present)
+    rows = []
+    for a, b in itertools.combinations(order, 2):
+        for q in QUESTION_IDS:
+            d = oriented(df, q, a, b)
+            if len(d) == 0:
+                continue
+            groups = [(OVERALL, d)] + [(c, g) for c, g in d.groupby("category", sort=True)]
+            for cat, g in groups:
+                rows.append({"system_a": a, "system_b": b, "question": q, "category": cat,
+                             **preference_shares(g, n_boot, rng)})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- Bradley-Terry with ties (Davidson)
+def _pair_counts(i: np.ndarray, j: np.ndarray, outcome: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """Weighted counts [k, k, 3]: (i beats j, tie, j beats i) for i < j."""
+    c = np.zeros((k, k, 3))
+    col = np.where(outcome == 1, 0, np.where(outcome == 0, 1, 2))
+    np.add.at(c, (i, j, col), w)
+    return c
+
+
+def davidson_fit_batch(counts: np.ndarray, ridge: float = 1e-6, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood Davidson (1970) model for a batch of pair-count arrays [B, k, k, 3].
+
+    P(i beats j) = pi_i / D, P(tie) = nu sqrt(pi_i pi_j) / D, D = pi_i + pi_j + nu sqrt(pi_i pi_j).
+    In x = (log pi_1..log pi_k, log nu) each outcome's log-probability is a linear predictor minus the log-sum-exp
+    of the pair's three predictors (a multinomial logit), so the log-likelihood is concave: damped Newton, all
+    replicates at once. A tiny ridge fixes the mean log-strength at 0 and keeps an always-winning system finite.
+    Returns (log-strengths centred to mean 0 [B, k], nu [B]).
+    """
+    b, k = counts.shape[0], counts.shape[1]
+    ii, jj = np.triu_indices(k, 1)
+    w = counts[:, ii, jj, :]  # [B, P, 3]: (i beats j, tie, j beats i)
+    n = w.sum(-1)  # [B, P]
+    d = np.zeros((len(ii), 3, k + 1))  # each predictor as a vector over x: [P, 3, k+1]
+    p_idx = np.arange(len(ii))
+    d[p_idx, 0, ii] = 1.0
+    d[p_idx, 1, ii] = d[p_idx, 1, jj] = 0.5
+    d[p_idx, 1, k] = 1.0
+    d[p_idx, 2, jj] = 1.0
+    x = np.zeros((b, k + 1))
+    reg = np.full(k + 1, 2 * ridge)
+    reg[k] = 0.0
+    for _ in range(iters):
+        a = np.einsum("pcx,bx->bpc", d, x)  # linear predictors [B, P, 3]
+        pr = np.exp(a - a.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        grad = np.einsum("bpc,pcx->bx", w - n[..., None] * pr, d) - reg * x
+        m = np.einsum("bpc,pcx->bpx", pr, d)
+        hess = (np.einsum("bp,bpc,pcx,pcy->bxy", n, pr, d, d) - np.einsum("bp,bpx,bpy->bxy", n, m, m)
+                + np.diag(reg) + 1e-12 * np.eye(k + 1))  # minus the Hessian: positive definite
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        norm = np.linalg.norm(step, axis=-1, keepdims=True)
+        x += step * np.minimum(1.0, 2.0 / np.maximum(norm, 1e-300))  # damped: at most 2 nats per iteration
+        if norm.max() < 1e-10:
+            break
+    th = x[:, :k]
+    return th - th.mean(-1, keepdims=True), np.exp(x[:, k])
+
+
+def davidson_fit(counts: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, float]:
+    """One Davidson fit from pair counts [k, k, 3]: (log-strengths centred to mean 0 [k], nu)."""
+    th, nu = davidson_fit_batch(counts[None], ridge)
+    return th[0], float(nu[0])
+
+
+def bradley_terry(df: pd.DataFrame, question: str, n_boot: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Davidson strengths per system for one question, with 95% cluster-bootstrap intervals."""
+    systems = systems_of(df)
+    k = len(systems)
+    pos = {s: n for n, s in enumerate(systems)}
+    li, ri = df.left_system.map(pos).to_numpy(), df.right_system.map(pos).to_numpy()
+    out_lr = np.where(df[question] == LEFT, 1, np.where(df[question] == RIGHT, -1, 0))
+    swap = li > ri  # orient every vote to (low index, high index)
+    i, j = np.where(swap, ri, li), np.where(swap, li, ri)
+    outcome = np.where(swap, -out_lr, out_lr)
+    theta, nu = davidson_fit(_pair_counts(i, j, outcome, np.ones(len(df)), k))
+    w = cluster_weights(df.prompt_id.to_numpy(), df.rater.to_numpy(), n_boot, np.random.default_rng(seed))
+    boot, boot_nu = davidson_fit_batch(np.stack([_pair_counts(i, j, outcome, wb, k) for wb in w]))
+    strength = np.exp(theta) / np.exp(theta).sum()
+    rows = []
+    for s, n in pos.items():
+        lo, hi = _interval(boot[:, n])
+        rows.append({"question": question, "system": s, "log_strength": float(theta[n]), "log_strength_low": lo,
+                     "log_strength_high": hi, "strength": float(strength[n]), "tie_nu": nu,
+                     "tie_nu_low": _interval(boot_nu)[0], "tie_nu_high": _interval(boot_nu)[1]})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- agreement, position, attention
+def agreement(df: pd.DataFrame, question: str, level: str = "nominal") -> dict:
+    """Krippendorff's alpha over raters x comparisons; answers coded by system (first system, tie, second)."""
+    import krippendorff
+
+    d = df.copy()
+    first = np.where(d.left_system < d.right_system, d.left_system, d.right_system)  # alphabetically first
+    chose = np.where(d[question] == LEFT, d.left_system, np.where(d[question] == RIGHT, d.right_system, ""))
+    d["code"] = np.where(chose == "", 1.0, np.where(chose == first, 0.0, 2.0))
+    table = d.pivot_table(index="rater", columns="comparison", values="code", aggfunc="last")
+    table = table.loc[:, table.notna().sum(axis=0) >= 2]  # units rated by one rater carry no agreement information
+    n_units = int(table.shape[1])
+    if n_units == 0 or len(np.unique(table.to_numpy()[np.isfinite(table.to_numpy())])) < 2:
+        return {"question": question, "alpha": math.nan, "units": n_units, "level": level}
+    alpha = krippendorff.alpha(reliability_data=table.to_numpy(), level_of_measurement=level)
+    return {"question": question, "alpha": float(alpha), "units": n_units, "level": level}
+
+
+def position_bias(df: pd.DataFrame, question: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Share of decided votes (not indifferent) that chose the LEFT side; 0.5 means no position bias.
+
+    The p-value is an exact binomial test that treats votes as independent; the interval is clustered.
+    """
+    d = df[df[question] != SAME]
+    n = len(d)
+    if n == 0:
+        return {"question": question, "n": 0, "left_share": math.nan, "low": math.nan, "high": math.nan,
+                "p_value": math.nan}
+    y = (d[question] == LEFT).to_numpy(dtype=np.float64)
+    w = cluster_weights(d.prompt_id.to_numpy(), d.rater.to_numpy(), n_boot, np.random.default_rng(seed))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (w @ y) / w.sum(1)
+    lo, hi = _interval(boot)
+    return {"question": question, "n": n, "left_share": float(y.mean()), "low": lo, "high": hi,
+            "p_value": float(binomtest(int(y.sum()), n, 0.5).pvalue)}
+
+
+def attention_table(votes: pd.DataFrame) -> pd.DataFrame:
+    """Per rater: attention checks answered, passed (both questions on the known real side), pass rate."""
+    chk = votes[votes.attention.notna()]
+    raters = sorted(votes.rater.unique())
+    rows = []
+    for r in raters:
+        c = chk[chk.rater == r]
+        passed = int(((c.quality == c.attention) & (c.alignment == c.attention)).sum())
+        rows.append({"rater": r, "checks": len(c), "passed": passed,
+                     "pass_rate": passed / len(c) if len(c) else math.nan})
+    return pd.DataFrame(rows, columns=["rater", "checks", "passed", "pass_rate"])
+
+
+# ----------------------------------------------------------------------------- everything
+def summarize(votes: pd.DataFrame, n_boot: int = 2000, n_boot_bt: int = 300, seed: int = 0,
+              min_attention: float | None = None, systems: list[str] | None = None) -> dict:
+    """All statistics of a session as one JSON-able dict (current votes in, attention checks included).
+
+    `systems`: the session's system order (pairs are reported as (earlier, later)); default alphabetical.
+    """
+    att = attention_table(votes)
+    dropped: list[str] = []
+    if min_attention is not None:
+        bad = att[(att.checks > 0) & (att.pass_rate < min_attention)]
+        dropped = sorted(bad.rater)
+    kept = votes[~votes.rater.isin(dropped)]
+    real = kept[kept.attention.isna()]
+    out: dict = {
+        "n_votes": int(len(real)), "n_raters": int(real.rater.nunique()), "n_prompts": int(real.prompt_id.nunique()),
+        "systems": ([x for x in systems if x in set(systems_of(real))] if systems else systems_of(real))
+        if len(real) else [],
+        "dropped_raters": dropped, "min_attention": min_attention,
+        "attention": _records(att),
+        "preference": _records(preference_table(real, n_boot, seed, systems)) if len(real) else [],
+        "bradley_terry": [], "agreement": [], "position_bias": [],
+    }
+    if len(real) == 0:
+        return out
+    for q in QUESTION_IDS:
+        if len(out["systems"]) > 2:
+            out["bradley_terry"] += _records(bradley_terry(real, q, n_boot_bt, seed))
+        out["agreement"].append(agreement(real, q))
+        out["position_bias"].append(position_bias(real, q, n_boot, seed))
+    return out
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    recs = df.to_dict(orient="records")
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in recs]

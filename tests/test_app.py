@@ -1,0 +1,145 @@
+"""The rating app's flow in Streamlit's own test harness (AppTest): sign-in, voting, resuming, changing, organiser."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from drawbench.app import SESSION_ENV
+from drawbench.pairs import build_session, rater_order
+from drawbench.votes import VoteStore
+from drawbench_fixtures import make_session, make_study
+
+APP = str(Path(__file__).resolve().parents[1] / "drawbench" / "app.py")
+
+
+@pytest.fixture()
+def session(tmp_path, data_dir, monkeypatch):
+    s, codes = make_session(tmp_path, data_dir, n_prompts=4, n_codes=2)
+    monkeypatch.setenv(SESSION_ENV, str(s.path))
+    return s, codes
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def sign_in(at: AppTest, name: str, code: str | None) -> AppTest:
+    at.text_input(key="name").input(name)
+    if code is not None:
+        at.text_input(key="code").input(code)
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception, at.exception
+    return at
+
+
+def vote(at: AppTest, quality: str, alignment: str) -> AppTest:
+    at.button(key=f"btn-quality-{quality}").click().run()
+    at.button(key=f"btn-alignment-{alignment}").click().run()
+    assert not at.button(key="submit").disabled
+    at.button(key="submit").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown_prompt(at: AppTest) -> str:
+    return at.text[0].value
+
+
+def test_nothing_without_a_valid_code(session):
+    s, codes = session
+    at = start()
+    assert len(at.get("image")) == 0 and len(at.text) == 0
+    sign_in(at, "Ann", "not-a-code")
+    assert "not valid" in at.error[0].value
+    assert len(at.get("image")) == 0 and len(at.text) == 0
+    assert "rater" not in at.session_state
+    assert len(VoteStore.of_session(s).raters()) == 0  # a wrong code registers nobody
+
+
+def test_vote_flow_resume_and_change(session):
+    s, codes = session
+    order = rater_order(s, "rater-01")
+    at = sign_in(start(), "Ann", codes[0])
+    # the first comparison of this rater's own order, with both sets of images (4 per side)
+    first = s.comparison(order[0])
+    assert shown_prompt(at) == first.prompt
+    assert len(at.get("image")) == 2 * s.per_set
+    assert f"0 of {len(s.comparisons)}" in at.get("progress")[0].proto.text
+    assert at.button(key="submit").disabled  # not before both questions are answered
+
+    vote(at, "left", "same")
+    assert shown_prompt(at) == s.comparison(order[1]).prompt
+    assert f"1 of {len(s.comparisons)}" in at.get("progress")[0].proto.text
+    votes = VoteStore.of_session(s).current_votes()
+    assert len(votes) == 1
+    v = votes.iloc[0]
+    assert (v.comparison, v.rater, v.quality, v.alignment) == (order[0], "rater-01", "left", "same")
+    assert v.quality_system == first.left and v.alignment_system is None  # side mapped to its system
+
+    # a rater who leaves and returns (a new browser session) continues where they stopped
+    at2 = sign_in(start(), "Ann", codes[0])
+    assert shown_prompt(at2) == s.comparison(order[1]).prompt
+    assert f"1 of {len(s.comparisons)}" in at2.get("progress")[0].proto.text
+
+    # change the first vote: Previous shows it with the stored answers, a new submission adds a revision
+    at2.button(key="back").click().run()
+    assert shown_prompt(at2) == first.prompt
+    assert at2.button(key="btn-quality-left").proto.type == "primary"  # the stored answer is preselected
+    vote(at2, "right", "right")
+    hist = VoteStore.of_session(s).all_votes()
+    assert len(hist) == 2 and hist.revision.tolist() == [1, 2]
+    cur = VoteStore.of_session(s).current_votes()
+    assert len(cur) == 1 and cur.iloc[0].quality == "right" and cur.iloc[0].quality_system == first.right
+    assert shown_prompt(at2) == s.comparison(order[1]).prompt  # back to the next unanswered comparison
+
+
+def test_each_comparison_once_then_done(session):
+    s, codes = session
+    at = sign_in(start(), "Bo", codes[1])
+    seen = []
+    for _ in range(len(s.comparisons)):
+        seen.append(shown_prompt(at))
+        vote(at, "same", "left")
+    assert sorted(seen) == sorted(c.prompt for c in s.comparisons)
+    assert "done" in at.success[0].value
+    assert len(VoteStore.of_session(s).current_votes()) == len(s.comparisons)
+    # another rater sees a different order of the same comparisons
+    assert rater_order(s, "rater-01") != rater_order(s, "rater-02")
+
+
+def test_prompt_is_plain_text(tmp_path, data_dir, monkeypatch):
+    evil = '<img src=x onerror="alert(1)"> **bold** :red[x] $x^2$'
+    prompts = pd.DataFrame([{"prompt_id": "p-evil", "prompt": evil, "category": "Text"}])
+    a = make_study(tmp_path / "a", prompts, n_samples=2)
+    b = make_study(tmp_path / "b", prompts, n_samples=2, hue=2.0)
+    s, _ = build_session([str(a), str(b)], tmp_path / "s", per_set=2)
+    monkeypatch.setenv(SESSION_ENV, str(s.path))
+    at = sign_in(start(), "Cy", None)  # no codes: a name is enough
+    assert shown_prompt(at) == evil
+    assert all(evil not in m.value and "onerror" not in m.value for m in at.markdown)
+    assert all("onerror" not in h.proto.body for h in at.get("html"))
+    assert VoteStore.of_session(s).raters().rater.tolist() == ["Cy"]
+
+
+def test_organiser_view(session):
+    s, codes = session
+    at = sign_in(start(), "Ann", codes[0])
+    vote(at, "left", "left")
+    org = start()
+    org.sidebar.radio(key="view").set_value("Organiser").run()
+    assert len(org.get("image")) == 0
+    org.text_input(key="organiser_password").input("wrong").run()
+    org.button[0].click().run()
+    assert "Wrong password" in org.error[0].value and len(org.dataframe) == 0
+    org.text_input(key="organiser_password").input("org-pass")
+    org.button[0].click().run()
+    assert not org.exception, org.exception
+    assert [m.value for m in org.metric][:2] == ["1", "1"]
+    progress = org.dataframe[0].value
+    assert progress.set_index("rater").loc["rater-01", "done"] == 1
+    assert len(org.dataframe) >= 2  # progress and live results

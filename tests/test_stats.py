@@ -1,0 +1,205 @@
+"""Statistics of rating sessions: hand-computed cases and simulated raters with a known preference."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drawbench import stats
+
+
+def votes_frame(rows):
+    """rows: (prompt, rater, left, right, quality, alignment[, attention])."""
+    recs = []
+    for n, r in enumerate(rows):
+        p, rater, left, right, q, a = r[:6]
+        recs.append({"comparison": f"{p}/{left}{right}", "prompt_id": p, "category": "cat" + p[-1],
+                     "rater": rater, "left_system": left, "right_system": right, "quality": q, "alignment": a,
+                     "attention": r[6] if len(r) > 6 else None})
+    return pd.DataFrame(recs)
+
+
+def test_shares_hand_computed():
+    # A vs B: 3 votes prefer A (two on the left, one on the right), 1 prefers B, 1 indifferent.
+    df = votes_frame([("p1", "r1", "A", "B", "left", "left"), ("p2", "r1", "B", "A", "right", "left"),
+                      ("p3", "r2", "A", "B", "left", "same"), ("p4", "r2", "A", "B", "right", "right"),
+                      ("p5", "r3", "B", "A", "same", "same")])
+    t = stats.preference_table(df, n_boot=500)
+    ov = t[(t.question == "quality") & (t.category == "overall")].iloc[0]
+    assert (ov.system_a, ov.system_b) == ("A", "B")
+    assert ov.prefer_a == pytest.approx(3 / 5) and ov.prefer_b == pytest.approx(1 / 5)
+    assert ov.indifferent == pytest.approx(1 / 5) and ov.n == 5
+    assert 0 <= ov.prefer_a_low <= ov.prefer_a <= ov.prefer_a_high <= 1
+    al = t[(t.question == "alignment") & (t.category == "overall")].iloc[0]
+    # alignment: p1 left=A, p2 left=B, p3 same, p4 right=B, p5 same
+    assert (al.prefer_a, al.prefer_b, al.indifferent) == pytest.approx((1 / 5, 2 / 5, 2 / 5))
+    # per category: each prompt has its own category here
+    c2 = t[(t.question == "quality") & (t.category == "cat2")].iloc[0]
+    assert c2.prefer_a == 1.0 and c2.n == 1
+
+
+def test_cluster_weights_resample_whole_clusters():
+    rng = np.random.default_rng(0)
+    prompts = np.array(["a", "a", "b", "b", "c"])
+    raters = np.array(["x", "y", "x", "y", "x"])
+    w = stats.cluster_weights(prompts, raters, 200, rng)
+    # the two votes of prompt "a" by rater "x" and prompt "b" by "x": weight ratio equals prompt multiplicity ratio
+    assert w.shape == (200, 5)
+    pa = w[:, 0] / np.maximum(w[:, 0] + 0, 1)
+    assert np.all(w >= 0) and np.all(np.isin(pa, [0, 1]))
+    # votes of the same prompt and rater-multiplicity: w[a,x] * w[b,y] == w[a,y] * w[b,x]
+    assert np.allclose(w[:, 0] * w[:, 3], w[:, 1] * w[:, 2])
+    # mean multiplicity of each cluster is 1, so the mean weight is about 1
+    assert abs(w.mean() - 1) < 0.15
+
+
+def test_davidson_two_systems_closed_form():
+    # With two systems the model is saturated: pi_1/pi_0 = W/L and nu = T / sqrt(W L).
+    W, L, T = 30, 10, 20
+    counts = np.zeros((2, 2, 3))
+    counts[0, 1] = [L, T, W]  # (system 0 beats 1, tie, 1 beats 0)
+    theta, nu = stats.davidson_fit(counts)
+    assert math.exp(theta[1] - theta[0]) == pytest.approx(W / L, rel=1e-4)
+    assert nu == pytest.approx(T / math.sqrt(W * L), rel=1e-4)
+
+
+def test_bradley_terry_recovers_three_systems():
+    rng = np.random.default_rng(1)
+    true = {"A": 0.0, "B": 0.7, "C": -0.7}
+    nu = 0.5
+    rows = []
+    for p in range(60):
+        for r in range(6):
+            for a, b in (("A", "B"), ("A", "C"), ("B", "C")):
+                pa, pb = math.exp(true[a]), math.exp(true[b])
+                d = pa + pb + nu * math.sqrt(pa * pb)
+                u = rng.random()
+                q = "left" if u < pa / d else "right" if u < (pa + pb) / d else "same"
+                rows.append((f"p{p}", f"r{r}", a, b, q, q))
+    bt = stats.bradley_terry(votes_frame(rows), "quality", n_boot=60)
+    got = dict(zip(bt.system, bt.log_strength))
+    for s, v in true.items():
+        assert got[s] == pytest.approx(v, abs=0.15)
+        row = bt[bt.system == s].iloc[0]
+        assert row.log_strength_low < row.log_strength < row.log_strength_high
+    assert bt.tie_nu.iloc[0] == pytest.approx(nu, abs=0.12)
+
+
+def test_krippendorff_hand_computed():
+    # Two raters, four comparisons, nominal: rater1 = [A, A, B, B], rater2 = [A, A, B, A].
+    # Coincidences: o_AA = 4, o_BB = 2, o_AB = o_BA = 1; n_A = 5, n_B = 3, n = 8.
+    # D_o = 2/8, D_e = 2*5*3/(8*7) = 30/56, alpha = 1 - (2/8)/(30/56) = 1 - 14/30 = 16/30.
+    r1 = ["left", "left", "right", "right"]
+    r2 = ["left", "left", "right", "left"]
+    rows = [(f"p{i}", "r1", "A", "B", r1[i], r1[i]) for i in range(4)]
+    rows += [(f"p{i}", "r2", "A", "B", r2[i], r2[i]) for i in range(4)]
+    out = stats.agreement(votes_frame(rows), "quality")
+    assert out["alpha"] == pytest.approx(16 / 30)
+    assert out["units"] == 4
+
+
+def test_krippendorff_uses_systems_not_sides():
+    # The same two raters agree on systems although one saw the pair swapped: alpha must be 1.
+    rows = [("p0", "r1", "A", "B", "left", "left"), ("p0", "r2", "A", "B", "left", "left"),
+            ("p1", "r1", "B", "A", "right", "right"), ("p1", "r2", "B", "A", "right", "right"),
+            ("p2", "r1", "A", "B", "right", "right"), ("p2", "r2", "A", "B", "right", "right")]
+    assert stats.agreement(votes_frame(rows), "quality")["alpha"] == pytest.approx(1.0)
+
+
+def test_position_bias_and_attention():
+    rows = [(f"p{i}", "r1", "A", "B", "left", "left") for i in range(18)]
+    rows += [(f"p{i}", "r1", "B", "A", "right", "right") for i in range(2)]
+    rows += [("p0", "r1", "real", "noise", "left", "left", "left"),
+             ("p1", "r2", "noise", "real", "left", "right", "right"),
+             ("p2", "r2", "noise", "real", "right", "right", "right")]
+    df = votes_frame(rows)
+    pb = stats.position_bias(df[df.attention.isna()], "quality", n_boot=300)
+    assert pb["left_share"] == pytest.approx(0.9) and pb["n"] == 20
+    assert pb["p_value"] < 0.001
+    att = stats.attention_table(df).set_index("rater")
+    assert att.loc["r1"].tolist() == [1, 1, 1.0]
+    assert att.loc["r2"].tolist() == [2, 1, 0.5]
+    s = stats.summarize(df, n_boot=200, min_attention=0.8)
+    assert s["dropped_raters"] == ["r2"] and s["n_votes"] == 20
+    s_all = stats.summarize(df, n_boot=200)
+    assert s_all["dropped_raters"] == []
+
+
+def simulate(rng, p_a=0.5, p_same=0.2, n_prompts=40, n_raters=8, spread=0.1):
+    """Raters x prompts with zero-mean prompt and rater effects: the population share preferring A is p_a."""
+    a_p = rng.uniform(-spread, spread, n_prompts)
+    b_r = rng.uniform(-spread, spread, n_raters)
+    pa = p_a + a_p[:, None] + b_r[None, :]  # [P, R]
+    u = rng.random((n_prompts, n_raters))
+    choice = np.where(u < pa, "A", np.where(u < pa + p_same, "same", "B"))
+    flip = rng.random((n_prompts, n_raters)) < 0.5
+    rows = []
+    for p in range(n_prompts):
+        for r in range(n_raters):
+            left, right = ("B", "A") if flip[p, r] else ("A", "B")
+            c = choice[p, r]
+            side = "same" if c == "same" else ("left" if c == left else "right")
+            rows.append((f"p{p}", f"r{r}", left, right, side, side))
+    return votes_frame(rows)
+
+
+def test_simulated_raters_recover_known_preference():
+    rng = np.random.default_rng(2024)
+    hits, hits_same = 0, 0
+    for _ in range(100):
+        df = simulate(rng)
+        d = stats.oriented(df, "quality", "A", "B")
+        s = stats.preference_shares(d, 400, rng)
+        hits += s["prefer_a_low"] <= 0.5 <= s["prefer_a_high"]
+        hits_same += s["indifferent_low"] <= 0.2 <= s["indifferent_high"]
+    assert hits >= 90, hits
+    assert hits_same >= 90, hits_same
+
+
+def test_naive_interval_would_undercover():
+    """The clustered interval is wider than a naive binomial one when raters differ (the reason to cluster)."""
+    rng = np.random.default_rng(5)
+    df = simulate(rng, spread=0.25, n_raters=5)
+    d = stats.oriented(df, "quality", "A", "B")
+    s = stats.preference_shares(d, 1000, rng)
+    naive_half = 1.96 * math.sqrt(s["prefer_a"] * (1 - s["prefer_a"]) / len(d))
+    assert (s["prefer_a_high"] - s["prefer_a_low"]) / 2 > 1.2 * naive_half
+
+
+def test_cli_stats_on_a_session(tmp_path, data_dir, capsys):
+    import json
+
+    from bench.cli import main
+    from drawbench.votes import VoteStore
+    from drawbench_fixtures import make_session
+
+    s, _ = make_session(tmp_path, data_dir, n_prompts=6, n_codes=0, n_systems=3, attention_rate=0.1, per_set=1)
+    store = VoteStore.of_session(s)
+    assert main(["drawbench", "stats", str(s.path)]) == 2
+    assert "no votes yet" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    for r in ("r1", "r2", "r3"):
+        store.register_rater(r)
+        for c in s.comparisons:
+            if c.attention:  # r3 fails every attention check
+                ans = c.attention if r != "r3" else ("left" if c.attention == "right" else "right")
+            else:  # sys2 is preferred when present
+                ans = "left" if c.left == "sys2" else "right" if c.right == "sys2" else str(rng.choice(["left", "same"]))
+            store.submit(r, c.id, ans, ans)
+    assert main(["drawbench", "stats", str(s.path), "--json", "--bootstrap", "200", "--min-attention", "0.8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dropped_raters"] == ["r3"] and out["n_raters"] == 2
+    assert out["systems"] == ["sys0", "sys1", "sys2"]
+    pref = {(p["system_a"], p["system_b"], p["question"], p["category"]): p for p in out["preference"]}
+    assert pref[("sys0", "sys2", "quality", "overall")]["prefer_b"] == 1.0
+    bt = {b["system"]: b["log_strength"] for b in out["bradley_terry"] if b["question"] == "alignment"}
+    assert bt["sys2"] > bt["sys0"] and bt["sys2"] > bt["sys1"]
+    assert {a["question"] for a in out["agreement"]} == {"quality", "alignment"}
+    att = {a["rater"]: a["pass_rate"] for a in out["attention"]}
+    assert att["r1"] == 1.0 and att["r3"] == 0.0
+    assert main(["drawbench", "stats", str(s.path), "--bootstrap", "100"]) == 0
+    text = capsys.readouterr().out
+    assert "Krippendorff" in text and "sys0 vs sys1" in text and "Bradley-Terry" in text
+    assert main(["drawbench", "stats", str(tmp_path)]) == 2
+    assert "not a rating session" in capsys.readouterr().err
