@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"imagen-bench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `imagen-bench ... --json | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("imagen-bench: interrupted; completed work is kept, run the same command again to resume",
               file=sys.stderr)
