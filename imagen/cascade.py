@@ -115,9 +115,10 @@ class Cascade(nn.Module):
         drop = rand(b) < st.cond_drop_prob  # [B] bool: rows trained unconditionally
         kwargs = {}
         if st.is_sr:
+            size = x0.shape[-1]  # the stage resolution, or a random crop of it (paper: the 1024 model)
             if lowres is None:
-                lowres = resize(x0, st.lowres_resolution)
-            up = resize(lowres, st.resolution)
+                lowres = resize(x0, size * st.lowres_resolution // st.resolution)
+            up = resize(lowres, size)
             level = rand(b) * st.noise_aug_max  # [B]
             kwargs = dict(lowres=noise_augment(up, level, randn(*up.shape), st.schedule), aug_level=level)
         pred = self.unets[i](z, log_snr, text, text_mask, drop_text=drop, **kwargs)

@@ -1,0 +1,646 @@
+"""Grid spec (TOML) -> cells with stable ids -> work items; the resumable, sharded runner and `grid status`.
+
+A cell is one full sampling setting (sampler, steps, guidance per stage, thresholding, SR augmentation level) of one
+model; its id is a short hash of those settings' canonical JSON with the model's checkpoint hash, so the same
+settings keep the same id across runs. A work item is (cell, prompt, sample index); its seed depends on the spec
+seed, the prompt and the sample index but NOT on the cell, so every cell starts a given prompt/sample from the same
+noise (a fair comparison across guidance weights and thresholding, paper Figure A.11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench import store
+from bench.suites import Prompt, load_suites, parse_name
+from imagen.config import SamplerConfig
+from imagen.errors import UserError
+
+KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
+TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size", "axes", "metrics"}
+AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level"}
+METRIC_KEYS = {"fid", "clip_score", "alignment"}
+
+
+# ----------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    fid: dict | None = None  # {"extractor": "effnet-lite0" | "inception", "reference": "shapes" | folder | .npz}
+    clip_score: dict | None = None  # {"model": "shapes-clip" | an open_clip name}
+    alignment: bool = False  # the shapes scorer, per cell and per category (shapes suite only)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    model: str
+    suites: tuple[str, ...]
+    samples_per_prompt: int = 1
+    seed: int = 0
+    batch_size: int = 8
+    guidance: tuple[tuple[float, ...], ...] = ((5.0,),)  # each entry: one weight, or one per stage
+    threshold: tuple[str, ...] = ("dynamic:0.995",)
+    sampler: tuple[str, ...] = ("ddpm",)
+    steps: tuple[int, ...] = (50,)
+    aug_level: tuple[tuple[float, ...], ...] = ((0.0,),)
+    metrics: MetricsSpec = field(default_factory=MetricsSpec)
+
+
+def _known_samplers() -> tuple[str, ...]:
+    try:
+        from imagen.sampling import SAMPLERS
+    except ImportError:
+        return KNOWN_SAMPLERS
+    return tuple(SAMPLERS)
+
+
+def normalize_threshold(value, key: str = "axes.threshold") -> str:
+    """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3), in one canonical spelling."""
+    if not isinstance(value, str):
+        raise UserError(f"{key}: {value!r} is not a string; use \"none\", \"static\" or \"dynamic:P\"")
+    v = value.strip().lower()
+    if v in ("none", "static"):
+        return v
+    if v == "dynamic":
+        v = "dynamic:0.995"
+    if v.startswith("dynamic:"):
+        try:
+            p = float(v.split(":", 1)[1])
+        except ValueError:
+            p = float("nan")
+        if not 0.0 < p <= 1.0:
+            raise UserError(f"{key}: {value!r}: the dynamic thresholding percentile P must be in (0, 1], "
+                            f"e.g. \"dynamic:0.995\"")
+        return f"dynamic:{p!r}"
+    raise UserError(f"{key}: unknown thresholding {value!r}; use \"none\", \"static\" or \"dynamic:P\"")
+
+
+def _floats(value, key: str, low: float, high: float | None) -> tuple[float, ...]:
+    vals = value if isinstance(value, list) else [value]
+    if not vals:
+        raise UserError(f"{key}: an empty per-stage list; give one number or one per stage")
+    out = []
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"{key}: {v!r} is not a number")
+        if v < low or (high is not None and v > high):
+            rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise UserError(f"{key}: {v!r} must be {rng}")
+        out.append(float(v))
+    return tuple(out)
+
+
+def _axis(axes: dict, key: str, default: list) -> list:
+    values = axes.get(key, default)
+    if not isinstance(values, list):
+        values = [values]
+    if not values:
+        raise UserError(f"axes.{key}: the axis is empty; give at least one value")
+    return values
+
+
+def _metric_table(value, key: str, defaults: dict) -> dict | None:
+    if value is False or value is None:
+        return None
+    if value is True:
+        return dict(defaults)
+    if not isinstance(value, dict):
+        raise UserError(f"metrics.{key}: use true/false or a table such as {defaults}")
+    unknown = set(value) - set(defaults)
+    if unknown:
+        raise UserError(f"metrics.{key}: unknown key(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **value}
+
+
+def parse_spec(text: str, source: str = "spec") -> GridSpec:
+    """Parse and check a grid spec; every mistake is a one-line UserError naming the key, before any work."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source}: not valid TOML: {exc}") from None
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
+    for key in ("name", "model", "suites"):
+        if key not in raw:
+            raise UserError(f"{source}: missing key {key!r}")
+    if not isinstance(raw["name"], str) or not raw["name"].strip():
+        raise UserError(f"{source}: name must be a non-empty string")
+    if not isinstance(raw["model"], str) or not raw["model"].strip():
+        raise UserError(f"{source}: model must be a shipped model name, a checkpoint folder or a preset name")
+    suites = raw["suites"] if isinstance(raw["suites"], list) else [raw["suites"]]
+    if not suites or not all(isinstance(s, str) and s.strip() for s in suites):
+        raise UserError(f"{source}: suites must be a non-empty list of suite names, e.g. [\"shapes:64\"]")
+    for s in suites:
+        parse_name(s)
+    ints = {}
+    for key, default, low in (("samples_per_prompt", 1, 1), ("seed", 0, 0), ("batch_size", 8, 1)):
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise UserError(f"{source}: {key} must be an integer >= {low}, got {v!r}")
+        ints[key] = v
+    axes = raw.get("axes", {})
+    if not isinstance(axes, dict):
+        raise UserError(f"{source}: [axes] must be a table")
+    unknown = set(axes) - AXIS_KEYS
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) axes.{sorted(unknown)}; known: {sorted(AXIS_KEYS)}")
+    guidance = tuple(_floats(v, "axes.guidance", 0.0, None) for v in _axis(axes, "guidance", [5.0]))
+    threshold = tuple(normalize_threshold(v) for v in _axis(axes, "threshold", ["dynamic:0.995"]))
+    samplers = _known_samplers()
+    sampler = tuple(_axis(axes, "sampler", ["ddpm"]))
+    for s in sampler:
+        if s not in samplers:
+            raise UserError(f"axes.sampler: unknown sampler {s!r}; choose from {', '.join(samplers)}")
+    steps = tuple(_axis(axes, "steps", [50]))
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise UserError(f"axes.steps: {s!r} must be a positive integer")
+    aug = tuple(_floats(v, "axes.aug_level", 0.0, 1.0) for v in _axis(axes, "aug_level", [0.0]))
+    metrics = raw.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise UserError(f"{source}: [metrics] must be a table")
+    unknown = set(metrics) - METRIC_KEYS
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) metrics.{sorted(unknown)}; known: {sorted(METRIC_KEYS)}")
+    fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes"})
+    if fid and fid["extractor"] not in ("effnet-lite0", "inception"):
+        raise UserError(f"metrics.fid.extractor: {fid['extractor']!r}; choose effnet-lite0 or inception")
+    clip = _metric_table(metrics.get("clip_score"), "clip_score", {"model": "shapes-clip"})
+    align = metrics.get("alignment", False)
+    if not isinstance(align, bool):
+        raise UserError("metrics.alignment: use true or false")
+    return GridSpec(
+        name=raw["name"].strip(), model=raw["model"].strip(), suites=tuple(s.strip() for s in suites),
+        samples_per_prompt=ints["samples_per_prompt"], seed=ints["seed"], batch_size=ints["batch_size"],
+        guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
+        metrics=MetricsSpec(fid=fid, clip_score=clip, alignment=align),
+    )
+
+
+def load_spec(path: str | os.PathLike) -> GridSpec:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"grid spec {p} not found")
+    return parse_spec(p.read_text(encoding="utf-8"), source=str(p))
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def spec_to_toml(spec: GridSpec) -> str:
+    """The spec as TOML text that parse_spec reads back to an equal spec (stored with every study)."""
+    def stage_list(values):
+        return [list(v) if len(v) > 1 else v[0] for v in values]
+
+    lines = [f"name = {_toml_value(spec.name)}", f"model = {_toml_value(spec.model)}",
+             f"suites = {_toml_value(list(spec.suites))}", f"samples_per_prompt = {spec.samples_per_prompt}",
+             f"seed = {spec.seed}", f"batch_size = {spec.batch_size}", "", "[axes]",
+             f"guidance = {_toml_value(stage_list(spec.guidance))}",
+             f"threshold = {_toml_value(list(spec.threshold))}", f"sampler = {_toml_value(list(spec.sampler))}",
+             f"steps = {_toml_value(list(spec.steps))}", f"aug_level = {_toml_value(stage_list(spec.aug_level))}",
+             "", "[metrics]"]
+    m = spec.metrics
+    lines.append(f"fid = {_toml_value(m.fid) if m.fid else 'false'}")
+    lines.append(f"clip_score = {_toml_value(m.clip_score) if m.clip_score else 'false'}")
+    lines.append(f"alignment = {_toml_value(m.alignment)}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- cells and work items
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: every sampling setting of one model."""
+
+    model_hash: str
+    sampler: str
+    steps: int
+    guidance: tuple[float, ...]  # per stage (one value = all stages)
+    threshold: str
+    aug_level: tuple[float, ...]
+
+    @property
+    def id(self) -> str:
+        canon = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    def sampler_config(self) -> SamplerConfig:
+        return SamplerConfig(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                             threshold=self.threshold, aug_level=self.aug_level)
+
+    def settings(self) -> dict:
+        """The cell's settings as sample-row columns."""
+        return {
+            store.COL_SAMPLER: self.sampler, store.COL_STEPS: self.steps,
+            store.COL_GUIDANCE: self.guidance[0], store.COL_GUIDANCE_STAGES: _join(self.guidance),
+            store.COL_THRESHOLD: self.threshold, store.COL_AUG_LEVEL: _join(self.aug_level),
+        }
+
+
+def _join(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def expand(spec: GridSpec, model_hash: str) -> list[Cell]:
+    """The cartesian product of the axes, thresholding outermost (one curve per thresholding in the report)."""
+    return [Cell(model_hash, s, n, g, t, a) for t, g, s, n, a in
+            itertools.product(spec.threshold, spec.guidance, spec.sampler, spec.steps, spec.aug_level)]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    cell: Cell
+    prompt: Prompt
+    sample_index: int
+    seed: int
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.cell.id}/{self.prompt.prompt_id}/{self.sample_index}"
+
+    @property
+    def image_path(self) -> str:
+        return f"images/{self.cell.id}/{self.prompt.prompt_id}-{self.sample_index}.png"
+
+
+def item_seed(spec_seed: int, prompt_id: str, sample_index: int) -> int:
+    """The seed of a work item: from (spec seed, prompt, sample index), not the cell; fits in 31 bits."""
+    digest = hashlib.sha256(f"{spec_seed}/{prompt_id}/{sample_index}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def work_items(cells: list[Cell], prompts: list[Prompt], samples_per_prompt: int, seed: int) -> list[WorkItem]:
+    """Every (cell, prompt, sample index), cell-major so a batch shares one sampler setting."""
+    return [WorkItem(c, p, i, item_seed(seed, p.prompt_id, i))
+            for c in cells for p in prompts for i in range(samples_per_prompt)]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'I/N' -> (I, N); None -> torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    if text is None:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is not None and world is not None:
+            text = f"{rank}/{world}"
+        else:
+            return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: use I/N, e.g. --shard 0/2 and --shard 1/2") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def in_shard(item: WorkItem, shard: tuple[int, int]) -> bool:
+    """Stable assignment: a hash of the sample id modulo the number of shards."""
+    i, n = shard
+    return n == 1 or int(hashlib.sha256(item.sample_id.encode()).hexdigest()[:8], 16) % n == i
+
+
+def plan(cells: list[Cell], items: list[WorkItem]) -> dict:
+    """{cell_id: {settings..., "items": n}} for the study table and `grid status`."""
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it.cell.id] = counts.get(it.cell.id, 0) + 1
+    return {c.id: {**c.settings(), "items": counts.get(c.id, 0)} for c in cells}
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def status(study: str | os.PathLike) -> dict:
+    """What is done in a study: per cell, images stored against planned, and metric rows."""
+    study = Path(study)
+    if not store.is_study(study) and not (study / "tables" / store.STUDY).is_dir():
+        raise UserError(f"{study} is not a study folder (no tables/); run `imagen-bench grid run SPEC --out "
+                        f"{study}` first")
+    runs = store.read_table(study, store.STUDY)
+    samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
+    metrics = store.read_table(study, store.METRICS)
+    planned = json.loads(runs[store.COL_PLAN].iloc[-1]) if len(runs) and store.COL_PLAN in runs else {}
+    done = samples.groupby(store.COL_CELL_ID).size().to_dict() if len(samples) else {}
+    nmet = metrics.groupby(store.COL_CELL_ID).size().to_dict() if len(metrics) else {}
+    cells = []
+    for cid in list(planned) + [c for c in done if c not in planned]:
+        p = planned.get(cid, {})
+        cells.append({"cell_id": cid, "guidance": p.get(store.COL_GUIDANCE_STAGES),
+                      "threshold": p.get(store.COL_THRESHOLD), "sampler": p.get(store.COL_SAMPLER),
+                      "steps": p.get(store.COL_STEPS), "aug_level": p.get(store.COL_AUG_LEVEL),
+                      "planned": p.get("items"), "done": int(done.get(cid, 0)), "metric_rows": int(nmet.get(cid, 0))})
+    total = sum(c["planned"] or 0 for c in cells)
+    n_done = sum(min(c["done"], c["planned"] or c["done"]) for c in cells)
+    return {"study": str(study), "name": runs[store.COL_NAME].iloc[-1] if len(runs) else None,
+            "runs": int(len(runs)), "planned": total, "done": n_done, "complete": bool(total) and n_done >= total,
+            "metric_rows": int(len(metrics)), "cells": cells}
+
+
+def format_status(st: dict) -> str:
+    lines = [f"study {st['study']} ({st['name']}): {st['done']}/{st['planned']} images, "
+             f"{st['metric_rows']} metric rows, {st['runs']} run(s)" + (" - complete" if st["complete"] else "")]
+    lines.append(f"{'cell':12}  {'guidance':>8}  {'threshold':14} {'sampler':9} {'steps':>5}  {'done':>9}  metrics")
+    for c in st["cells"]:
+        lines.append(f"{c['cell_id']:12}  {str(c['guidance']):>8}  {str(c['threshold']):14} {str(c['sampler']):9} "
+                     f"{str(c['steps']):>5}  {c['done']:>4}/{str(c['planned']):<4}  {c['metric_rows']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+def environment(device: str) -> tuple[dict, dict]:
+    """(package versions, hardware) recorded with every run."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("imagen-bench", "torch", "numpy", "pyarrow", "transformers", "torch-fidelity", "open-clip-torch"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    hardware = {"device": device, "machine": platform.machine(), "processor": platform.processor(),
+                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return versions, hardware
+
+
+def load_pipeline(model: str, device: str = "cpu"):
+    """The default generator: imagen.pipeline.Pipeline (a shipped name, a checkpoint folder or a preset)."""
+    from imagen.pipeline import Pipeline
+
+    return Pipeline.load(model, device=device)
+
+
+def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] = (0, 1), data_dir=None,
+             device: str = "cpu", generator=None, metric_fns=None, metrics: bool = True,
+             progress: bool = True, log=print) -> dict:
+    """Run (or resume) a grid into the study folder `out`: generation, then the spec's metrics per cell.
+
+    Every input is checked before any work. `generator` (default: the spec's model through imagen.pipeline) and
+    `metric_fns` (default: bench.metrics) can be injected. Returns a summary dict.
+    """
+    from bench import generate
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the study")
+    prompts = load_suites(spec.suites, data_dir, spec.seed)  # suite errors surface here, before any work
+    if generator is None:
+        generator = load_pipeline(spec.model, device)
+    model_hash = str(getattr(generator, "checkpoint_hash", spec.model))
+    cells = expand(spec, model_hash)
+    items = work_items(cells, prompts, spec.samples_per_prompt, spec.seed)
+    mine = [it for it in items if in_shard(it, shard)]
+    versions, hardware = environment(device)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = generate.part_prefix(shard)
+    store.write_part(out, store.STUDY, [{
+        store.COL_STUDY: out.name, store.COL_NAME: spec.name, store.COL_MODEL: spec.model,
+        store.COL_CHECKPOINT_HASH: model_hash, store.COL_SPEC: spec_to_toml(spec),
+        store.COL_VERSIONS: json.dumps(versions), store.COL_HARDWARE: json.dumps(hardware),
+        store.COL_PLAN: json.dumps(plan(cells, items)), store.COL_SHARD: f"{shard[0]}/{shard[1]}",
+        store.COL_CREATED: _now(),
+    }], prefix=prefix)
+    log(f"grid {spec.name!r}: {len(cells)} cells x {len(prompts)} prompts x {spec.samples_per_prompt} samples "
+        f"= {len(items)} images; this shard ({shard[0]}/{shard[1]}): {len(mine)}")
+    made = generate.generate_items(out, mine, generator, study_name=out.name, model=spec.model,
+                                   batch_size=spec.batch_size, shard=shard, progress=progress)
+    done = generate.done_ids(out)
+    complete = all(it.sample_id in done for it in items)
+    summary = {"study": str(out), "cells": len(cells), "images": len(items), "generated": made,
+               "complete": complete, "metric_rows": 0}
+    if metrics and complete:
+        summary["metric_rows"] = compute_metrics(out, spec, prompts, metric_fns=metric_fns, device=device,
+                                                 progress=progress, prefix=prefix, log=log)
+    elif metrics:
+        log("other shards are still generating: metrics run when the last shard finishes "
+            "(or rerun this command without --shard)")
+    return summary
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat()
+
+
+# ----------------------------------------------------------------------------- the metrics stage
+
+ALIGNMENT = "alignment"  # accuracy: the fraction of images whose every tested fact holds
+ALIGN_PREFIX = "align_"  # + fact type: accuracy of one fact type (color, shape, count, position)
+
+
+@dataclass(frozen=True)
+class MetricFns:
+    """The metric functions the stage calls (injectable; defaults use bench.metrics and the shapes scorer)."""
+
+    fid: object = None  # (images uint8 [N,H,W,3], fid spec dict, reference images or None) -> (name, value)
+    clip: object = None  # (images [N,H,W,3], prompts list[str], model str) -> (name, per-image scores [N])
+    alignment: object = None  # (image [H,W,3], facts JSON text) -> {fact_type: bool}
+
+
+def make_default_fid(device: str = "cpu"):
+    """bench.metrics.fid with the extractor loaded once and the reference statistics computed once per run."""
+    state: dict = {}
+
+    def fid_fn(images, fid_spec: dict, reference_images):
+        from bench.metrics import fid as F
+        from bench.metrics.features import load_extractor
+
+        name = fid_spec["extractor"]
+        if "extractor" not in state:
+            state["extractor"] = load_extractor(name, device)
+        ext = state["extractor"]
+        if "reference" not in state:
+            state["reference"] = (F.stats_from_images(list(reference_images), ext) if reference_images is not None
+                                  else F.resolve_stats(fid_spec["reference"], ext))
+        return F.fid_metric_name(name), float(F.fid_images(list(images), state["reference"], extractor=ext))
+
+    return fid_fn
+
+
+def make_default_clip(device: str = "cpu"):
+    """bench.metrics.clip_score with the CLIP model loaded once per run."""
+    state: dict = {}
+
+    def load(model):
+        from bench.metrics import clip_score as C
+
+        if "clip" not in state:
+            state["clip"] = C.load_clip(model, device=device)
+        return state["clip"]
+
+    def clip_fn(images, prompts, model):
+        from bench.metrics import clip_score as C
+
+        scores = C.clip_scores(load(model), list(images), list(prompts))
+        return C.clip_score_metric_name(model), np.asarray(scores)
+
+    clip_fn.load = load
+    return clip_fn
+
+
+def default_alignment(image, facts_json: str) -> dict:
+    from imagen.shapes import row_to_facts
+    from imagen.shapes_scorer import score
+
+    return score(image, row_to_facts(json.loads(facts_json)))
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile 95% interval of the mean, resampling images with replacement."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return None, None
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    means = v[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _inputs_hash(family: str, settings, shas) -> str:
+    canon = json.dumps([family, settings, sorted(shas)], sort_keys=True, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _shapes_reference(spec: GridSpec, size: int):
+    """Clean renders of the held-out scenes the shapes suite captions describe, at the model's resolution."""
+    from imagen.shapes import ShapesWorld, render
+
+    n = next((parse_name(s)[1] or 64 for s in spec.suites if parse_name(s)[0] == "shapes"), None)
+    if n is None:
+        raise UserError("metrics.fid.reference = \"shapes\" needs the shapes suite in suites, e.g. \"shapes:64\"")
+    world = ShapesWorld(spec.seed, "heldout")
+    return np.stack([render(world.item(i)[0], size) for i in range(n)])
+
+
+def _mean_rows(cell_id, name, values, categories, ihash) -> list[dict]:
+    """An overall row and one row per category: mean with a bootstrap interval."""
+    rows = []
+    groups = [(None, np.arange(len(values)))]
+    cats = np.asarray([c if c is not None else "" for c in categories], dtype=object)
+    for c in sorted(set(cats) - {""}):
+        groups.append((c, np.flatnonzero(cats == c)))
+    for cat, idx in groups:
+        v = np.asarray(values, dtype=np.float64)[idx]
+        low, high = bootstrap_ci(v)
+        rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: cat,
+                     store.COL_VALUE: float(v.mean()), store.COL_LOW: low, store.COL_HIGH: high,
+                     store.COL_N: int(len(v)), store.COL_INPUTS_HASH: ihash})
+    return rows
+
+
+def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, metric_fns: MetricFns | None = None,
+                    device: str = "cpu", progress: bool = True, prefix: str = "metrics", log=print) -> int:
+    """The spec's metrics for every cell; a metric already stored for the same images is skipped. Rows written."""
+    from bench.generate import load_images
+
+    fns = metric_fns or MetricFns()
+    fid_fn = fns.fid or make_default_fid(device)
+    clip_fn, align_fn = fns.clip or make_default_clip(device), fns.alignment or default_alignment
+    m = spec.metrics
+    if m.clip_score and fns.clip is None and not _importable("bench.metrics.clip_score"):
+        log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
+        m = dataclasses.replace(m, clip_score=None)
+    if m.clip_score and fns.clip is None:
+        try:  # the CLIP model may not be installed yet: the other metrics still run, with a warning
+            clip_fn.load(m.clip_score["model"])
+        except UserError as exc:
+            log(f"warning: CLIP score skipped: {exc}")
+            m = dataclasses.replace(m, clip_score=None)
+    samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
+    if not len(samples) or not (m.fid or m.clip_score or m.alignment):
+        return 0
+    stored = store.read_table(study, store.METRICS)
+    have = set()
+    if len(stored) and store.COL_INPUTS_HASH in stored:
+        have = set(zip(stored[store.COL_CELL_ID], stored[store.COL_INPUTS_HASH]))
+    reference = None
+    written = 0
+    cells = list(dict.fromkeys(samples[store.COL_CELL_ID]))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), unit="cell", desc="metrics")
+    for cell_id in cells:
+        df = samples[samples[store.COL_CELL_ID] == cell_id].sort_values(store.COL_SAMPLE_ID)
+        images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3]
+        rows: list[dict] = []
+        cats = list(df[store.COL_CATEGORY].where(df[store.COL_CATEGORY].notna(), None))
+        if m.fid:
+            sel = (df[store.COL_SUITE] == "shapes").to_numpy() if m.fid["reference"] == "shapes" else None
+            shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
+            ihash = _inputs_hash("fid", m.fid, shas)
+            if (cell_id, ihash) not in have:
+                if m.fid["reference"] == "shapes" and reference is None:
+                    reference = _shapes_reference(spec, images.shape[1])
+                name, value = fid_fn(images[sel] if sel is not None else images, m.fid,
+                                     reference if sel is not None else None)
+                rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None,
+                             store.COL_VALUE: float(value), store.COL_LOW: None, store.COL_HIGH: None,
+                             store.COL_N: int(len(shas)), store.COL_INPUTS_HASH: ihash})
+        if m.clip_score:
+            ihash = _inputs_hash("clip", m.clip_score, df[store.COL_SHA256])
+            if (cell_id, ihash) not in have:
+                name, scores = clip_fn(images, list(df[store.COL_PROMPT]), m.clip_score["model"])
+                rows += _mean_rows(cell_id, name, scores, cats, ihash)
+        if m.alignment and store.COL_FACTS in df and df[store.COL_FACTS].notna().any():
+            sel = df[store.COL_FACTS].notna().to_numpy()
+            ihash = _inputs_hash("alignment", True, df[store.COL_SHA256][sel])
+            if (cell_id, ihash) not in have:
+                checks = [align_fn(img, f) for img, f in zip(images[sel], df[store.COL_FACTS][sel])]
+                sub_cats = [c for c, s in zip(cats, sel) if s]
+                rows += _mean_rows(cell_id, ALIGNMENT, [float(all(c.values())) for c in checks], sub_cats, ihash)
+                for fact in sorted({k for c in checks for k in c}):
+                    vals = [float(c[fact]) for c in checks if fact in c]
+                    rows += _mean_rows(cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash)[:1]
+        if rows:
+            for r in rows:
+                r[store.COL_STUDY] = study.name
+                r[store.COL_CREATED] = _now()
+            store.write_part(study, store.METRICS, rows, prefix=prefix)
+            written += len(rows)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return written
+
+
+__all__ = ["GridSpec", "MetricsSpec", "Cell", "WorkItem", "parse_spec", "load_spec", "spec_to_toml", "expand",
+           "work_items", "item_seed", "parse_shard", "in_shard", "plan", "status", "format_status",
+           "normalize_threshold", "run_grid", "load_pipeline", "MetricFns",
+           "compute_metrics", "bootstrap_ci", "ALIGNMENT", "ALIGN_PREFIX"]

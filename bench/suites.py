@@ -1,0 +1,225 @@
+"""Prompt suites: DrawBench, COCO captions (zero-shot protocol), the shapes world's held-out captions, any CSV.
+
+A suite is named by a string: `drawbench`, `coco`, `shapes`, or the path of a CSV file (columns `prompt` and an
+optional `category`). `NAME:N` takes a seeded subset of N prompts (stratified over categories where there are any,
+so `drawbench:22` holds two prompts of each of its 11 categories). Every prompt gets a stable id: the suite name and
+a hash of its text, the same in every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from imagen.errors import UserError
+
+BUILTIN = ("drawbench", "coco", "shapes")
+DRAWBENCH_FILE = Path("drawbench") / "prompts.csv"
+COCO_FILE = Path("coco") / "val2014_captions_5k.csv"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a suite; `facts` (JSON text) is what the shapes scorer checks, empty elsewhere."""
+
+    suite: str
+    prompt_id: str
+    text: str
+    category: str | None = None
+    facts: str | None = None
+
+
+def prompt_id(suite: str, text: str) -> str:
+    """Stable id: suite name + 12 hex digits of sha256(text)."""
+    return f"{suite}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+
+
+def parse_name(name: str) -> tuple[str, int | None]:
+    """'drawbench:22' -> ('drawbench', 22); 'my.csv' -> ('my.csv', None)."""
+    base, sep, count = name.rpartition(":")
+    if not sep or not count.strip().lstrip("-").isdigit():
+        return name, None
+    n = int(count)
+    if n <= 0:
+        raise UserError(f"suite {name!r}: the subset size after ':' must be a positive integer")
+    return base, n
+
+
+def suite_label(base: str) -> str:
+    """The name stored with each prompt: the builtin name, or a CSV file's stem."""
+    return base if base in BUILTIN else Path(base).stem
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    path = data_dir if data_dir is not None else os.environ.get("IMAGEN_BENCH_DATA")
+    return Path(path) if path else None
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def read_prompt_csv(path: Path, suite: str, *, text_column: str = "prompt") -> list[Prompt]:
+    """A CSV with a `prompt` column (and an optional `category`); errors name the file and line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"prompt file {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"cannot read prompt file {path}: {exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty; it needs a header line with a '{text_column}' column")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except csv.Error as exc:
+        raise UserError(f"{path}:1: malformed CSV header ({exc})") from None
+    if text_column not in header:
+        raise UserError(f"{path}:1: no '{text_column}' column in the header {header}; "
+                        f"name the prompt column '{text_column}' (and optionally add 'category')")
+    i_text = header.index(text_column)
+    i_cat = header.index("category") if "category" in header else None
+    prompts: list[Prompt] = []
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue  # blank lines are allowed
+            if len(row) != len(header):
+                raise UserError(f"{path}:{line}: expected {len(header)} fields ({', '.join(header)}), got "
+                                f"{len(row)}; quote prompts that contain commas")
+            prompt = row[i_text].strip()
+            if not prompt:
+                raise UserError(f"{path}:{line}: empty prompt")
+            category = (row[i_cat].strip() or None) if i_cat is not None else None
+            prompts.append(Prompt(suite, prompt_id(suite, prompt), prompt, category))
+    except csv.Error as exc:
+        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+    if not prompts:
+        raise UserError(f"{path}: no prompts after the header line")
+    return prompts
+
+
+def _need_data(data_dir: Path | None, rel: Path, suite: str) -> Path:
+    if data_dir is None:
+        raise UserError(f"suite {suite!r} needs the data folder: pass --data-dir DIR or set IMAGEN_BENCH_DATA "
+                        f"to a folder holding {rel}")
+    path = data_dir / rel
+    if not path.is_file():
+        raise UserError(f"suite {suite!r}: {path} not found; point --data-dir / IMAGEN_BENCH_DATA at a folder "
+                        f"holding {rel}")
+    return path
+
+
+def drawbench(data_dir: Path | None) -> list[Prompt]:
+    """The 200 DrawBench prompts in 11 categories (paper section 3.4)."""
+    return read_prompt_csv(_need_data(data_dir, DRAWBENCH_FILE, "drawbench"), "drawbench")
+
+
+def coco(data_dir: Path | None, n: int | None, seed: int) -> list[Prompt]:
+    """MS-COCO validation captions (zero-shot protocol, paper 4.1): the metrics issue's sampling when present."""
+    path = _need_data(data_dir, COCO_FILE, "coco")
+    from bench.metrics import coco as coco_metrics  # the metrics issue owns the protocol's caption sampling
+
+    captions = coco_metrics.read_captions(path)
+    if n is not None:
+        captions = coco_metrics.sample_captions(captions, n, seed)  # one caption per distinct image
+    return [Prompt("coco", prompt_id("coco", c.caption), c.caption, None) for c in captions]
+
+
+def shapes(n: int | None, seed: int) -> list[Prompt]:
+    """Held-out captions of the shapes world, with the facts its scorer checks."""
+    from imagen import shapes as world
+
+    held_out = getattr(world, "held_out_captions", None) or getattr(world, "heldout_captions")
+    prompts = []
+    for item in held_out(n or 64, seed):
+        text, facts, category = _caption_parts(item)
+        if dataclasses.is_dataclass(facts):
+            facts = dataclasses.asdict(facts)
+        prompts.append(Prompt("shapes", prompt_id("shapes", text), text, category,
+                              json.dumps(facts, sort_keys=True, default=str)))
+    return _dedupe(prompts)
+
+
+def _caption_parts(item) -> tuple[str, object, str | None]:
+    if isinstance(item, dict):
+        return item["caption"], item.get("facts"), item.get("category")
+    text, facts, category = item
+    return text, facts, category
+
+
+def _dedupe(prompts: list[Prompt]) -> list[Prompt]:
+    seen, out = set(), []
+    for p in prompts:
+        if p.prompt_id not in seen:
+            seen.add(p.prompt_id)
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------- subsets and the entry point
+
+
+def subset(prompts: list[Prompt], n: int, seed: int, name: str) -> list[Prompt]:
+    """A seeded subset of n prompts, round-robin over categories (each category shuffled), in file order."""
+    if n > len(prompts):
+        raise UserError(f"suite {name!r}: asks for {n} prompts but the suite has only {len(prompts)}")
+    rng = random.Random(f"{seed}/{name}")
+    by_cat: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_cat.setdefault(p.category or "", []).append(i)
+    queues = []
+    for cat in sorted(by_cat):
+        idx = by_cat[cat][:]
+        rng.shuffle(idx)
+        queues.append(idx)
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop())
+    return [prompts[i] for i in sorted(chosen)]
+
+
+def load_suite(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0,
+               shapes_fn: Callable[[int | None, int], list[Prompt]] | None = None) -> list[Prompt]:
+    """The prompts of one suite name ('drawbench:22', 'shapes:64', 'coco:100', 'path/to/prompts.csv:10')."""
+    base, n = parse_name(name)
+    root = resolve_data_dir(data_dir)
+    if base == "drawbench":
+        prompts = _dedupe(drawbench(root))
+    elif base == "coco":
+        prompts = _dedupe(coco(root, n, seed))
+    elif base == "shapes":
+        return (shapes_fn or shapes)(n, seed)  # the world draws exactly n captions from the seed
+    elif base.lower().endswith(".csv") or Path(base).is_file():
+        prompts = _dedupe(read_prompt_csv(Path(base), suite_label(base)))
+    else:
+        raise UserError(f"unknown suite {base!r}: use drawbench, coco, shapes, or the path of a CSV file "
+                        f"with a 'prompt' column (add ':N' for a seeded subset)")
+    return prompts if n is None else subset(prompts, n, seed, base)
+
+
+def load_suites(names: list[str] | tuple[str, ...], data_dir=None, seed: int = 0, shapes_fn=None) -> list[Prompt]:
+    """All prompts of several suites, each prompt once (by prompt id)."""
+    out: list[Prompt] = []
+    for name in names:
+        out.extend(load_suite(name, data_dir, seed, shapes_fn))
+    return _dedupe(out)
+
+
+__all__ = ["Prompt", "prompt_id", "parse_name", "load_suite", "load_suites", "read_prompt_csv", "subset",
+           "BUILTIN"]

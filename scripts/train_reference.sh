@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Train the reference `shapes` cascade (16 px base + 16 -> 64 px SR, MiniLM text) on the shapes world and ship it
+# as package data in imagen/weights/shapes/ (config.json + base.safetensors + sr64.safetensors, EMA weights).
+#
+#   scripts/train_reference.sh [RUN_DIR]          # default RUN_DIR: runs/shapes; rerun to resume after a stop
+#
+# The recipe is the CPU one (configs/shapes_base.toml, configs/shapes_sr.toml); on a GPU it runs unchanged
+# (--device auto picks CUDA). Extra arguments after RUN_DIR go to both `imagen-bench train` calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN="${1:-runs/shapes}"
+shift || true
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+imagen-bench train configs/shapes_base.toml --out "$RUN" --resume "$@"
+imagen-bench train configs/shapes_sr.toml --out "$RUN" --resume "$@"
+
+DEST=imagen/weights/shapes
+mkdir -p "$DEST"
+cp "$RUN/config.json" "$RUN/base.safetensors" "$RUN/sr64.safetensors" "$DEST/"
+du -sh "$DEST"
+echo "shipped: $DEST (use --model shapes)"

@@ -1,0 +1,201 @@
+"""Grid specs, cells, seeds, shards, status and the metrics stage (with stand-in metric functions)."""
+
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bench import store
+from bench.grid import (
+    MetricFns, bootstrap_ci, compute_metrics, expand, format_status, in_shard, item_seed, parse_shard, parse_spec,
+    run_grid, spec_to_toml, status, work_items,
+)
+from bench.suites import Prompt
+from imagen.errors import UserError
+
+SPEC = """
+name = "t"
+model = "fake"
+suites = ["PROMPTS"]
+samples_per_prompt = 2
+seed = 5
+batch_size = 3
+[axes]
+guidance = [1.0, 4.0]
+threshold = ["none", "static", "dynamic:0.9"]
+steps = [2]
+[metrics]
+clip_score = { model = "fake-clip" }
+alignment = true
+"""
+
+
+class FakeGenerator:
+    """Deterministic stand-in for imagen.pipeline.Pipeline: an 8x8 image from (seed, guidance, threshold)."""
+
+    model_id, checkpoint_hash = "fake", "f" * 64
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, seeds, sampler, batch_size=8, progress=False):
+        self.calls.append(list(prompts))
+        t = int(hashlib.sha256(sampler.threshold.encode()).hexdigest()[:6], 16)
+        return np.stack([np.random.default_rng([s, int(sampler.guidance[0] * 10), t]).integers(0, 256, (8, 8, 3))
+                         for s in seeds]).astype(np.uint8)
+
+
+@pytest.fixture
+def prompts_csv(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("prompt,category\na red circle,A\na blue square,A\ntwo cats,B\n", encoding="utf-8")
+    return f
+
+
+def spec_for(csv_path, text=SPEC):
+    return parse_spec(text.replace("PROMPTS", str(csv_path)))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("seed = 5", "seed = 5\ncolour = 1"), r"unknown key\(s\) \['colour'\]"),
+    (("guidance = [1.0, 4.0]", "guidance = [-1.0]"), "axes.guidance: -1.0 must be >= 0"),
+    (('"dynamic:0.9"', '"dynamic:2"'), "axes.threshold: 'dynamic:2'"),
+    (("steps = [2]", "steps = []"), "axes.steps: the axis is empty"),
+    (("steps = [2]", "steps = [2]\nsize = [3]"), "axes.*size"),
+    (('clip_score = { model = "fake-clip" }', "clip_score = { modle = 1 }"), "metrics.clip_score: unknown"),
+    (('steps = [2]', 'sampler = ["euler"]'), "axes.sampler: unknown sampler 'euler'"),
+    (('threshold = ["none", "static", "dynamic:0.9"]', 'threshold = ["soft"]'), "unknown thresholding 'soft'"),
+    (('name = "t"', ''), "missing key 'name'"),
+    (("seed = 5", "seed = -1"), "seed must be an integer >= 0"),
+])
+def test_spec_errors_name_the_key(edit, message):
+    with pytest.raises(UserError, match=message):
+        parse_spec(SPEC.replace(*edit))
+
+
+def test_spec_roundtrip_and_values(prompts_csv):
+    spec = spec_for(prompts_csv)
+    assert spec.guidance == ((1.0,), (4.0,)) and spec.threshold == ("none", "static", "dynamic:0.9")
+    assert parse_spec(spec_to_toml(spec)) == spec
+    per_stage = parse_spec(SPEC.replace("guidance = [1.0, 4.0]", "guidance = [[5, 3], 2]"))
+    assert per_stage.guidance == ((5.0, 3.0), (2.0,))
+    assert parse_spec(spec_to_toml(per_stage)) == per_stage
+
+
+def test_cells_have_stable_distinct_ids(prompts_csv):
+    spec = spec_for(prompts_csv)
+    cells = expand(spec, "h1")
+    assert len(cells) == 6 and len({c.id for c in cells}) == 6
+    assert [c.id for c in cells] == [c.id for c in expand(spec, "h1")]
+    assert cells[0].id != expand(spec, "h2")[0].id  # the model hash is part of the id
+    canon = json.dumps({"aug_level": [0.0], "guidance": [1.0], "model_hash": "h1", "sampler": "ddpm", "steps": 2,
+                        "threshold": "none"}, separators=(",", ":"), sort_keys=True)
+    assert cells[0].id == hashlib.sha256(canon.encode()).hexdigest()[:12]
+    assert cells[0].sampler_config().guidance == (1.0,) and cells[-1].threshold == "dynamic:0.9"
+
+
+def test_seed_depends_on_prompt_and_index_not_cell(prompts_csv):
+    spec = spec_for(prompts_csv)
+    prompts = [Prompt("s", "s-1", "a"), Prompt("s", "s-2", "b")]
+    items = work_items(expand(spec, "h"), prompts, 2, 5)
+    assert len(items) == 6 * 2 * 2 and len({it.sample_id for it in items}) == len(items)
+    by_key = {}
+    for it in items:
+        by_key.setdefault((it.prompt.prompt_id, it.sample_index), set()).add(it.seed)
+    assert all(len(s) == 1 for s in by_key.values()) and len({s.pop() for s in by_key.values()}) == 4
+    assert item_seed(5, "s-1", 0) == int(hashlib.sha256(b"5/s-1/0").hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def test_shards_partition_the_items(prompts_csv, monkeypatch):
+    items = work_items(expand(spec_for(prompts_csv), "h"), [Prompt("s", f"s-{i}", str(i)) for i in range(10)], 2, 0)
+    parts = [[it.sample_id for it in items if in_shard(it, (i, 3))] for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(it.sample_id for it in items) and all(parts)
+    assert parse_shard("1/2") == (1, 2)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert parse_shard(None) == (2, 4)
+    for bad in ("2/2", "x", "1/0"):
+        with pytest.raises(UserError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_bootstrap_interval_matches_numpy():
+    v = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    low, high = bootstrap_ci(v, n_boot=500, seed=3)
+    idx = np.random.default_rng(3).integers(0, 8, size=(500, 8))
+    assert (low, high) == (np.percentile(v[idx].mean(1), 2.5), np.percentile(v[idx].mean(1), 97.5))
+    assert low < v.mean() < high
+    assert bootstrap_ci([1.0]) == (None, None)
+
+
+def _metric_fns(calls):
+    def clip(images, prompts, model):
+        calls.append("clip")
+        return "clip_score_fake", images.reshape(len(images), -1).mean(1) / 255.0
+
+    def align(image, facts):
+        calls.append("align")
+        return {"color": bool(image[0, 0, 0] > 127), "shape": True}
+
+    return MetricFns(clip=clip, alignment=align)
+
+
+def test_run_grid_metrics_per_cell_and_category_without_recompute(tmp_path, prompts_csv):
+    spec = spec_for(prompts_csv)
+    calls, gen = [], FakeGenerator()
+    out = tmp_path / "study"
+    summary = run_grid(spec, out, generator=gen, metric_fns=_metric_fns(calls), progress=False, log=lambda m: None)
+    assert summary["complete"] and summary["images"] == 6 * 3 * 2 and summary["generated"] == 36
+    samples = store.read_table(out, store.SAMPLES)
+    metrics = store.read_table(out, store.METRICS)
+    # CLIP: overall + categories A and B per cell; value = mean of the per-image scores of that cell
+    clip = metrics[metrics[store.COL_METRIC] == "clip_score_fake"]
+    assert len(clip) == 6 * 3
+    cell = samples[store.COL_CELL_ID].iloc[0]
+    rows = samples[samples[store.COL_CELL_ID] == cell]
+    from PIL import Image
+
+    per_image = [np.asarray(Image.open(out / p)).mean() / 255.0 for p in rows[store.COL_IMAGE_PATH]]
+    overall = clip[(clip[store.COL_CELL_ID] == cell) & clip[store.COL_CATEGORY].isna()].iloc[0]
+    assert overall[store.COL_VALUE] == pytest.approx(np.mean(per_image)) and overall[store.COL_N] == 6
+    assert overall[store.COL_LOW] <= overall[store.COL_VALUE] <= overall[store.COL_HIGH]
+    # no facts in a CSV suite: no alignment rows
+    assert not metrics[store.COL_METRIC].str.startswith("align").any()
+    # a rerun generates nothing and recomputes nothing
+    n_calls = len(calls)
+    again = run_grid(spec, out, generator=gen, metric_fns=_metric_fns(calls), progress=False, log=lambda m: None)
+    assert again["generated"] == 0 and again["metric_rows"] == 0 and len(calls) == n_calls
+    st = status(out)
+    assert st["complete"] and st["done"] == st["planned"] == 36 and len(st["cells"]) == 6
+    assert "36/36 images" in format_status(st)
+    studies = store.read_table(out, store.STUDY)
+    assert len(studies) == 2 and parse_spec(studies[store.COL_SPEC].iloc[0]) == spec
+    assert "torch" in json.loads(studies[store.COL_VERSIONS].iloc[0])
+
+
+def test_alignment_per_category_and_fact_for_shapes(tmp_path):
+    spec = parse_spec(SPEC.replace('"PROMPTS"', '"shapes:5"').replace("clip_score", "#"))
+    calls = []
+    out = tmp_path / "s"
+    run_grid(replace(spec, threshold=("none",), guidance=((1.0,),)), out, generator=FakeGenerator(),
+             metric_fns=_metric_fns(calls), progress=False, log=lambda m: None)
+    m = store.read_table(out, store.METRICS)
+    samples = store.read_table(out, store.SAMPLES)
+    from PIL import Image
+
+    red = [bool(np.asarray(Image.open(out / p))[0, 0, 0] > 127) for p in samples[store.COL_IMAGE_PATH]]
+    overall = m[(m[store.COL_METRIC] == "alignment") & m[store.COL_CATEGORY].isna()].iloc[0]
+    assert overall[store.COL_VALUE] == pytest.approx(np.mean(red)) and overall[store.COL_N] == 10
+    assert m[(m[store.COL_METRIC] == "align_shape")][store.COL_VALUE].iloc[0] == 1.0
+    cats = set(m[(m[store.COL_METRIC] == "alignment") & m[store.COL_CATEGORY].notna()][store.COL_CATEGORY])
+    assert cats == set(samples[store.COL_CATEGORY])
+
+
+def test_bad_input_fails_before_any_work(tmp_path):
+    spec = parse_spec(SPEC.replace('"PROMPTS"', '"nosuch"'))
+    out = tmp_path / "never"
+    with pytest.raises(UserError, match="unknown suite"):
+        run_grid(spec, out, generator=FakeGenerator(), progress=False, log=lambda m: None)
+    assert not out.exists()

@@ -1,0 +1,88 @@
+"""Prompt suites: DrawBench, COCO, shapes, CSV files, seeded subsets, and clear errors for bad files."""
+
+import csv
+import hashlib
+import json
+from collections import Counter
+
+import pytest
+
+from bench.suites import load_suite, load_suites, parse_name, prompt_id, read_prompt_csv
+from imagen.errors import UserError
+
+
+def test_drawbench_has_200_prompts_in_11_categories(data_dir):
+    prompts = load_suite("drawbench", data_dir)
+    with open(data_dir / "drawbench" / "prompts.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [p.text for p in prompts] == [r["prompt"] for r in rows]  # independent read, same order
+    assert len({p.category for p in prompts}) == 11
+    assert Counter(p.category for p in prompts)["Reddit"] == 38
+
+
+def test_subset_is_seeded_stratified_and_stable(data_dir):
+    a = load_suite("drawbench:22", data_dir, seed=0)
+    assert len(a) == 22 and set(Counter(p.category for p in a).values()) == {2}  # 2 per category
+    assert a == load_suite("drawbench:22", data_dir, seed=0)
+    assert [p.prompt_id for p in a] != [p.prompt_id for p in load_suite("drawbench:22", data_dir, seed=1)]
+    full = [p.prompt_id for p in load_suite("drawbench", data_dir)]
+    assert [full.index(p.prompt_id) for p in a] == sorted(full.index(p.prompt_id) for p in a)  # file order
+
+
+def test_prompt_id_is_suite_plus_text_hash():
+    assert prompt_id("drawbench", "A red car.") == "drawbench-" + hashlib.sha256(b"A red car.").hexdigest()[:12]
+    assert parse_name("drawbench:22") == ("drawbench", 22) and parse_name("x.csv") == ("x.csv", None)
+    with pytest.raises(UserError, match="positive"):
+        parse_name("drawbench:0")
+
+
+def test_coco_and_shapes(data_dir):
+    coco = load_suite("coco:7", data_dir, seed=3)
+    assert len(coco) == 7 and all(p.suite == "coco" and p.text for p in coco)
+    shapes = load_suite("shapes:10", seed=0)
+    assert len(shapes) == 10
+    from imagen.shapes import held_out_captions
+
+    expected = held_out_captions(10, 0)
+    assert [p.text for p in shapes] == [t for t, _, _ in expected]
+    facts = json.loads(shapes[0].facts)
+    assert facts["color_1"] == expected[0][1].color_1 and shapes[0].category == expected[0][2]
+
+
+def test_csv_suite_with_and_without_category(tmp_path):
+    f = tmp_path / "mine.csv"
+    f.write_text('prompt,category\n"a cat, sitting",animals\na dog,\n\nthe sea,water\n', encoding="utf-8")
+    prompts = load_suite(str(f))
+    assert [(p.text, p.category, p.suite) for p in prompts] == [
+        ("a cat, sitting", "animals", "mine"), ("a dog", None, "mine"), ("the sea", "water", "mine")]
+    g = tmp_path / "plain.csv"
+    g.write_text("prompt\none\ntwo\nthree\n", encoding="utf-8")
+    assert len(load_suite(f"{g}:2")) == 2
+    assert len(load_suites([str(f), str(f), str(g)])) == 6  # deduplicated by prompt id
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"text,category\nhello,x\n", "no 'prompt' column"),
+    (b"prompt,category\nok,a\nbad,a,extra\n", ":3: expected 2 fields"),
+    (b"prompt,category\nok,a\n ,b\n", ":3: empty prompt"),
+    (b"prompt\nok\n\xff\xfe bad\n", ":3: not UTF-8"),
+    (b"prompt\n", "no prompts"),
+])
+def test_malformed_csv_names_the_line(tmp_path, content, message):
+    f = tmp_path / "bad.csv"
+    f.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        read_prompt_csv(f, "bad")
+
+
+def test_suite_errors(tmp_path, data_dir, monkeypatch):
+    with pytest.raises(UserError, match="unknown suite 'nosuch'"):
+        load_suite("nosuch")
+    with pytest.raises(UserError, match="only 200"):
+        load_suite("drawbench:500", data_dir)
+    with pytest.raises(UserError, match="not found"):
+        load_suite("drawbench", tmp_path)
+    monkeypatch.delenv("IMAGEN_BENCH_DATA")
+    with pytest.raises(UserError, match="data folder"):
+        load_suite("drawbench", data_dir=None)

@@ -1,0 +1,171 @@
+"""The trainer: config validation, bit-exact resume, refusal of foreign/corrupt checkpoints, EMA, the CLI."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imagen.config import CascadeConfig, StageConfig, TextEncoderConfig, UNetConfig
+from imagen.ema import EMA, ema_decay
+from imagen.errors import UserError
+from imagen.train import RunConfig, TrainConfig, DataConfig, load_config, lr_at, parse_config, train
+
+
+class FakeEncoder:
+    """Deterministic text embeddings from a hash of each word (no model download, instant)."""
+
+    id, dim, max_length = "fake:16", 16, 8
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        words = [t.split()[: self.max_length] for t in texts]
+        L = max(1, max(len(w) for w in words))
+        tok = torch.zeros(len(texts), L, self.dim)
+        mask = torch.zeros(len(texts), L, dtype=torch.bool)
+        for i, ws in enumerate(words):
+            for j, w in enumerate(ws):
+                seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:4], "little")
+                tok[i, j] = torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+                mask[i, j] = True
+        return tok, mask
+
+
+def micro_cascade() -> CascadeConfig:
+    unet = dict(dim=8, dim_mults=(1, 2), num_res_blocks=(1, 1), self_attn=(False, True), cross_attn=(False, True),
+                attn_heads=1, attn_head_dim=8, text_dim=16, cond_dim=16, groups=4)
+    return CascadeConfig(
+        name="micro", text=TextEncoderConfig(kind="minilm", dim=16, max_length=8),
+        stages=(StageConfig("base", 8, UNetConfig(**unet)),
+                StageConfig("sr", 16, UNetConfig(**unet, lowres_cond=True), lowres_resolution=8)))
+
+
+def micro_run(out, stage="base", steps=6, **train_kw) -> RunConfig:
+    t = dict(stage=stage, steps=steps, batch_size=4, lr=1e-3, warmup=2, checkpoint_every=3, sample_every=0,
+             sample_steps=2, log_every=1, ema_decay=0.9, ema_warmup=2)
+    t.update(train_kw)
+    return RunConfig(micro_cascade(), TrainConfig(**t), DataConfig(kind="shapes", n=24, seed=0), str(out))
+
+
+def _state(out, stage="base"):
+    return load_file(str(out / "train_state" / f"{stage}.safetensors"))
+
+
+def test_resume_is_bit_exact(tmp_path):
+    enc = FakeEncoder()
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = train(micro_run(a), progress=False, encoder=enc)
+    train(micro_run(b), progress=False, encoder=enc, stop_at=3)
+    mid = _state(b)
+    rb = train(micro_run(b), progress=False, encoder=enc, resume=True)
+    assert ra["step"] == rb["step"] == 6
+    sa, sb = _state(a), _state(b)
+    assert set(sa) == set(sb) and any(k.startswith("optim.") for k in sa)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    # training really moved the weights between step 3 and step 6
+    assert any(not torch.equal(mid[k], sa[k]) for k in sa if k.startswith("model."))
+    # the inference checkpoint holds the EMA weights
+    ema = load_file(str(a / "base.safetensors"))
+    assert all(torch.equal(ema[k], sa["ema." + k]) for k in ema)
+    # loss.csv after resume has each step once
+    rows = (b / "loss.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[1]) for r in rows] == list(range(1, 7))
+    assert (a / "samples" / "base-step6.png").is_file()
+
+
+def test_refuses_other_config_and_corrupt_state(tmp_path):
+    enc = FakeEncoder()
+    train(micro_run(tmp_path, steps=2, checkpoint_every=2), progress=False, encoder=enc)
+    with pytest.raises(UserError, match="--resume"):
+        train(micro_run(tmp_path, steps=4), progress=False, encoder=enc)
+    with pytest.raises(UserError, match="different config"):
+        train(micro_run(tmp_path, steps=4, lr=5e-4), progress=False, encoder=enc, resume=True)
+    f = tmp_path / "train_state" / "base.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(UserError, match="corrupt"):
+        train(micro_run(tmp_path, steps=4), progress=False, encoder=enc, resume=True)
+    (tmp_path / "train_state" / "base.json").write_text("{not json")
+    with pytest.raises(UserError, match="corrupt"):
+        train(micro_run(tmp_path, steps=4), progress=False, encoder=enc, resume=True)
+
+
+def test_sr_stage_joins_the_base_run_folder(tmp_path):
+    enc = FakeEncoder()
+    train(micro_run(tmp_path, steps=2), progress=False, encoder=enc)
+    train(micro_run(tmp_path, stage="sr", steps=2), progress=False, encoder=enc)
+    from imagen.checkpoint import load_cascade
+
+    cascade = load_cascade(tmp_path)
+    sr = load_file(str(tmp_path / "sr.safetensors"))
+    assert all(torch.equal(cascade.unets[1].state_dict()[k], v) for k, v in sr.items())
+    other = RunConfig(micro_cascade().__class__(name="other", text=micro_cascade().text,
+                                                stages=micro_cascade().stages), micro_run(tmp_path).train,
+                      micro_run(tmp_path).data, str(tmp_path))
+    with pytest.raises(UserError, match="different cascade"):
+        train(other, progress=False, encoder=enc)
+
+
+def test_config_validation(tmp_path):
+    good = {"out": "x", "model": {"preset": "tiny"}, "train": {"steps": 5}, "data": {"kind": "shapes", "n": 4}}
+    run = parse_config(good)
+    assert run.train.steps == 5 and run.model.name == "tiny"
+    for bad, msg in [
+        ({**good, "train": {"stepz": 5}}, r"'stepz' in \[train\]"),
+        ({**good, "data": {"kind": "shapes", "colour": 1}}, r"'colour' in \[data\]"),
+        ({**good, "train": {"steps": "five"}}, r"\[train\] steps"),
+        ({**good, "train": {"precision": "fp8"}}, "precision"),
+        ({**good, "train": {"stage": "sr9"}}, "sr9"),
+        ({**good, "data": {"kind": "folder"}}, "path"),
+        ({**good, "data": {"crop": 8}}, "SR stages only"),
+        ({**good, "extra": 1}, "extra"),
+        ({k: v for k, v in good.items() if k != "model"}, r"\[model\]"),
+    ]:
+        with pytest.raises(UserError, match=msg):
+            parse_config(bad)
+    # the shipped reference configs parse and describe one and the same cascade
+    base, sr = load_config("configs/shapes_base.toml"), load_config("configs/shapes_sr.toml")
+    assert base.model == sr.model and base.train.stage != sr.train.stage
+    assert sr.model.stage(sr.train.stage).resolution == 4 * sr.model.stage(sr.train.stage).lowres_resolution
+
+
+def test_lr_schedule_and_ema_math():
+    t = TrainConfig(lr=1.0, warmup=4, steps=14, lr_schedule="cosine")
+    assert [lr_at(s, t) for s in (1, 2, 4)] == [0.25, 0.5, 1.0]
+    assert math.isclose(lr_at(14, t), 0.1) and math.isclose(lr_at(9, t), 0.55)
+    assert lr_at(100, TrainConfig(lr=2.0, warmup=4)) == 2.0
+    assert ema_decay(1, 0.999, 10) == pytest.approx(2 / 11) and ema_decay(10**6, 0.999, 10) == 0.999
+    m = torch.nn.Linear(3, 2)
+    e = EMA(m, decay=0.9, warmup=0)
+    before = {k: v.clone() for k, v in e.state_dict().items()}
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    e.update(m, 1)
+    for k, v in m.state_dict().items():
+        assert torch.allclose(e.state_dict()[k], 0.9 * before[k] + 0.1 * v)
+
+
+def test_cli_train_json_and_errors(tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+
+    monkeypatch.setattr("imagen.text.load_text_encoder", lambda cfg, device="cpu": FakeEncoder())
+    cfg = tmp_path / "c.toml"
+    cascade = micro_cascade()
+    from imagen.config import to_dict
+
+    (tmp_path / "model.json").write_text(json.dumps(to_dict(cascade)))
+    cfg.write_text(f'out = "{tmp_path / "run"}"\n[model]\nfile = "model.json"\n'
+                   '[train]\nsteps = 2\nbatch_size = 2\nsample_every = 0\nsample_steps = 2\n'
+                   '[data]\nkind = "shapes"\nn = 8\n')
+    assert main(["train", str(cfg), "--json", "--device", "cpu", "--text-cache", str(tmp_path / "tc")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["step"] == 2 and np.isfinite(out["loss"])
+    assert main(["train", str(cfg), "--set", "train.bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
