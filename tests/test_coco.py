@@ -1,0 +1,128 @@
+"""The COCO zero-shot FID protocol on a small COCO-format fixture built from real photos."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from bench.metrics import coco as K
+from bench.metrics import fid as F
+from fixtures_coco import build_coco_fixture
+from imagen.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    return build_coco_fixture(tmp_path_factory.mktemp("coco"))
+
+
+def test_json_and_csv_readers_agree(fixture):
+    a = K.read_captions(fixture.annotations)
+    b = K.read_captions(fixture.captions_csv)
+    assert len(a) == fixture.n_captions == 20
+    assert sorted(a, key=lambda c: c.caption_id) == sorted(b, key=lambda c: c.caption_id)
+    assert all(c.file_name.startswith("COCO_val2014_") for c in a)
+
+
+def test_shared_5k_csv_reads(data_dir):
+    caps = K.read_captions(data_dir / "coco" / "val2014_captions_5k.csv")
+    assert len(caps) == 5000 and len({c.image_id for c in caps}) == 5000
+
+
+def test_sampling_is_seeded_one_caption_per_image_and_order_free(fixture):
+    caps = K.read_captions(fixture.annotations)
+    s1 = K.sample_captions(caps, 6, seed=0)
+    assert K.sample_captions(list(reversed(caps)), 6, seed=0) == s1  # file order does not matter
+    assert len({c.image_id for c in s1}) == 6  # one caption per image
+    assert K.sample_captions(caps, 6, seed=1) != s1
+    # every image and both of its captions get drawn over many seeds (the draw is not stuck)
+    seen = {c.caption_id for seed in range(40) for c in K.sample_captions(caps, 3, seed)}
+    assert seen == {c.caption_id for c in caps}
+    with pytest.raises(UserError, match="more than the 10 images"):
+        K.sample_captions(caps, 11, seed=0)
+
+
+def test_sampling_matches_an_independent_reimplementation(data_dir):
+    caps = K.read_captions(data_dir / "coco" / "val2014_captions_5k.csv")
+    got = K.sample_captions(caps, 50, seed=123)
+    rng = np.random.default_rng(123)  # the protocol written out: sorted image ids, draw, then pick a caption
+    ids = sorted({c.image_id for c in caps})
+    picks = rng.choice(len(ids), 50, replace=False)
+    by_id = {c.image_id: c for c in caps}  # one caption per image in this file
+    expected = []
+    for k in picks:
+        rng.integers(1)
+        expected.append(by_id[ids[int(k)]].caption_id)
+    assert [c.caption_id for c in got] == expected
+
+
+def test_reference_stats_from_folder_and_npz(fixture, tmp_path):
+    ref = K.reference_stats(images_dir=fixture.images_dir)
+    assert ref.n == 10 and ref.protocol == "center-crop+pil-bicubic-256"
+    F.save_stats(ref, tmp_path / "ref.npz")
+    again = K.reference_stats(stats_file=tmp_path / "ref.npz")
+    assert again.key == ref.key
+    np.testing.assert_array_equal(again.mu, ref.mu)
+    with pytest.raises(UserError, match="either --images"):
+        K.reference_stats(images_dir=fixture.images_dir, stats_file=tmp_path / "ref.npz")
+
+
+def test_manifest_and_comparability(fixture):
+    caps = K.read_captions(fixture.captions_csv)
+    ref = K.reference_stats(images_dir=fixture.images_dir)
+    m1 = K.build_manifest(captions_file=fixture.captions_csv, sampled=K.sample_captions(caps, 5, 0), seed=0,
+                          reference=ref, extractor="effnet-lite0", size=256)
+    assert m1["n"] == 5 and len(m1["caption_ids"]) == 5 and m1["reference_stats"] == ref.key
+    assert m1["metric"] == "fid_effnet_lite0" and m1["resize"] == "center-crop+pil-bicubic-256"
+    assert not m1["comparable_with_fid30k"] and "not comparable" in m1["warning"]
+    m2 = K.build_manifest(captions_file=fixture.captions_csv, sampled=K.sample_captions(caps, 5, 1), seed=1,
+                          reference=ref, extractor="effnet-lite0", size=256)
+    assert K.comparable(m1, m1) == []
+    assert set(K.comparable(m1, m2)) == {"seed", "caption_ids"}
+
+
+def test_small_n_warning():
+    assert K.small_n_warning(30_000) is None
+    assert "far too few" in K.small_n_warning(500)
+    assert "fewer than the paper's" in K.small_n_warning(20_000)
+
+
+def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
+    from bench.cli import main
+    from imagen.config import SamplerConfig
+
+    run = K.CocoRun(model="tiny", captions=str(fixture.annotations), out=str(tmp_path / "run"), n=4, seed=0,
+                    images=str(fixture.images_dir), batch_size=4)
+    sampler = SamplerConfig(sampler="ddim", steps=2, guidance=(3.0,), threshold="dynamic:0.995")
+    with pytest.warns(UserWarning, match="not comparable"):
+        result = K.run_coco(run, sampler, progress=False)
+    out = tmp_path / "run"
+    pngs = sorted((out / "images").glob("*.png"))
+    assert len(pngs) == 4 and result["n"] == 4 and result["n_ref"] == 10
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["caption_ids"] == [c.caption_id for c in K.sample_captions(
+        K.read_captions(fixture.annotations), 4, 0)]
+    assert json.loads((out / "result.json").read_text())["value"] == result["value"] > 0
+    # the FID equals one computed by hand from the written images and the reference folder
+    by_hand = F.frechet_distance(F.stats_from_files(pngs, cache=False),
+                                 F.stats_from_folder(fixture.images_dir, cache=False))
+    assert result["value"] == pytest.approx(by_hand, rel=1e-6)
+    # resumable: a rerun keeps the images (same bytes, same mtime) and gives the same number
+    mtimes = [p.stat().st_mtime_ns for p in pngs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = K.run_coco(run, sampler, progress=False)
+    assert [p.stat().st_mtime_ns for p in pngs] == mtimes and again["value"] == result["value"]
+    # the CLI: same run through `imagen-bench coco`
+    code = main(["coco", "--model", "tiny", "--captions", str(fixture.annotations), "--images",
+                 str(fixture.images_dir), "--n", "4", "--seed", "0", "--out", str(out), "--sampler", "ddim",
+                 "--steps", "2", "--guidance", "3", "--batch-size", "4", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["value"] == pytest.approx(result["value"], rel=1e-9)
+    assert "not comparable" in captured.err
