@@ -453,7 +453,7 @@ def _now() -> str:
 
 # ----------------------------------------------------------------------------- the metrics stage
 
-ALIGNMENT = "alignment"  # accuracy: the fraction of images whose every tested fact holds
+ALIGNMENT = "align_overall"  # = bench.metrics.alignment.ALIGN_OVERALL: images whose every tested fact holds
 ALIGN_PREFIX = "align_"  # + fact type: accuracy of one fact type (color, shape, count, position)
 
 

@@ -101,7 +101,7 @@ def pareto_plot(summary: pd.DataFrame, path: Path) -> bool:
     names = list(summary.columns)
     fid = _first(names, "fid_")
     xs = [n for n in (_first([c for c in names if not c.endswith(("_n", "_ci_low", "_ci_high"))], "clip_score_"),
-                      "alignment" if "alignment" in names else None) if n]
+                      "align_overall" if "align_overall" in names else None) if n]
     if fid:
         fid = fid if not fid.endswith(("_n", "_ci_low", "_ci_high")) else None
     if not xs and not fid:
@@ -141,7 +141,7 @@ def category_plot(summary: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> b
     cats = category_metrics(metrics)
     if not len(cats):
         return False
-    name = "alignment" if (cats[store.COL_METRIC] == "alignment").any() else cats[store.COL_METRIC].iloc[0]
+    name = "align_overall" if (cats[store.COL_METRIC] == "align_overall").any() else cats[store.COL_METRIC].iloc[0]
     cats = cats[cats[store.COL_METRIC] == name].merge(summary[[store.COL_CELL_ID] + SETTINGS], on=store.COL_CELL_ID)
     curves = list(_curves(summary))
     fig, axes = plt.subplots(len(curves), 1, figsize=(11, 2.8 * len(curves)), squeeze=False, sharey=True)

@@ -186,10 +186,10 @@ def test_alignment_per_category_and_fact_for_shapes(tmp_path):
     from PIL import Image
 
     red = [bool(np.asarray(Image.open(out / p))[0, 0, 0] > 127) for p in samples[store.COL_IMAGE_PATH]]
-    overall = m[(m[store.COL_METRIC] == "alignment") & m[store.COL_CATEGORY].isna()].iloc[0]
+    overall = m[(m[store.COL_METRIC] == "align_overall") & m[store.COL_CATEGORY].isna()].iloc[0]
     assert overall[store.COL_VALUE] == pytest.approx(np.mean(red)) and overall[store.COL_N] == 10
     assert m[(m[store.COL_METRIC] == "align_shape")][store.COL_VALUE].iloc[0] == 1.0
-    cats = set(m[(m[store.COL_METRIC] == "alignment") & m[store.COL_CATEGORY].notna()][store.COL_CATEGORY])
+    cats = set(m[(m[store.COL_METRIC] == "align_overall") & m[store.COL_CATEGORY].notna()][store.COL_CATEGORY])
     assert cats == set(samples[store.COL_CATEGORY])
 
 
@@ -199,3 +199,12 @@ def test_bad_input_fails_before_any_work(tmp_path):
     with pytest.raises(UserError, match="unknown suite"):
         run_grid(spec, out, generator=FakeGenerator(), progress=False, log=lambda m: None)
     assert not out.exists()
+
+
+def test_grid_alignment_metric_names_are_the_metric_modules():
+    from bench.grid import ALIGN_PREFIX, ALIGNMENT
+    from bench.metrics import alignment
+
+    assert ALIGNMENT == alignment.ALIGN_OVERALL
+    assert {ALIGN_PREFIX + f for f in ("color", "shape", "count", "position")} == {
+        alignment.ALIGN_COLOR, alignment.ALIGN_SHAPE, alignment.ALIGN_COUNT, alignment.ALIGN_POSITION}
