@@ -142,10 +142,14 @@ _load_stage = load_stage  # the name imagen.train imports
 
 
 def build_untrained(cfg: CascadeConfig, make_unet=None) -> Cascade:
-    """A cascade with deterministic initial weights (torch.manual_seed(0)); the global RNG state is restored."""
+    """A cascade with deterministic initial weights (CPU generator seeded 0); the global RNG state is restored.
+
+    Only the CPU generator is seeded (the weights are built on the CPU): torch.manual_seed would also reseed every
+    CUDA generator, and those are not restored here.
+    """
     state = torch.random.get_rng_state()
     try:
-        torch.manual_seed(0)
+        torch.random.default_generator.manual_seed(0)
         return Cascade(cfg, make_unet=make_unet).eval()
     finally:
         torch.random.set_rng_state(state)

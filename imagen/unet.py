@@ -201,6 +201,8 @@ class EfficientUNet(nn.Module):
     def condition(self, log_snr, text, text_mask, drop_text=None, aug_level=None):
         """-> (cond [B, cond_dim] after SiLU, text tokens [B, L, cond_dim], mask [B, L] with null rows applied)."""
         b, length = text_mask.shape
+        # a bool mask, whatever came in: SDPA would ADD a float 0/1 mask as a bias and attend to the padding
+        text_mask = text_mask.to(device=text.device, dtype=torch.bool)
         drop = ~text_mask.any(dim=1)  # a row with no valid token is treated as dropped
         if drop_text is not None:
             drop = drop | drop_text.to(device=text_mask.device, dtype=torch.bool)

@@ -150,6 +150,16 @@ def test_untrained_preset_is_deterministic_and_restores_rng():
         assert ka == kb and torch.equal(va, vb)
 
 
+def test_untrained_preset_leaves_accelerator_rngs_alone(monkeypatch):
+    """torch.manual_seed would reseed every CUDA generator (never restored): a Pipeline.load in the middle of a
+    GPU run would reset its dropout/noise stream. Only the CPU generator may be touched."""
+    called = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: called.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: called.append(seed))
+    build_untrained(mini_cfg())
+    assert called == []
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 

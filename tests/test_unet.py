@@ -85,6 +85,19 @@ def test_masked_tokens_do_not_change_the_output():
     torch.testing.assert_close(out3[1:], ref[1:], atol=1e-5, rtol=0)  # rows are independent
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.long])
+def test_non_bool_masks_mean_the_same_as_bool(dtype):
+    """A 0/1 mask straight from a tokenizer (long) or as floats must mask, not be added to the attention logits."""
+    model = tiny_base()
+    (x, snr, text, mask), _ = inputs(2, 16, length=5)
+    mask[1, 2:] = False
+    text[1, 2:] = 50.0  # loud padding: attending to it would change the output
+    with torch.inference_mode():
+        ref = model(x, snr, text, mask)
+        out = model(x, snr, text, mask.to(dtype))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("null_text", ["learned", "zero"])
 def test_dropped_text_uses_the_null_embedding(null_text):
     model = randomised(EfficientUNet(narrow(preset("tiny").stages[0].unet), null_text=null_text))
