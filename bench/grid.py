@@ -398,6 +398,39 @@ def load_pipeline(model: str, device: str = "cpu"):
     return Pipeline.load(model, device=device)
 
 
+def check_runnable(spec: GridSpec, prompts: list[Prompt], generator, metrics: bool = True) -> None:
+    """What the spec alone cannot check: per-stage lists against the model's stages, and the FID inputs."""
+    cascade_cfg = getattr(getattr(generator, "cascade", None), "cfg", None)
+    n_stages = len(cascade_cfg.stages) if cascade_cfg is not None and hasattr(cascade_cfg, "stages") else None
+    if n_stages is not None:
+        for key, values, n in (("axes.guidance", spec.guidance, n_stages), ("axes.aug_level", spec.aug_level,
+                                                                              n_stages - 1)):
+            for v in values:
+                if len(v) > 1 and n > 0 and len(v) != n:
+                    raise UserError(f"{key}: {list(v)} has {len(v)} values but model {spec.model!r} needs one value "
+                                    f"or {n} (one per {'stage' if key == 'axes.guidance' else 'SR stage'})")
+    fid = spec.metrics.fid
+    if not (metrics and fid):
+        return
+    ref = fid["reference"]
+    if not isinstance(ref, str) or not ref.strip():
+        raise UserError(f"metrics.fid.reference: {ref!r}; use \"shapes\", a folder of images, a study folder or a "
+                        f"statistics .npz file")
+    if ref == "shapes":
+        if not any(parse_name(s)[0] == "shapes" for s in spec.suites):
+            raise UserError("metrics.fid.reference = \"shapes\" needs the shapes suite in suites, e.g. "
+                            "\"shapes:64\"; or give a folder of reference images")
+        n_images = sum(p.suite == "shapes" for p in prompts) * spec.samples_per_prompt
+    else:
+        if not Path(ref).exists():
+            raise UserError(f"metrics.fid.reference: {ref} not found; give \"shapes\", a folder of images, a study "
+                            f"folder or a statistics .npz file")
+        n_images = len(prompts) * spec.samples_per_prompt
+    if n_images < 2:
+        raise UserError(f"metrics.fid: FID needs at least 2 images per cell, this grid makes {n_images}; add prompts "
+                        f"or raise samples_per_prompt")
+
+
 def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] = (0, 1), data_dir=None,
              device: str = "cpu", generator=None, metric_fns=None, metrics: bool = True,
              progress: bool = True, log=print) -> dict:
@@ -414,6 +447,7 @@ def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] =
     prompts = load_suites(spec.suites, data_dir, spec.seed)  # suite errors surface here, before any work
     if generator is None:
         generator = load_pipeline(spec.model, device)
+    check_runnable(spec, prompts, generator, metrics)  # per-stage lengths, FID inputs: before any work
     model_hash = str(getattr(generator, "checkpoint_hash", spec.model))
     cells = expand(spec, model_hash)
     items = work_items(cells, prompts, spec.samples_per_prompt, spec.seed)
@@ -535,6 +569,29 @@ def _inputs_hash(family: str, settings, shas) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def _reference_fingerprint(ref: str) -> str | None:
+    """What a FID reference path holds, for the metric's inputs hash: a reference whose content changes must not
+    leave the old FID looking current. A file: its sha256; a study: its images' sha256s; a folder: each image's
+    name, size and mtime (cheap: the folder may hold 30,000 photos)."""
+    path = Path(ref)
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    if store.is_study(path):
+        df = store.read_table(path, store.SAMPLES, key=store.COL_SAMPLE_ID)
+        shas = sorted(df[store.COL_SHA256]) if store.COL_SHA256 in df else []
+        return hashlib.sha256("\n".join(shas).encode()).hexdigest()
+    if path.is_dir():
+        from bench.metrics.features import list_images
+
+        files = [(f.name, st.st_size, st.st_mtime_ns) for f in list_images(path) for st in [f.stat()]]
+        return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    return None
+
+
 def _shapes_reference(spec: GridSpec, size: int):
     """Clean renders of the held-out scenes the shapes suite captions describe, at the model's resolution."""
     from imagen.shapes import ShapesWorld, render
@@ -564,7 +621,17 @@ def _mean_rows(cell_id, name, values, categories, ihash) -> list[dict]:
 
 def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, metric_fns: MetricFns | None = None,
                     device: str = "cpu", progress: bool = True, prefix: str = "metrics", log=print) -> int:
-    """The spec's metrics for every cell; a metric already stored for the same images is skipped. Rows written."""
+    """The spec's metrics for every cell; a metric already stored for the same images is skipped. Rows written.
+
+    Shards that finish together would each see a complete grid: the study's metrics lock makes the later one wait
+    and then find the rows stored, instead of computing and writing every metric twice."""
+    with store.locked(study, "metrics"):
+        return _compute_metrics(Path(study), spec, metric_fns=metric_fns, device=device, progress=progress,
+                                prefix=prefix, log=log)
+
+
+def _compute_metrics(study: Path, spec: GridSpec, *, metric_fns: MetricFns | None, device: str, progress: bool,
+                     prefix: str, log) -> int:
     from bench.generate import load_images
 
     fns = metric_fns or MetricFns()
@@ -588,6 +655,9 @@ def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, metric_fns: Me
     if len(stored) and store.COL_INPUTS_HASH in stored:
         have = set(zip(stored[store.COL_CELL_ID], stored[store.COL_INPUTS_HASH]))
     reference = None
+    fid_settings = m.fid  # what the FID depends on besides the images: a reference path's content too
+    if m.fid and m.fid["reference"] != "shapes":
+        fid_settings = {**m.fid, "reference_content": _reference_fingerprint(m.fid["reference"])}
     written = 0
     cells = list(dict.fromkeys(samples[store.COL_CELL_ID]))
     bar = None
@@ -603,7 +673,7 @@ def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, metric_fns: Me
         if m.fid:
             sel = (df[store.COL_SUITE] == "shapes").to_numpy() if m.fid["reference"] == "shapes" else None
             shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
-            ihash = _inputs_hash("fid", m.fid, shas)
+            ihash = _inputs_hash("fid", fid_settings, shas)
             if (cell_id, ihash) not in have:
                 if m.fid["reference"] == "shapes" and reference is None:
                     reference = _shapes_reference(spec, images.shape[1])
@@ -642,5 +712,5 @@ def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, metric_fns: Me
 
 __all__ = ["GridSpec", "MetricsSpec", "Cell", "WorkItem", "parse_spec", "load_spec", "spec_to_toml", "expand",
            "work_items", "item_seed", "parse_shard", "in_shard", "plan", "status", "format_status",
-           "normalize_threshold", "run_grid", "load_pipeline", "MetricFns",
+           "normalize_threshold", "check_runnable", "run_grid", "load_pipeline", "MetricFns",
            "compute_metrics", "bootstrap_ci", "ALIGNMENT", "ALIGN_PREFIX"]

@@ -3,7 +3,9 @@
 A study is a folder:
 
     STUDY/
-      tables/<table>/part-*.parquet   one Parquet file per flush, written atomically (temp file + rename)
+      tables/<table>/<prefix>-<time_ns>-<uuid>.parquet   one Parquet file per flush, written atomically (temp
+                                         file + rename); the time in the name orders the parts by when they were
+                                         written, whatever the writer's prefix
       images/<cell_id>/<prompt_id>-<sample_index>.png
 
 A table is the union of its part files, read as one dataset. Rows are never updated in place: a writer appends a
@@ -14,7 +16,10 @@ older study get the columns it lacks as nulls, so older studies stay readable wh
 from __future__ import annotations
 
 import os
+import re
+import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -82,7 +87,7 @@ def write_part(study: Path | str, table: str, rows: list[dict] | pa.Table, prefi
     tbl = tbl.replace_schema_metadata({b"imagen_bench_schema": str(SCHEMA_VERSION).encode()})
     folder = table_dir(study, table)
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{prefix}-{uuid.uuid4().hex}.parquet"
+    name = f"{prefix}-{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
     tmp = folder / f".{name}.tmp"
     pq.write_table(tbl, tmp)
     with open(tmp, "rb") as fh:  # the data must be on disk before the rename makes it visible
@@ -91,11 +96,21 @@ def write_part(study: Path | str, table: str, rows: list[dict] | pa.Table, prefi
     return folder / name
 
 
+_PART_TIME = re.compile(r"-(\d{20})-[0-9a-f]{32}\.parquet$")
+
+
+def _write_order(part: Path) -> tuple[int, str]:
+    """Sort key: the write time in the part's name (older parts without one: the file's mtime)."""
+    m = _PART_TIME.search(part.name)
+    return (int(m.group(1)) if m else part.stat().st_mtime_ns), part.name
+
+
 def part_files(study: Path | str, table: str) -> list[Path]:
+    """A table's parts in the order they were written (so "keep the last" keeps the newest row)."""
     folder = table_dir(study, table)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    return sorted((p for p in folder.glob("*.parquet") if not p.name.startswith(".")), key=_write_order)
 
 
 def read_arrow(study: Path | str, table: str) -> pa.Table:
@@ -152,3 +167,23 @@ def clean_temp_files_prefixed(study: Path | str, prefix: str) -> int:
                 tmp.unlink(missing_ok=True)
                 n += 1
     return n
+
+
+@contextmanager
+def locked(study: Path | str, name: str):
+    """Hold an exclusive lock on one job of a study (e.g. "metrics") while the block runs, so that concurrent
+    shards do it one after the other; the OS drops the lock if its holder dies (flock), so a SIGKILL never leaves
+    a stale lock behind."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (shards then may repeat work, never lose it)
+        yield
+        return
+    folder = Path(study) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -208,3 +208,94 @@ def test_grid_alignment_metric_names_are_the_metric_modules():
     assert ALIGNMENT == alignment.ALIGN_OVERALL
     assert {ALIGN_PREFIX + f for f in ("color", "shape", "count", "position")} == {
         alignment.ALIGN_COLOR, alignment.ALIGN_SHAPE, alignment.ALIGN_COUNT, alignment.ALIGN_POSITION}
+
+
+def test_last_written_part_wins_whatever_its_random_name(tmp_path, monkeypatch):
+    """Readers keep the last row per key: 'last' must mean last written, not the largest random part name."""
+    import uuid
+
+    from reports.build import overall_metrics
+
+    names = iter(["f" * 32, "0" * 32])  # the newer part gets the smaller random name
+    monkeypatch.setattr(store.uuid, "uuid4", lambda: uuid.UUID(next(names)))
+    row = {store.COL_CELL_ID: "c", store.COL_METRIC: "clip_score_x", store.COL_CATEGORY: None, store.COL_N: 4}
+    store.write_part(tmp_path, store.METRICS, [{**row, store.COL_VALUE: 1.0}], prefix="s0of1")
+    store.write_part(tmp_path, store.METRICS, [{**row, store.COL_VALUE: 2.0}], prefix="s0of1")
+    assert overall_metrics(store.read_table(tmp_path, store.METRICS))[store.COL_VALUE].tolist() == [2.0]
+    names = iter(["f" * 32, "0" * 32])  # and across writers: a later run's plan is the one `grid status` shows
+    for prefix, plan in (("s1of2", {"old": {"items": 1}}), ("s0of1", {"new": {"items": 2}})):
+        store.write_part(tmp_path, store.STUDY, [{store.COL_NAME: prefix, store.COL_PLAN: json.dumps(plan)}],
+                         prefix=prefix)
+    (tmp_path / "tables" / store.SAMPLES).mkdir()
+    assert [c["cell_id"] for c in status(tmp_path)["cells"]] == ["new"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("guidance = [1.0, 4.0]", "guidance = [1.0, [4.0, 2.0, 1.0]]"), r"axes.guidance: \[4.0, 2.0, 1.0\] has 3 values"),
+    (("steps = [2]", "steps = [2]\naug_level = [[0.1, 0.2]]"), r"axes.aug_level: \[0.1, 0.2\] has 2 values"),
+    (("alignment = true", "alignment = true\nfid = true"), "metrics.fid.reference = \"shapes\" needs the shapes suite"),
+    (("alignment = true", "alignment = true\nfid = { reference = \"/no/such/ref\" }"), "metrics.fid.reference: /no/"),
+])
+def test_model_and_metric_mismatches_fail_before_any_work(tmp_path, prompts_csv, edit, message):
+    """Errors the spec alone cannot see (the model's stage count, FID's inputs) still come before any work."""
+    from types import SimpleNamespace
+
+    gen = FakeGenerator()
+    gen.cascade = SimpleNamespace(cfg=SimpleNamespace(stages=("base", "sr")))  # a two-stage cascade
+    out = tmp_path / "never"
+    with pytest.raises(UserError, match=message):
+        run_grid(spec_for(prompts_csv, SPEC.replace(*edit)), out, generator=gen, progress=False, log=lambda m: None)
+    assert not out.exists() and not gen.calls
+
+
+def test_shards_finishing_together_compute_metrics_once(tmp_path, prompts_csv):
+    """Two shards that both see the grid complete run the metrics stage one after the other: rows written once."""
+    import threading
+    import time
+
+    spec = replace(spec_for(prompts_csv), threshold=("none",), guidance=((1.0,),))
+    out = tmp_path / "study"
+    run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
+    calls = []
+
+    def slow_clip(images, prompts, model):
+        calls.append(model)
+        time.sleep(0.5)  # both shards are inside the metrics stage at once
+        return "clip_score_fake", images.reshape(len(images), -1).mean(1) / 255.0
+
+    fns = MetricFns(clip=slow_clip, alignment=lambda image, facts: {})
+    threads = [threading.Thread(target=compute_metrics, args=(out, spec),
+                                kwargs=dict(metric_fns=fns, progress=False, prefix=f"s{i}of2", log=lambda m: None))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    metrics = store.read_table(out, store.METRICS)
+    assert len(calls) == 1 and len(metrics) == 3  # one cell: overall + categories A and B, once
+
+
+def test_fid_is_recomputed_when_the_reference_folder_changes(tmp_path, prompts_csv):
+    """The FID's inputs hash covers the reference's content, not just its path."""
+    from PIL import Image
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(ref / f"{i}.png")
+    spec = replace(spec_for(prompts_csv, SPEC.replace("alignment = true", f'fid = {{ reference = "{ref}" }}')),
+                   threshold=("none",), guidance=((1.0,),))
+    calls = []
+
+    def fid(images, fid_spec, reference):
+        calls.append(len(list((ref).glob("*.png"))))
+        return "fid_fake", float(calls[-1])
+
+    fns = replace(_metric_fns([]), fid=fid)
+    out = tmp_path / "study"
+    run_grid(spec, out, generator=FakeGenerator(), metric_fns=fns, progress=False, log=lambda m: None)
+    run_grid(spec, out, generator=FakeGenerator(), metric_fns=fns, progress=False, log=lambda m: None)
+    assert calls == [3]  # unchanged reference: not recomputed
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(ref / "3.png")
+    run_grid(spec, out, generator=FakeGenerator(), metric_fns=fns, progress=False, log=lambda m: None)
+    assert calls == [3, 4]
