@@ -207,7 +207,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, log_snrs: torch.Tensor, 
     for i in tqdm(range(len(lams) - 1), disable=disable, desc="dpmpp-2m", leave=False):
         lam_t, lam_s = lams[i], lams[i + 1]
         x0 = _call(denoise, z, lam_t)
-        (a_t, s_t), (a_s, s_s) = _alpha_sigma(lam_t), _alpha_sigma(lam_s)
+        (_, s_t), (a_s, s_s) = _alpha_sigma(lam_t), _alpha_sigma(lam_s)
         h = (lam_s - lam_t) / 2.0
         if math.isinf(lam_s):
             z = x0  # sigma_s = 0: the exact solution is the data estimate

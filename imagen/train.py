@@ -502,7 +502,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
 
     from imagen.cascade import Cascade, resize
     from imagen.checkpoint import CONFIG_FILE, save_cascade
-    from imagen.data import batch_indices, build_text_table, make_dataset, to_tensor, unique_captions
+    from imagen.data import build_text_table, make_dataset, to_tensor, unique_captions
     from imagen.ema import EMA
 
     t, cfg = run.train, run.model

@@ -138,7 +138,7 @@ def test_orphan_images_are_regenerated_and_done_items_skipped(tmp_path):
 
     lost = pq.read_metadata(last).num_rows
     last.unlink()  # as if killed after the images but before the rows: orphan images
-    (out / "images" / items[0].cell.id / f".s0of1-x.png.tmp").write_bytes(b"partial")
+    (out / "images" / items[0].cell.id / ".s0of1-x.png.tmp").write_bytes(b"partial")
     Gen.calls = 0
     made = generate_items(out, items, Gen(), study_name="s", model="m", batch_size=4, progress=False)
     assert made == Gen.calls == lost > 0  # only the items whose rows were lost

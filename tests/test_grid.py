@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bench import store
+from bench.cell_metrics import MetricFns, bootstrap_ci, compute_metrics
 from bench.grid import (
-    MetricFns, bootstrap_ci, compute_metrics, expand, format_status, in_shard, item_seed, parse_shard, parse_spec,
-    run_grid, spec_to_toml, status, work_items,
+    expand, format_status, in_shard, item_seed, parse_shard, parse_spec, run_grid, spec_to_toml, status, work_items,
 )
 from bench.suites import Prompt
 from imagen.errors import UserError
@@ -202,7 +202,7 @@ def test_bad_input_fails_before_any_work(tmp_path):
 
 
 def test_grid_alignment_metric_names_are_the_metric_modules():
-    from bench.grid import ALIGN_PREFIX, ALIGNMENT
+    from bench.cell_metrics import ALIGN_PREFIX, ALIGNMENT
     from bench.metrics import alignment
 
     assert ALIGNMENT == alignment.ALIGN_OVERALL

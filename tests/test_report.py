@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from bench import store
-from bench.grid import MetricFns, parse_spec, run_grid
+from bench.cell_metrics import MetricFns
+from bench.grid import parse_spec, run_grid
 from reports.build import build_report, summary_table
 
 SPEC = """

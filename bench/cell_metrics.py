@@ -1,0 +1,247 @@
+"""The metrics stage of a grid: FID, CLIP score and caption alignment per cell (and per category), stored once.
+
+A metric row records a hash of its inputs (the images' sha256, the settings, the reference's fingerprint), so a
+metric already stored for the same inputs is never recomputed. Shards that finish together compute it once (a lock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench import store
+from bench.grid import GridSpec, _now
+from bench.suites import parse_name
+from imagen.errors import UserError
+
+
+ALIGNMENT = "align_overall"  # = bench.metrics.alignment.ALIGN_OVERALL: images whose every tested fact holds
+ALIGN_PREFIX = "align_"  # + fact type: accuracy of one fact type (color, shape, count, position)
+
+
+@dataclass(frozen=True)
+class MetricFns:
+    """The metric functions the stage calls (injectable; defaults use bench.metrics and the shapes scorer)."""
+
+    fid: object = None  # (images uint8 [N,H,W,3], fid spec dict, reference images or None) -> (name, value)
+    clip: object = None  # (images [N,H,W,3], prompts list[str], model str) -> (name, per-image scores [N])
+    alignment: object = None  # (image [H,W,3], facts JSON text) -> {fact_type: bool}
+
+
+def make_default_fid(device: str = "cpu"):
+    """bench.metrics.fid with the extractor loaded once and the reference statistics computed once per run."""
+    state: dict = {}
+
+    def fid_fn(images, fid_spec: dict, reference_images):
+        from bench.metrics import fid as F
+        from bench.metrics.features import load_extractor
+
+        name = fid_spec["extractor"]
+        if "extractor" not in state:
+            state["extractor"] = load_extractor(name, device)
+        ext = state["extractor"]
+        if "reference" not in state:
+            state["reference"] = (F.stats_from_images(list(reference_images), ext) if reference_images is not None
+                                  else F.resolve_stats(fid_spec["reference"], ext))
+        return F.fid_metric_name(name), float(F.fid_images(list(images), state["reference"], extractor=ext))
+
+    return fid_fn
+
+
+def make_default_clip(device: str = "cpu"):
+    """bench.metrics.clip_score with the CLIP model loaded once per run."""
+    state: dict = {}
+
+    def load(model):
+        from bench.metrics import clip_score as C
+
+        if "clip" not in state:
+            state["clip"] = C.load_clip(model, device=device)
+        return state["clip"]
+
+    def clip_fn(images, prompts, model):
+        from bench.metrics import clip_score as C
+
+        scores = C.clip_scores(load(model), list(images), list(prompts))
+        return C.clip_score_metric_name(model), np.asarray(scores)
+
+    clip_fn.load = load
+    return clip_fn
+
+
+def default_alignment(image, facts_json: str) -> dict:
+    from imagen.shapes import row_to_facts
+    from imagen.shapes_scorer import score
+
+    return score(image, row_to_facts(json.loads(facts_json)))
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile 95% interval of the mean, resampling images with replacement."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return None, None
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    means = v[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _inputs_hash(family: str, settings, shas) -> str:
+    canon = json.dumps([family, settings, sorted(shas)], sort_keys=True, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _reference_fingerprint(ref: str) -> str | None:
+    """What a FID reference path holds, for the metric's inputs hash: a reference whose content changes must not
+    leave the old FID looking current. A file: its sha256; a study: its images' sha256s; a folder: each image's
+    name, size and mtime (cheap: the folder may hold 30,000 photos)."""
+    path = Path(ref)
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    if store.is_study(path):
+        df = store.read_table(path, store.SAMPLES, key=store.COL_SAMPLE_ID)
+        shas = sorted(df[store.COL_SHA256]) if store.COL_SHA256 in df else []
+        return hashlib.sha256("\n".join(shas).encode()).hexdigest()
+    if path.is_dir():
+        from bench.metrics.features import list_images
+
+        files = [(f.name, st.st_size, st.st_mtime_ns) for f in list_images(path) for st in [f.stat()]]
+        return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    return None
+
+
+def _shapes_reference(spec: GridSpec, size: int):
+    """Clean renders of the held-out scenes the shapes suite captions describe, at the model's resolution."""
+    from imagen.shapes import ShapesWorld, render
+
+    n = next((parse_name(s)[1] or 64 for s in spec.suites if parse_name(s)[0] == "shapes"), None)
+    if n is None:
+        raise UserError("metrics.fid.reference = \"shapes\" needs the shapes suite in suites, e.g. \"shapes:64\"")
+    world = ShapesWorld(spec.seed, "heldout")
+    return np.stack([render(world.item(i)[0], size) for i in range(n)])
+
+
+def _mean_rows(cell_id, name, values, categories, ihash) -> list[dict]:
+    """An overall row and one row per category: mean with a bootstrap interval."""
+    rows = []
+    groups = [(None, np.arange(len(values)))]
+    cats = np.asarray([c if c is not None else "" for c in categories], dtype=object)
+    for c in sorted(set(cats) - {""}):
+        groups.append((c, np.flatnonzero(cats == c)))
+    for cat, idx in groups:
+        v = np.asarray(values, dtype=np.float64)[idx]
+        low, high = bootstrap_ci(v)
+        rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: cat,
+                     store.COL_VALUE: float(v.mean()), store.COL_LOW: low, store.COL_HIGH: high,
+                     store.COL_N: int(len(v)), store.COL_INPUTS_HASH: ihash})
+    return rows
+
+
+def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, metric_fns: MetricFns | None = None,
+                    device: str = "cpu", progress: bool = True, prefix: str = "metrics", log=print) -> int:
+    """The spec's metrics for every cell; a metric already stored for the same images is skipped. Rows written.
+
+    Shards that finish together would each see a complete grid: the study's metrics lock makes the later one wait
+    and then find the rows stored, instead of computing and writing every metric twice."""
+    with store.locked(study, "metrics"):
+        return _compute_metrics(Path(study), spec, metric_fns=metric_fns, device=device, progress=progress,
+                                prefix=prefix, log=log)
+
+
+def _compute_metrics(study: Path, spec: GridSpec, *, metric_fns: MetricFns | None, device: str, progress: bool,
+                     prefix: str, log) -> int:
+    from bench.generate import load_images
+
+    fns = metric_fns or MetricFns()
+    fid_fn = fns.fid or make_default_fid(device)
+    clip_fn, align_fn = fns.clip or make_default_clip(device), fns.alignment or default_alignment
+    m = spec.metrics
+    if m.clip_score and fns.clip is None and not _importable("bench.metrics.clip_score"):
+        log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
+        m = dataclasses.replace(m, clip_score=None)
+    if m.clip_score and fns.clip is None:
+        try:  # the CLIP model may not be installed yet: the other metrics still run, with a warning
+            clip_fn.load(m.clip_score["model"])
+        except UserError as exc:
+            log(f"warning: CLIP score skipped: {exc}")
+            m = dataclasses.replace(m, clip_score=None)
+    samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
+    if not len(samples) or not (m.fid or m.clip_score or m.alignment):
+        return 0
+    stored = store.read_table(study, store.METRICS)
+    have = set()
+    if len(stored) and store.COL_INPUTS_HASH in stored:
+        have = set(zip(stored[store.COL_CELL_ID], stored[store.COL_INPUTS_HASH]))
+    reference = None
+    fid_settings = m.fid  # what the FID depends on besides the images: a reference path's content too
+    if m.fid and m.fid["reference"] != "shapes":
+        fid_settings = {**m.fid, "reference_content": _reference_fingerprint(m.fid["reference"])}
+    written = 0
+    cells = list(dict.fromkeys(samples[store.COL_CELL_ID]))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), unit="cell", desc="metrics")
+    for cell_id in cells:
+        df = samples[samples[store.COL_CELL_ID] == cell_id].sort_values(store.COL_SAMPLE_ID)
+        images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3]
+        rows: list[dict] = []
+        cats = list(df[store.COL_CATEGORY].where(df[store.COL_CATEGORY].notna(), None))
+        if m.fid:
+            sel = (df[store.COL_SUITE] == "shapes").to_numpy() if m.fid["reference"] == "shapes" else None
+            shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
+            ihash = _inputs_hash("fid", fid_settings, shas)
+            if (cell_id, ihash) not in have:
+                if m.fid["reference"] == "shapes" and reference is None:
+                    reference = _shapes_reference(spec, images.shape[1])
+                name, value = fid_fn(images[sel] if sel is not None else images, m.fid,
+                                     reference if sel is not None else None)
+                rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None,
+                             store.COL_VALUE: float(value), store.COL_LOW: None, store.COL_HIGH: None,
+                             store.COL_N: int(len(shas)), store.COL_INPUTS_HASH: ihash})
+        if m.clip_score:
+            ihash = _inputs_hash("clip", m.clip_score, df[store.COL_SHA256])
+            if (cell_id, ihash) not in have:
+                name, scores = clip_fn(images, list(df[store.COL_PROMPT]), m.clip_score["model"])
+                rows += _mean_rows(cell_id, name, scores, cats, ihash)
+        if m.alignment and store.COL_FACTS in df and df[store.COL_FACTS].notna().any():
+            sel = df[store.COL_FACTS].notna().to_numpy()
+            ihash = _inputs_hash("alignment", True, df[store.COL_SHA256][sel])
+            if (cell_id, ihash) not in have:
+                checks = [align_fn(img, f) for img, f in zip(images[sel], df[store.COL_FACTS][sel])]
+                sub_cats = [c for c, s in zip(cats, sel) if s]
+                rows += _mean_rows(cell_id, ALIGNMENT, [float(all(c.values())) for c in checks], sub_cats, ihash)
+                for fact in sorted({k for c in checks for k in c}):
+                    vals = [float(c[fact]) for c in checks if fact in c]
+                    rows += _mean_rows(cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash)[:1]
+        if rows:
+            for r in rows:
+                r[store.COL_STUDY] = study.name
+                r[store.COL_CREATED] = _now()
+            store.write_part(study, store.METRICS, rows, prefix=prefix)
+            written += len(rows)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return written
+
+
+__all__ = ["MetricFns", "compute_metrics", "bootstrap_ci", "make_default_fid", "make_default_clip",
+           "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]
