@@ -138,9 +138,6 @@ def load_cascade(path_or_name: str | os.PathLike, device: torch.device | str = "
     return cascade.to(device).eval()
 
 
-_load_stage = load_stage  # the name imagen.train imports
-
-
 def build_untrained(cfg: CascadeConfig, make_unet=None) -> Cascade:
     """A cascade with deterministic initial weights (CPU generator seeded 0); the global RNG state is restored.
 

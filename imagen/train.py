@@ -547,12 +547,12 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     torch.manual_seed(t.seed)
     cascade = Cascade(cfg).to(dev)
     if i > 0 and (out / CONFIG_FILE).is_file():  # earlier stages trained into this folder: used by previews
-        from imagen.checkpoint import _load_stage
+        from imagen.checkpoint import load_stage
 
         for k in range(i):
             p = out / f"{cfg.stages[k].name}.safetensors"
             if p.is_file():
-                _load_stage(cascade.unets[k], p, dev)
+                load_stage(cascade.unets[k], p, dev)
     cascade.requires_grad_(False)
     unet = cascade.unets[i].requires_grad_(True).train()
     params = [p for p in unet.parameters() if p.requires_grad]

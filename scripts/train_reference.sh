@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train the reference `shapes` cascade (16 px base + 16 -> 64 px SR, MiniLM text) on the shapes world and ship it
-# as package data in imagen/weights/shapes/ (config.json + base.safetensors + sr64.safetensors, EMA weights).
+# as package data in imagen/weights/shapes/ (config.json + base.safetensors + sr64.safetensors, EMA weights in
+# float16). The two stages are independent (the SR stage trains on real low-res images), so on a machine with
+# cores to spare they can also run at the same time into two folders; ship_model.py then takes the merged folder.
 #
 #   scripts/train_reference.sh [RUN_DIR]          # default RUN_DIR: runs/shapes; rerun to resume after a stop
 #
@@ -15,8 +17,4 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 imagen-bench train configs/shapes_base.toml --out "$RUN" --resume "$@"
 imagen-bench train configs/shapes_sr.toml --out "$RUN" --resume "$@"
 
-DEST=imagen/weights/shapes
-mkdir -p "$DEST"
-cp "$RUN/config.json" "$RUN/base.safetensors" "$RUN/sr64.safetensors" "$DEST/"
-du -sh "$DEST"
-echo "shipped: $DEST (use --model shapes)"
+python scripts/ship_model.py "$RUN" shapes   # float16 copy into imagen/weights/shapes/

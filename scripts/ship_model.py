@@ -1,0 +1,38 @@
+"""Copy a trained cascade folder into imagen/weights/<name>/ as package data, weights stored in float16.
+
+    python scripts/ship_model.py runs/shapes shapes
+
+float16 halves the size; the model loads them into float32 parameters, so sampling runs in float32 as before.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from imagen.checkpoint import CONFIG_FILE, read_config
+
+
+def main(src: str, name: str) -> None:
+    src_dir = Path(src)
+    cfg = read_config(src_dir)
+    dest = Path(__file__).resolve().parents[1] / "imagen" / "weights" / name
+    tmp = dest.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(src_dir / CONFIG_FILE, tmp / CONFIG_FILE)
+    for st in cfg.stages:
+        sd = load_file(str(src_dir / f"{st.name}.safetensors"))
+        save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()},
+                  str(tmp / f"{st.name}.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    size = sum(p.stat().st_size for p in dest.iterdir())
+    print(f"shipped {src_dir} as {name!r}: {dest} ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
