@@ -106,8 +106,10 @@ def test_rate_two_comparisons_in_chromium(server):
             # second comparison: vote with the keyboard shortcuts (D = right set, J = left set, Enter)
             expect(page.locator(".st-key-prompt")).to_contain_text(session.comparison(order[1]).prompt)
             expect(page.get_by_text(f"1 of {n} comparisons done")).to_be_visible()
+            settle(page)  # a key pressed while the app reruns is lost: wait for each rerun to finish
             page.keyboard.press("d")
             expect(page.locator(".st-key-btn-quality-right button")).to_have_attribute("kind", "primary")
+            settle(page)
             page.keyboard.press("j")
             expect(page.locator(".st-key-btn-alignment-left button")).to_have_attribute("kind", "primary")
             expect(page.locator(".st-key-submit button")).to_be_enabled()
