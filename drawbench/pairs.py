@@ -32,6 +32,7 @@ from PIL import Image
 
 from bench import store
 from imagen.errors import UserError
+from imagen.fileio import sha256_file
 
 FORMAT = 1
 SESSION_FILE = "session.json"
@@ -167,19 +168,13 @@ def load_system_samples(folder: Path, cell: str | None):
 
 
 # ----------------------------------------------------------------------------- building a session
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _place_image(src: Path, images: Path, expected_sha: str | None) -> str:
     """Hard-link (or copy) one image into SESSION/images under its content hash; returns the relative path."""
     if not src.is_file():
         raise UserError(f"image {src} listed in the study is missing; regenerate it (rerun the grid) first")
-    digest = _sha256(src)
+    digest = sha256_file(src)
     if expected_sha and isinstance(expected_sha, str) and expected_sha != digest:
         raise UserError(f"image {src} does not match its recorded sha256; it was changed after generation")
     dst = images / f"{digest}{src.suffix.lower() or '.png'}"
@@ -196,7 +191,7 @@ def _noise_image(rng: np.random.Generator, size: tuple[int, int], images: Path) 
     arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
     tmp = images / f".noise-{uuid.uuid4().hex}.png"
     Image.fromarray(arr).save(tmp)
-    digest = _sha256(tmp)
+    digest = sha256_file(tmp)
     dst = images / f"{digest}.png"
     os.replace(tmp, dst)
     return f"{IMAGES_DIR}/{dst.name}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from imagen.cascade import Cascade
 from imagen.config import PRESETS, CascadeConfig, cascade_from_json, cascade_to_json
 from imagen.errors import UserError
+from imagen.fileio import atomic_write
 
 CONFIG_FILE = "config.json"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -45,17 +45,6 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
                     f"{', '.join(shipped_models()) or '(none)'}; untrained presets: {', '.join(PRESETS)}")
 
 
-def _atomic_write(dest: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_cascade(cascade: Cascade, folder: str | os.PathLike, stages: list[str] | None = None) -> Path:
     """Write config.json and <stage>.safetensors for `stages` (default: all) into `folder`; returns the folder."""
     from safetensors.torch import save_file
@@ -73,11 +62,11 @@ def save_cascade(cascade: Cascade, folder: str | os.PathLike, stages: list[str] 
         if others:
             raise UserError(f"{folder} holds a checkpoint of a different config with weights for {others}; "
                             f"save into an empty folder")
-    _atomic_write(existing, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(existing, lambda tmp: Path(tmp).write_text(text))
     for name in stages or names:
         unet = cascade.unets[names.index(name)]
         sd = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-        _atomic_write(folder / f"{name}.safetensors",
+        atomic_write(folder / f"{name}.safetensors",
                       lambda tmp, sd=sd, name=name: save_file(sd, tmp, metadata={"stage": name, "format": "pt"}))
     return folder
 

@@ -38,6 +38,7 @@ import torch
 
 from imagen.config import CascadeConfig, cascade_to_json, from_dict, preset, to_dict
 from imagen.errors import UserError
+from imagen.fileio import atomic_write, sha256_file
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -243,26 +244,6 @@ def lr_at(step: int, t: TrainConfig) -> float:
     return t.lr
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dist() -> tuple[int, int]:
     """(rank, world size); joins the process group torchrun / accelerate launch describe in the environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -373,7 +354,7 @@ def read_train_state(out: Path, stage: str, expect_hash: str) -> tuple[dict[str,
     if meta.get("config_hash") != expect_hash:
         raise UserError(f"{out} holds a {stage!r} checkpoint of a different config (hash {meta.get('config_hash', '?')[:12]}"
                         f" != {expect_hash[:12]}); use the config it was trained with, or another --out")
-    if not tpath.is_file() or _sha256(tpath) != meta.get("tensors_sha256"):
+    if not tpath.is_file() or sha256_file(tpath) != meta.get("tensors_sha256"):
         raise UserError(f"{tpath} is missing, truncated or corrupt (sha256 does not match {jpath.name}); "
                         f"delete {out / 'train_state'} to start over")
     try:
@@ -432,8 +413,8 @@ def _save_grid(images: np.ndarray, path: Path, prompts: list[str]) -> None:
     for k in range(b):
         r, c = divmod(k, cols)
         grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = images[k]
-    _atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
-    _atomic_write(path.with_suffix(".txt"), lambda tmp: Path(tmp).write_text("\n".join(prompts) + "\n"))
+    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    atomic_write(path.with_suffix(".txt"), lambda tmp: Path(tmp).write_text("\n".join(prompts) + "\n"))
 
 
 @contextlib.contextmanager
@@ -486,7 +467,7 @@ def _append_log(path: Path, rows: list[dict], stage: str, keep_until: int | None
             w.writerows(old)
             w.writerows(rows)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress: bool = True,
@@ -592,12 +573,12 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         tens.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
         otens, ometa = _optim_tensors(opt)
         tens.update(otens)
-        _atomic_write(tpath, lambda tmp: save_file(tens, str(tmp)))
+        atomic_write(tpath, lambda tmp: save_file(tens, str(tmp)))
         meta = {"stage": st.name, "step": at, "seconds": seconds, "config_hash": chash, "world": world,
-                "tensors_sha256": _sha256(tpath), "optim": ometa, "rng": rngs,
+                "tensors_sha256": sha256_file(tpath), "optim": ometa, "rng": rngs,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "config": config_to_toml_dict(run)}
-        _atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         with _swapped(cascade, i, ema.module):
             save_cascade(cascade, out, stages=[st.name])
 

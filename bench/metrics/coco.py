@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from imagen.errors import UserError
+from imagen.fileio import sha256_file
 
 FID_30K = 30_000  # the paper's number of samples
 MIN_COMPARABLE_N = 10_000  # below this FID's small-sample bias dominates differences between models
@@ -80,14 +81,6 @@ def _read_csv(path: Path) -> list[Caption]:
         return [Caption(int(r["caption_id"]), int(r["image_id"]), r["caption"].strip(), r["file_name"]) for r in rows]
     except ValueError as exc:
         raise UserError(f"{path}: caption_id and image_id must be integers: {exc}") from exc
-
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- the protocol's draw
@@ -161,7 +154,7 @@ def build_manifest(*, captions_file: Path | str, sampled: Sequence[Caption], see
     return {
         "protocol": PROTOCOL_NAME,
         "captions_file": str(captions_file),
-        "captions_sha256": file_sha256(captions_file),
+        "captions_sha256": sha256_file(captions_file),
         "seed": int(seed),
         "n": n,
         "caption_ids": [c.caption_id for c in sampled],
