@@ -16,6 +16,7 @@ def atomic_write(dest: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint or shipped model must be readable by others
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
