@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ import torch
 
 from imagen.config import TextEncoderConfig
 from imagen.errors import UserError
+from imagen.fileio import atomic_write
 
 
 @runtime_checkable
@@ -160,8 +161,11 @@ class EmbeddingCache:
     write the same bytes.
     """
 
+    MEMO_SIZE = 4096  # prompts kept in memory too, so a grid reads each prompt's file once, not once per cell
+
     def __init__(self, encoder: TextEncoder, root: Path | str | None = None):
         self.encoder = encoder
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
         self.root = Path(root) if root is not None else default_cache_root()
         self.id = encoder.id
         self.dim = encoder.dim
@@ -175,25 +179,33 @@ class EmbeddingCache:
         k = self.key(text)
         return self.root / k[:2] / f"{k}.npy"
 
+    def _remember(self, text: str, arr: np.ndarray) -> None:
+        self._memo[text] = arr
+        self._memo.move_to_end(text)
+        while len(self._memo) > self.MEMO_SIZE:
+            self._memo.popitem(last=False)
+
     def _read(self, text: str) -> np.ndarray | None:
+        if text in self._memo:
+            self._memo.move_to_end(text)
+            return self._memo[text]
         p = self.path(text)
         try:
             arr = np.load(p, allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError):
             return None  # absent, or unreadable: encode again and overwrite
-        return arr if arr.ndim == 2 and arr.shape[1] == self.dim else None
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            return None
+        self._remember(text, arr)
+        return arr
 
     def _write(self, text: str, tokens: np.ndarray) -> None:
-        p = self.path(text)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
                 np.save(fh, tokens, allow_pickle=False)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(self.path(text), save)
+        self._remember(text, tokens)
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):

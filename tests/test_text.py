@@ -173,7 +173,7 @@ def test_cache_recovers_from_a_corrupt_file(tmp_path):
     cache = EmbeddingCache(enc, tmp_path)
     ref, _ = cache.encode(["hello world"])
     cache.path("hello world").write_bytes(b"not an array")
-    again, _ = cache.encode(["hello world"])
+    again, _ = EmbeddingCache(enc, tmp_path).encode(["hello world"])  # a new process meets the corrupt file
     assert torch.equal(again, ref) and len(enc.calls) == 2
     assert np.load(cache.path("hello world")).shape == (2, 4)
 
@@ -209,3 +209,17 @@ def test_default_cache_root_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path))
     assert default_cache_root() == tmp_path / "text"
     assert EmbeddingCache(FakeEncoder()).root == tmp_path / "text"
+
+
+def test_cache_reads_each_prompt_file_once_per_instance(tmp_path, monkeypatch):
+    enc = FakeEncoder()
+    EmbeddingCache(enc, tmp_path).encode(["a b", "c"])  # on disk now
+    cache = EmbeddingCache(enc, tmp_path)
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    first, _ = cache.encode(["a b", "c"])
+    for _ in range(3):  # e.g. the same prompts in three grid cells
+        again, _ = cache.encode(["c", "a b"])
+        assert torch.equal(again, first[[1, 0]])
+    assert len(loads) == 2 and len(enc.calls) == 1
