@@ -122,6 +122,17 @@ def _metric_table(value, key: str, defaults: dict) -> dict | None:
     return {**defaults, **value}
 
 
+def _subtable(raw: dict, name: str, known: set[str], source: str) -> dict:
+    """The [name] table of a spec (empty if absent), every key of it known."""
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise UserError(f"{source}: [{name}] must be a table")
+    unknown = set(table) - known
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {name}.{sorted(unknown)}; known: {sorted(known)}")
+    return table
+
+
 def parse_spec(text: str, source: str = "spec") -> GridSpec:
     """Parse and check a grid spec; every mistake is a one-line UserError naming the key, before any work."""
     try:
@@ -149,12 +160,7 @@ def parse_spec(text: str, source: str = "spec") -> GridSpec:
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise UserError(f"{source}: {key} must be an integer >= {low}, got {v!r}")
         ints[key] = v
-    axes = raw.get("axes", {})
-    if not isinstance(axes, dict):
-        raise UserError(f"{source}: [axes] must be a table")
-    unknown = set(axes) - AXIS_KEYS
-    if unknown:
-        raise UserError(f"{source}: unknown key(s) axes.{sorted(unknown)}; known: {sorted(AXIS_KEYS)}")
+    axes = _subtable(raw, "axes", AXIS_KEYS, source)
     guidance = tuple(_floats(v, "axes.guidance", 0.0, None) for v in _axis(axes, "guidance", [5.0]))
     threshold = tuple(normalize_threshold(v) for v in _axis(axes, "threshold", ["dynamic:0.995"]))
     samplers = _known_samplers()
@@ -167,12 +173,7 @@ def parse_spec(text: str, source: str = "spec") -> GridSpec:
         if isinstance(s, bool) or not isinstance(s, int) or s < 1:
             raise UserError(f"axes.steps: {s!r} must be a positive integer")
     aug = tuple(_floats(v, "axes.aug_level", 0.0, 1.0) for v in _axis(axes, "aug_level", [0.0]))
-    metrics = raw.get("metrics", {})
-    if not isinstance(metrics, dict):
-        raise UserError(f"{source}: [metrics] must be a table")
-    unknown = set(metrics) - METRIC_KEYS
-    if unknown:
-        raise UserError(f"{source}: unknown key(s) metrics.{sorted(unknown)}; known: {sorted(METRIC_KEYS)}")
+    metrics = _subtable(raw, "metrics", METRIC_KEYS, source)
     fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes"})
     if fid and fid["extractor"] not in ("effnet-lite0", "inception"):
         raise UserError(f"metrics.fid.extractor: {fid['extractor']!r}; choose effnet-lite0 or inception")

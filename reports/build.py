@@ -17,6 +17,7 @@ from PIL import Image
 
 from bench import store
 from imagen.errors import UserError
+from imagen.fileio import atomic_write
 
 SETTINGS = [store.COL_GUIDANCE, store.COL_GUIDANCE_STAGES, store.COL_THRESHOLD, store.COL_SAMPLER,
             store.COL_STEPS, store.COL_AUG_LEVEL]
@@ -74,9 +75,17 @@ def _first(names, prefix: str) -> str | None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))  # a unique temp name: two builds never collide
+
+
+def _save_figure(fig, path: Path, dpi: int) -> None:
+    """A matplotlib figure as a PNG file, written atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    _write_atomic(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- figures
@@ -124,10 +133,7 @@ def pareto_plot(summary: pd.DataFrame, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(title="thresholding", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    _write_atomic(path, buf.getvalue())
+    _save_figure(fig, path, dpi=110)
     return True
 
 
@@ -159,10 +165,7 @@ def category_plot(summary: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> b
         ax.legend(fontsize=7, ncol=len(weights))
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    _write_atomic(path, buf.getvalue())
+    _save_figure(fig, path, dpi=100)
     return True
 
 
