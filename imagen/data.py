@@ -170,11 +170,12 @@ class ShapesDataset:
     low-res inputs the SR stage is trained on (`downsample` uses the same filter).
     """
 
-    def __init__(self, n: int, seed: int, size: int, render_size: int | None = None, split: str = "train"):
+    def __init__(self, n: int, seed: int, size: int, render_size: int | None = None, split: str = "train",
+                 categories: tuple[str, ...] | None = None):
         from imagen import shapes  # the shapes world is only needed for this dataset
 
         self._shapes = shapes
-        self.world = shapes.ShapesWorld(seed, split)
+        self.world = shapes.ShapesWorld(seed, split, tuple(categories or shapes.CATEGORIES))
         self.n, self.size = n, size
         self.render_size = max(size, render_size or size)
         self._items: dict[int, tuple] = {}
@@ -308,7 +309,8 @@ def batch_indices(n: int, seed: int, step: int, batch_size: int, rank: int = 0, 
 def make_dataset(data, size: int, render_size: int | None = None) -> CaptionedImages:
     """The dataset a `DataConfig` (imagen.train) describes, with images at `size` px."""
     if data.kind == "shapes":
-        return ShapesDataset(data.n, data.seed, size, render_size=render_size, split=data.split)
+        return ShapesDataset(data.n, data.seed, size, render_size=render_size, split=data.split,
+                             categories=tuple(data.categories) or None)
     if data.kind == "folder":
         return FolderDataset(data.path, data.captions, size)
     if data.kind == "coco":

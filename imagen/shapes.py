@@ -377,16 +377,22 @@ def caption(scene: Scene, rng: np.random.Generator, facts: Facts | None = None) 
 class ShapesWorld:
     """A deterministic, endless captioned dataset: item i depends only on (seed, split, i).
 
-    Categories cycle through CATEGORIES (item i has category CATEGORIES[i % 5]), so any prefix is balanced.
-    The train and heldout splits draw from disjoint seed streams.
+    Item i has category categories[i % len(categories)]: by default each category once per cycle, so any prefix is
+    balanced; naming a category twice in `categories` trains on it twice as often. The train and heldout splits draw
+    from disjoint seed streams.
     """
 
     seed: int = 0
     split: str = "train"
+    categories: tuple[str, ...] = CATEGORIES
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise UserError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
+        unknown = [c for c in self.categories if c not in CATEGORIES]
+        if not self.categories or unknown:
+            raise UserError(f"shapes categories must be a non-empty list of {', '.join(CATEGORIES)}; "
+                            f"got {list(self.categories)}")
 
     def rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([int(self.seed), SPLITS[self.split], int(i)])
@@ -394,7 +400,7 @@ class ShapesWorld:
     def item(self, i: int) -> tuple[Scene, str, Facts]:
         """(scene, caption, facts) of item i."""
         rng = self.rng(i)
-        scene, facts = sample_scene(rng, CATEGORIES[i % len(CATEGORIES)])
+        scene, facts = sample_scene(rng, self.categories[i % len(self.categories)])
         return scene, caption_for(facts, rng), facts
 
     def record(self, i: int, size: int) -> dict:

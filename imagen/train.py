@@ -77,6 +77,7 @@ class DataConfig:
     n: int = 10000  # shapes: number of training scenes
     seed: int = 0  # shapes: world seed
     split: str = "train"  # shapes: world split
+    categories: tuple[str, ...] = ()  # shapes: category cycle (a name twice = twice as often); () = each once
     path: str = ""  # folder / coco: the image folder
     captions: str = ""  # folder: CSV/JSONL (file, caption); coco: the captions JSON
     crop: int = 0  # SR stages: train on random crops of this size (paper: 256 crops for the 1024 model); 0 = off
@@ -217,10 +218,18 @@ def _validate(run: RunConfig) -> None:
         (d.kind == "shapes" or (d.path and d.captions),
          f"[data] kind = {d.kind!r} needs path = IMAGE_FOLDER and captions = FILE"),
         (d.crop == 0 or st.is_sr, "[data] crop is for SR stages only (the base stage sees whole images)"),
+        (not d.categories or d.kind == "shapes", "[data] categories is for kind = \"shapes\" only"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    if d.categories:
+        from imagen.shapes import CATEGORIES
+
+        unknown = sorted(set(d.categories) - set(CATEGORIES))
+        if unknown:
+            raise UserError(f"[data] categories: unknown {', '.join(map(repr, unknown))}; "
+                            f"choose from {', '.join(CATEGORIES)}")
     if d.crop:
         f = st.resolution // st.lowres_resolution
         if not (0 < d.crop <= st.resolution and d.crop % f == 0):

@@ -84,6 +84,15 @@ def test_shapes_dataset_matches_the_world():
     assert img.shape == (16, 16, 3) and np.abs(img - ref).max() <= 1
 
 
+def test_shapes_data_config_category_cycle_reaches_the_dataset():
+    from imagen.data import make_dataset
+    from imagen.train import DataConfig
+
+    ds = make_dataset(DataConfig(kind="shapes", n=6, seed=3, categories=("Counting", "Positional")), 16)
+    cats = [ds.world.item(i)[2].category for i in range(6)]
+    assert cats == ["Counting", "Positional"] * 3
+
+
 class CountingEncoder:
     id, dim, max_length = "count:4", 4, 8
 

@@ -87,6 +87,20 @@ def test_categories_balanced_and_mapped_to_drawbench(data_dir):
     assert set(S.DRAWBENCH_CATEGORY.values()) <= drawbench
 
 
+def test_category_cycle_oversamples_and_rejects_unknown_names():
+    cycle = ("Colors", "Positional", "Positional")
+    world = S.ShapesWorld(3, "train", cycle)
+    cats = Counter(world.item(i)[2].category for i in range(30))
+    assert cats == {"Colors": 10, "Positional": 20}
+    # item i keeps its own seed stream: the same category at the same index gives the same item as the default cycle
+    default = S.ShapesWorld(3, "train")
+    assert world.item(0) == default.item(0)
+    with pytest.raises(UserError, match="Colours"):
+        S.ShapesWorld(0, "train", ("Colours",))
+    with pytest.raises(UserError, match="non-empty"):
+        S.ShapesWorld(0, "train", ())
+
+
 def test_scenes_valid_and_captions_state_the_facts():
     world = S.ShapesWorld(5, "train")
     for i in range(500):
