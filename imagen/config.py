@@ -40,11 +40,6 @@ class UNetConfig:
     lowres_cond: bool = False  # SR stage: the upsampled low-res image is concatenated to the input
     groups: int = 8  # GroupNorm groups
     dropout: float = 0.0
-    # Not in the paper (off in its presets): where the image is, as 2D Fourier features of each pixel's (x, y) in
-    # [0, 1] of the image side, added through a zero-initialised linear layer to the image tokens of every
-    # attention block. It lets a cross-attention query know "I am on the left" (the shapes model's positional
-    # captions); leave it off for stages trained on random crops, where a crop's corner is not the image's.
-    pos_emb: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.dim_mults)

@@ -106,28 +106,11 @@ class Attention(nn.Module):
         return x + self.to_out(out)
 
 
-POS_FREQS = 4  # Fourier frequencies per axis of UNetConfig.pos_emb
-
-
-def position_features(hgt: int, wid: int, device, dtype) -> torch.Tensor:
-    """[H*W, 4*POS_FREQS]: sin/cos(pi k u) for k = 1..POS_FREQS of each pixel centre's u = x, y in [0, 1], row-major."""
-    ys = (torch.arange(hgt, device=device, dtype=torch.float32) + 0.5) / hgt
-    xs = (torch.arange(wid, device=device, dtype=torch.float32) + 0.5) / wid
-    k = torch.arange(1, POS_FREQS + 1, device=device, dtype=torch.float32) * math.pi
-    fy = (ys[:, None] * k).repeat_interleave(wid, dim=0)  # [H*W, F]
-    fx = (xs[:, None] * k).repeat(hgt, 1)  # [H*W, F]
-    return torch.cat([fx.sin(), fx.cos(), fy.sin(), fy.cos()], dim=-1).to(dtype)
-
-
 class AttnBlock(nn.Module):
     """Optional self-attention, optional text cross-attention, then a feed-forward layer, on [B, C, H, W]."""
 
     def __init__(self, cfg: UNetConfig, channels: int, self_attn: bool, cross_attn: bool):
         super().__init__()
-        self.pos = nn.Linear(4 * POS_FREQS, channels) if cfg.pos_emb else None
-        if self.pos is not None and self.pos.weight.device.type != "meta":
-            nn.init.zeros_(self.pos.weight)  # starts as the model without it
-            nn.init.zeros_(self.pos.bias)
         self.self_attn = Attention(cfg, channels, None) if self_attn else None
         self.cross_attn = Attention(cfg, channels, cfg.cond_dim) if cross_attn else None
         self.ff = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, 2 * channels), nn.GELU(),
@@ -136,8 +119,6 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         t = x.flatten(2).transpose(1, 2)  # [B, H*W, C]
-        if self.pos is not None:
-            t = t + self.pos(position_features(hgt, wid, t.device, t.dtype))  # [H*W, C] broadcast over B
         if self.self_attn is not None:
             t = self.self_attn(t)
         if self.cross_attn is not None:

@@ -198,30 +198,3 @@ def test_backward_reaches_every_parameter():
     model(x, snr, text, mask, drop_text=torch.tensor([True, False]), **kw).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
-
-
-def test_position_embedding_starts_as_the_plain_model_and_is_wired_in():
-    from imagen.unet import POS_FREQS, AttnBlock, position_features
-
-    f = position_features(2, 3, "cpu", torch.float32)  # row-major: pixel (y, x) is row y * 3 + x
-    assert f.shape == (6, 4 * POS_FREQS)
-    assert torch.allclose(f[4, 0], torch.sin(torch.tensor(math.pi * 1.5 / 3)))  # pixel (1, 1): x of column 1
-    assert torch.allclose(f[4, 2 * POS_FREQS], torch.sin(torch.tensor(math.pi * 1.5 / 2)))  # and y of row 1
-    base = narrow(preset("tiny").stage("base").unet)
-    cfg = dataclasses.replace(base, pos_emb=True)
-    torch.manual_seed(0)
-    model = randomised(EfficientUNet(cfg))
-    blocks = [m for m in model.modules() if isinstance(m, AttnBlock)]
-    assert blocks and all(b.pos is not None for b in blocks)
-    assert count_parameters(cfg) == sum(p.numel() for p in model.parameters()) > count_parameters(base)
-    (x, snr, text, mask), _ = inputs(2, 16)
-    with torch.inference_mode():
-        out = model(x, snr, text, mask)
-        saved = [b.pos for b in blocks]
-        for b in blocks:  # zero-initialised: the model without it computes the same thing
-            b.pos = None
-        assert torch.equal(model(x, snr, text, mask), out)
-        for b, pos in zip(blocks, saved):
-            b.pos = pos
-            torch.nn.init.normal_(pos.weight, std=1.0)
-        assert (model(x, snr, text, mask) - out).abs().max() > 1e-3
