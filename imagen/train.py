@@ -108,7 +108,10 @@ def config_hash(run: RunConfig) -> str:
     for k in _NO_HASH:
         if not (k == "steps" and run.train.lr_schedule == "cosine"):
             tr.pop(k)
-    blob = json.dumps({"model": to_dict(run.model), "train": tr, "data": to_dict(run.data)}, sort_keys=True)
+    data = to_dict(run.data)
+    if not data["categories"]:  # the default: hashes as before the key existed, so older runs still resume
+        data.pop("categories")
+    blob = json.dumps({"model": to_dict(run.model), "train": tr, "data": data}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -138,6 +138,23 @@ def test_config_validation(tmp_path):
     assert sr.model.stage(sr.train.stage).resolution == 4 * sr.model.stage(sr.train.stage).lowres_resolution
 
 
+def test_config_hash_of_the_default_category_cycle_is_the_hash_before_the_key():
+    import dataclasses
+    import hashlib
+    import json
+
+    from imagen.config import to_dict
+    from imagen.train import _NO_HASH, config_hash
+
+    run = parse_config({"out": "x", "model": {"preset": "tiny"}, "train": {"steps": 5}, "data": {"kind": "shapes"}})
+    tr = {k: v for k, v in to_dict(run.train).items() if k not in _NO_HASH}
+    data = {k: v for k, v in to_dict(run.data).items() if k != "categories"}
+    before = json.dumps({"model": to_dict(run.model), "train": tr, "data": data}, sort_keys=True)
+    assert config_hash(run) == hashlib.sha256(before.encode()).hexdigest()
+    cycled = dataclasses.replace(run, data=dataclasses.replace(run.data, categories=("Colors", "Positional")))
+    assert config_hash(cycled) != config_hash(run)
+
+
 def test_lr_schedule_and_ema_math():
     t = TrainConfig(lr=1.0, warmup=4, steps=14, lr_schedule="cosine")
     assert [lr_at(s, t) for s in (1, 2, 4)] == [0.25, 0.5, 1.0]
