@@ -389,10 +389,12 @@ class ShapesWorld:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise UserError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
-        unknown = [c for c in self.categories if c not in CATEGORIES]
-        if not self.categories or unknown:
-            raise UserError(f"shapes categories must be a non-empty list of {', '.join(CATEGORIES)}; "
-                            f"got {list(self.categories)}")
+        if not self.categories:
+            raise UserError(f"shapes categories must be a non-empty list of {', '.join(CATEGORIES)}")
+        unknown = sorted(set(self.categories) - set(CATEGORIES))
+        if unknown:
+            raise UserError(f"unknown shapes categories {', '.join(map(repr, unknown))}; "
+                            f"choose from {', '.join(CATEGORIES)}")
 
     def rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([int(self.seed), SPLITS[self.split], int(i)])

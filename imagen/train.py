@@ -226,13 +226,13 @@ def _validate(run: RunConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    if d.categories:
-        from imagen.shapes import CATEGORIES
+    if d.categories:  # the world checks its own arguments; here, before any work and naming the section
+        from imagen.shapes import ShapesWorld
 
-        unknown = sorted(set(d.categories) - set(CATEGORIES))
-        if unknown:
-            raise UserError(f"[data] categories: unknown {', '.join(map(repr, unknown))}; "
-                            f"choose from {', '.join(CATEGORIES)}")
+        try:
+            ShapesWorld(d.seed, d.split, tuple(d.categories))
+        except UserError as e:
+            raise UserError(f"[data] {e}") from None
     if d.crop:
         f = st.resolution // st.lowres_resolution
         if not (0 < d.crop <= st.resolution and d.crop % f == 0):

@@ -124,7 +124,7 @@ def test_config_validation(tmp_path):
         ({**good, "train": {"stage": "sr9"}}, "sr9"),
         ({**good, "data": {"kind": "folder"}}, "path"),
         ({**good, "data": {"crop": 8}}, "SR stages only"),
-        ({**good, "data": {"kind": "shapes", "categories": ["Colors", "Colours"]}}, "unknown 'Colours'"),
+        ({**good, "data": {"kind": "shapes", "categories": ["Colors", "Colours"]}}, r"\[data\] unknown shapes categories 'Colours'"),
         ({**good, "data": {"kind": "folder", "path": "p", "captions": "c", "categories": ["Colors"]}},
          "shapes\" only"),
         ({**good, "extra": 1}, "extra"),
