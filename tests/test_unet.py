@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import imagen.unet as unet_module
 from imagen.config import PRESETS, UNetConfig, preset
 from imagen.unet import SKIP_SCALE, EfficientUNet, ResBlock, count_parameters, log_snr_to_t
 
@@ -198,3 +199,69 @@ def test_backward_reaches_every_parameter():
     model(x, snr, text, mask, drop_text=torch.tensor([True, False]), **kw).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
+
+
+# --- the CPU inference fast path (oneDNN on packed weights) ------------------------------------------------------
+
+needs_packing = pytest.mark.skipif(not unet_module._CPU_PACKING, reason="this torch build lacks the oneDNN ops")
+
+
+def _plain(model, *args, **kw):
+    """The same forward with the fast path switched off (plain nn.Conv2d / nn.Linear kernels)."""
+    saved = unet_module._CPU_PACKING
+    unet_module._CPU_PACKING = False
+    try:
+        with torch.inference_mode():
+            return model(*args, **kw)
+    finally:
+        unet_module._CPU_PACKING = saved
+
+
+@needs_packing
+@pytest.mark.parametrize("stage", [0, 1])
+def test_packed_inference_equals_the_plain_kernels(stage):
+    st = preset("tiny").stages[stage]
+    model = randomised(EfficientUNet(narrow(st.unet), null_text=st.null_text))
+    (x, snr, text, mask), kw = inputs(3, 16, sr=st.is_sr)
+    with torch.inference_mode():
+        fast = model(x, snr, text, mask, **kw)
+    assert any(isinstance(m, (unet_module.Conv2d, unet_module.Linear)) and m in unet_module._PACKED
+               for m in model.modules()), "the fast path did not run"
+    torch.testing.assert_close(fast, _plain(model, x, snr, text, mask, **kw), rtol=1e-5, atol=1e-5)
+    # another batch size (the last batch of a run) repacks the convs and still agrees
+    with torch.inference_mode():
+        fast1 = model(x[:1], snr[:1], text[:1], mask[:1], **{k: v[:1] for k, v in kw.items()})
+    torch.testing.assert_close(fast1, fast[:1], rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_packed_weights_follow_in_place_updates():
+    model = randomised(EfficientUNet(narrow(preset("tiny").stages[0].unet)))
+    (x, snr, text, mask), _ = inputs(2, 16)
+    with torch.inference_mode():
+        before = model(x, snr, text, mask)
+    with torch.no_grad():  # what an optimiser step, an EMA update and load_state_dict do: in-place writes
+        for p in model.parameters():
+            p.mul_(1.05)
+    with torch.inference_mode():
+        after = model(x, snr, text, mask)
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, _plain(model, x, snr, text, mask), rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_packing_leaves_state_dict_copies_and_training_alone():
+    import copy
+
+    model = randomised(EfficientUNet(narrow(preset("tiny").stages[0].unet)))
+    keys = set(model.state_dict())
+    (x, snr, text, mask), _ = inputs(2, 16)
+    with torch.inference_mode():
+        out = model(x, snr, text, mask)
+    assert set(model.state_dict()) == keys  # packed weights are not state
+    twin = copy.deepcopy(model)  # oneDNN's opaque tensors cannot be deep-copied: they must not be attributes
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x, snr, text, mask), out, rtol=1e-5, atol=1e-5)
+    model.train()
+    model(x, snr, text, mask).square().mean().backward()  # grad mode: the plain kernels, gradients flow
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p is not model.null_token)

@@ -21,6 +21,7 @@ explicitly to every Unet it builds.
     python bench/perf/model_vs_imagen_pytorch.py                    # small base, batch 4, 32x32, 16 text tokens
     python bench/perf/model_vs_imagen_pytorch.py --threads 1 --repeats 7
     python bench/perf/model_vs_imagen_pytorch.py --preset tiny --batch 8 --json
+    IMAGEN_CPU_PACK=0 python bench/perf/model_vs_imagen_pytorch.py --threads 1   # our plain-kernel path
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+import imagen.unet as unet_module  # noqa: E402
 from imagen.config import preset  # noqa: E402
 from imagen.unet import EfficientUNet  # noqa: E402
 
@@ -201,12 +203,15 @@ def main(argv=None) -> int:
         opt_theirs.step()
         sync()
 
+    # our CPU inference fast path (imagen/unet.py: oneDNN on weights packed once); IMAGEN_CPU_PACK=0 turns it off
+    fast_path = device.type == "cpu" and unet_module._CPU_PACKING
     results = timed({"sample_ours": ours_cfg, "sample_theirs": theirs_cfg, "sample_theirs_batched": theirs_cfg_batched,
                      "train_ours": ours_train, "train_theirs": theirs_train}, args.repeats)
 
     report = {
         "preset": args.preset, "stage": args.stage, "device": str(device), "threads": args.threads,
         "batch": B, "resolution": r, "adamw": args.adamw, "text_len": L, "torch": torch.__version__,
+        "cpu_packed_inference": fast_path,
         "params_ours": n_params(ours), "params_theirs": n_params(theirs),
         "their_changes": {k: list(v) if isinstance(v, tuple) else v for k, v in their_blocks.items()}, "our_num_res_blocks": list(cfg.num_res_blocks),
         "timings": results,
@@ -221,7 +226,8 @@ def main(argv=None) -> int:
         return 0
     p_o, p_t = report["params_ours"], report["params_theirs"]
     print(f"{args.preset}/{args.stage}: {r}x{r}, batch {B}, {L} text tokens, {device}, {args.threads} thread(s), "
-          f"torch {torch.__version__}, AdamW {args.adamw}")
+          f"torch {torch.__version__}, AdamW {args.adamw}, our CPU packed-weight inference "
+          f"{'on' if fast_path else 'off'}")
     print(f"params: ours {p_o:,} | imagen-pytorch {p_t:,} ({(p_t / p_o - 1) * 100:+.1f}%), "
           f"blocks ours {list(cfg.num_res_blocks)}, theirs {report['their_changes']}")
     for name, v in results.items():
