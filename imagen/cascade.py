@@ -92,10 +92,12 @@ class Cascade(nn.Module):
     # ------------------------------------------------------------------------- training
 
     def stage_loss(self, i: int, x0: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, *,
-                   lowres: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                   lowres: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   log_snr_shift: float = 0.0) -> torch.Tensor:
         """The diffusion loss of stage i on images x0 [B, 3, H, W] (in [-1, 1], at the stage's resolution).
 
-        Draws t ~ U(0, 1), the noise, the CFG text dropout (cond_drop_prob, paper 2.2) and, for an SR stage, the
+        Draws t ~ U(0, 1) (the noise level is the stage's log-SNR schedule at t, plus `log_snr_shift`), the noise,
+        the CFG text dropout (cond_drop_prob, paper 2.2) and, for an SR stage, the
         augmentation level t_aug ~ U(0, noise_aug_max) (paper 2.4). `lowres` is the conditioning image at the low
         resolution or already upsampled; None means x0 downsampled to the stage's lowres_resolution.
         """
@@ -109,7 +111,7 @@ class Cascade(nn.Module):
             return torch.randn(*shape, generator=generator, device=_gen_device(generator)).to(dev, x0.dtype)
 
         t = rand(b).double()  # [B]
-        log_snr = diffusion.schedule(st.schedule)(t).float()  # [B]
+        log_snr = (diffusion.schedule(st.schedule)(t) + log_snr_shift).float()  # [B]
         noise = randn(*x0.shape)
         z = diffusion.q_sample(x0, log_snr, noise)
         drop = rand(b) < st.cond_drop_prob  # [B] bool: rows trained unconditionally

@@ -67,6 +67,12 @@ class TrainConfig:
     sample_prompts: tuple[str, ...] = ()  # preview prompts (default: the first 8 captions of the dataset)
     sample_steps: int = 50  # sampler steps of the preview
     sample_guidance: float = 3.0  # guidance weight of the preview
+    # training noise levels: log-SNR = schedule(t) + log_snr_shift, t ~ U(0, 1). Negative trains more at high noise,
+    # where an image's layout is decided; sampling is unaffected. 0 = the paper's (uniform t).
+    log_snr_shift: float = 0.0
+    # start from these weights instead of random ones (a <stage>.safetensors, or a run folder holding one): the
+    # second phase of a curriculum, or fine-tuning. Model and EMA both start there; the optimiser starts fresh.
+    init: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,25 @@ def config_hash(run: RunConfig) -> str:
     data = to_dict(run.data)
     if not data["categories"]:  # the default: hashes as before the key existed, so older runs still resume
         data.pop("categories")
+    if tr["log_snr_shift"] == 0.0:  # likewise
+        tr.pop("log_snr_shift")
+    if tr["init"]:  # what the weights are, not where they lie
+        tr["init"] = sha256_file(init_weights(run))
+    else:
+        tr.pop("init")
     blob = json.dumps({"model": to_dict(run.model), "train": tr, "data": data}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def init_weights(run: RunConfig) -> Path:
+    """The weights file `[train] init` names: a .safetensors file, or <folder>/<stage>.safetensors."""
+    p = Path(run.train.init).expanduser()
+    if p.is_dir():
+        p = p / f"{run.train.stage}.safetensors"
+    if not p.is_file():
+        raise UserError(f"[train] init: {p} not found; give a <stage>.safetensors file or a run folder that holds "
+                        f"{run.train.stage}.safetensors")
+    return p
 
 
 def _section(cls, data: dict, section: str):
@@ -214,6 +237,8 @@ def _validate(run: RunConfig) -> None:
         (len(t.betas) == 2, "[train] betas needs two numbers, e.g. [0.9, 0.99]"),
         (t.precision in ("fp32", "bf16", "fp16"), f"[train] precision must be fp32, bf16 or fp16, got {t.precision!r}"),
         (t.lr_schedule in ("constant", "cosine"), "[train] lr_schedule must be constant or cosine"),
+        (math.isfinite(t.log_snr_shift) and abs(t.log_snr_shift) <= 10,
+         f"[train] log_snr_shift must be a number in [-10, 10] (0 = off), got {t.log_snr_shift}"),
         (min(t.sample_every, t.checkpoint_every, t.num_workers) >= 0 and t.log_every >= 1,
          "[train] sample_every, checkpoint_every, num_workers must be >= 0 and log_every >= 1"),
         (d.kind in ("shapes", "folder", "coco"), f"[data] kind must be shapes, folder or coco, got {d.kind!r}"),
@@ -567,8 +592,14 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         if meta.get("world", 1) != world:
             raise UserError(f"{jpath} was written by {meta.get('world', 1)} process(es); resume with the same number "
                             f"(bit-exact resume needs the same data sharding), here {world}")
-    elif resume and rank == 0 and progress:
-        print(f"no training state for stage {st.name!r} in {out}: starting from step 0")
+    else:
+        if resume and rank == 0 and progress:
+            print(f"no training state for stage {st.name!r} in {out}: starting from step 0")
+        if t.init:
+            from imagen.checkpoint import load_stage
+
+            load_stage(unet, init_weights(run), dev)
+            ema = EMA(unet, t.ema_decay, t.ema_warmup)
 
     # -- checkpointing
     def checkpoint(at: int, seconds: float) -> None:
@@ -621,7 +652,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            loss = cascade.stage_loss(i, x, tok, mask, lowres=lowres, generator=gen)
+            loss = cascade.stage_loss(i, x, tok, mask, lowres=lowres, generator=gen, log_snr_shift=t.log_snr_shift)
         scaler.scale(loss).backward()
         _allreduce_mean([p.grad for p in params if p.grad is not None], world)
         scaler.unscale_(opt)

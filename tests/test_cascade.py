@@ -115,16 +115,17 @@ def test_stage_loss_draws_dropout_aug_and_is_reproducible():
     assert cas.unets[1].conv.weight.grad is not None
 
 
-def test_stage_loss_equals_mse_on_eps_by_hand():
+@pytest.mark.parametrize("shift", [0.0, -4.0])
+def test_stage_loss_equals_mse_on_eps_by_hand(shift):
     cfg = small_cfg(0)
     cas = Cascade(cfg, make_unet=FakeUNet)
     text, mask = text_batch(4)
     x0 = torch.rand(4, 3, 8, 8) * 2 - 1
-    loss = cas.stage_loss(0, x0, text, mask, generator=torch.Generator().manual_seed(9))
+    loss = cas.stage_loss(0, x0, text, mask, generator=torch.Generator().manual_seed(9), log_snr_shift=shift)
     # replay the same draws: t, noise, dropout from the same generator, in the same order
     g = torch.Generator().manual_seed(9)
     t = torch.rand(4, generator=g).double()
-    lam = D.cosine_log_snr(t).float()
+    lam = (D.cosine_log_snr(t) + shift).float()  # the training noise levels, shifted (TrainConfig.log_snr_shift)
     noise = torch.randn(x0.shape, generator=g)
     drop = torch.rand(4, generator=g) < 0.1
     with torch.no_grad():

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -124,6 +125,7 @@ def test_config_validation(tmp_path):
         ({**good, "train": {"stage": "sr9"}}, "sr9"),
         ({**good, "data": {"kind": "folder"}}, "path"),
         ({**good, "data": {"crop": 8}}, "SR stages only"),
+        ({**good, "train": {"log_snr_shift": -40}}, r"\[train\] log_snr_shift must be a number in \[-10, 10\]"),
         ({**good, "data": {"kind": "shapes", "categories": ["Colors", "Colours"]}}, r"\[data\] unknown shapes categories 'Colours'"),
         ({**good, "data": {"kind": "folder", "path": "p", "captions": "c", "categories": ["Colors"]}},
          "shapes\" only"),
@@ -138,7 +140,7 @@ def test_config_validation(tmp_path):
     assert sr.model.stage(sr.train.stage).resolution == 4 * sr.model.stage(sr.train.stage).lowres_resolution
 
 
-def test_config_hash_of_the_default_category_cycle_is_the_hash_before_the_key():
+def test_config_hash_of_the_default_category_cycle_and_shift_is_the_hash_before_the_keys():
     import dataclasses
     import hashlib
     import json
@@ -147,12 +149,14 @@ def test_config_hash_of_the_default_category_cycle_is_the_hash_before_the_key():
     from imagen.train import _NO_HASH, config_hash
 
     run = parse_config({"out": "x", "model": {"preset": "tiny"}, "train": {"steps": 5}, "data": {"kind": "shapes"}})
-    tr = {k: v for k, v in to_dict(run.train).items() if k not in _NO_HASH}
+    tr = {k: v for k, v in to_dict(run.train).items() if k not in _NO_HASH and k not in ("log_snr_shift", "init")}
     data = {k: v for k, v in to_dict(run.data).items() if k != "categories"}
     before = json.dumps({"model": to_dict(run.model), "train": tr, "data": data}, sort_keys=True)
     assert config_hash(run) == hashlib.sha256(before.encode()).hexdigest()
     cycled = dataclasses.replace(run, data=dataclasses.replace(run.data, categories=("Colors", "Positional")))
     assert config_hash(cycled) != config_hash(run)
+    shifted = dataclasses.replace(run, train=dataclasses.replace(run.train, log_snr_shift=-4.0))
+    assert config_hash(shifted) != config_hash(run)
 
 
 def test_lr_schedule_and_ema_math():
@@ -189,3 +193,27 @@ def test_cli_train_json_and_errors(tmp_path, capsys, monkeypatch):
     assert out["step"] == 2 and np.isfinite(out["loss"])
     assert main(["train", str(cfg), "--set", "train.bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_init_starts_model_and_ema_from_given_weights(tmp_path):
+    from imagen.train import config_hash
+
+    enc = FakeEncoder()
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(micro_run(a, steps=3), progress=False, encoder=enc)
+    start = load_file(str(a / "base.safetensors"))  # a's EMA weights
+    # b: one step at a learning rate too small to move anything, from a's weights (a folder or the file itself)
+    for init in (str(a), str(a / "base.safetensors")):
+        train(micro_run(b, steps=1, lr=1e-12, warmup=0, init=init), progress=False, encoder=enc)
+        got = _state(b)
+        for k, v in start.items():
+            torch.testing.assert_close(got[f"model.{k}"], v, rtol=0, atol=1e-9)
+            torch.testing.assert_close(got[f"ema.{k}"], v, rtol=0, atol=1e-9)
+        shutil.rmtree(b)
+    # the hash follows the weights' content, not their path; a missing file is one clear error
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(a / "base.safetensors", copy)
+    assert config_hash(micro_run(b, init=str(copy))) == config_hash(micro_run(b, init=str(a)))
+    assert config_hash(micro_run(b, init=str(a))) != config_hash(micro_run(b))
+    with pytest.raises(UserError, match=r"\[train\] init: .*nowhere.* not found"):
+        train(micro_run(b, init=str(tmp_path / "nowhere")), progress=False, encoder=enc)
