@@ -6,15 +6,21 @@
 #
 #   scripts/train_reference.sh [RUN_DIR]          # default RUN_DIR: runs/shapes; rerun to resume after a stop
 #
-# The recipe is the CPU one (configs/shapes_base.toml, configs/shapes_sr.toml); on a GPU it runs unchanged
-# (--device auto picks CUDA). Extra arguments after RUN_DIR go to both `imagen-bench train` calls.
+# The base trains in two phases (configs/shapes_base_pos.toml into RUN_DIR-pos, then configs/shapes_base.toml
+# starting from its weights); the SR stage is independent of both.
+#
+# The recipe is the CPU one (configs/shapes_base_pos.toml, configs/shapes_base.toml, configs/shapes_sr.toml); on
+# a GPU it runs unchanged (--device auto picks CUDA). Extra arguments after RUN_DIR go to every `imagen-bench
+# train` call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN="${1:-runs/shapes}"
 shift || true
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-imagen-bench train configs/shapes_base.toml --out "$RUN" --resume "$@"
+# the base in two phases: the positional layout first (Positional captions, high noise), then every category
+imagen-bench train configs/shapes_base_pos.toml --out "$RUN-pos" --resume "$@"
+imagen-bench train configs/shapes_base.toml --out "$RUN" --set train.init="$RUN-pos" --resume "$@"
 imagen-bench train configs/shapes_sr.toml --out "$RUN" --resume "$@"
 
 python scripts/ship_model.py "$RUN" shapes   # float16 copy into imagen/weights/shapes/

@@ -1,5 +1,6 @@
 """The shipped `shapes` cascade: it loads, matches its recipe, stays small, and draws what its captions say."""
 
+import functools
 import json
 import tomllib
 from pathlib import Path
@@ -30,6 +31,7 @@ def test_shapes_is_shipped_small_and_is_the_recipe():
     assert sum(p.numel() for p in cascade.parameters()) > 1e6
 
 
+@functools.cache
 def _accuracy(guidance: float, n: int, steps: int, sampler: str = "ddim", threshold: str = "dynamic:0.995"):
     from bench.metrics.alignment import accuracy_dict, alignment
     from imagen import shapes
@@ -51,17 +53,27 @@ def test_shapes_model_draws_the_caption_colours_and_shapes():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="position (0.53 on 200 captions at w = 5) and count at w = 5 (0.63) are below "
-                   "target and guidance does not beat w = 1 overall: see README, 'The shipped reference model'. "
-                   "Remove this mark when it passes.")
-def test_shapes_model_meets_the_reference_targets():
-    """The issue's targets at the default sampler settings, and guidance beating no guidance by 0.10 overall."""
+def test_shapes_model_meets_the_colour_shape_and_position_targets():
+    """The issue's colour, shape and position targets at the default sampler settings (64 held-out captions)."""
+    from imagen.config import SamplerConfig
+
+    d = SamplerConfig()
+    guided = _accuracy(d.guidance[0], 64, d.steps, d.sampler, d.threshold)
+    print(json.dumps({"guided": guided}))
+    assert guided["color"] >= 0.85 and guided["shape"] >= 0.85 and guided["position"] >= 0.70, guided
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="count at the default w = 5 is 0.575 on 200 captions (0.90 at w = 1, 0.825 at "
+                   "w = 3), and w = 1 is already 0.97 overall, so no guidance can beat it by 0.10: see README, "
+                   "'The shipped reference model'. Remove this mark when it passes.")
+def test_shapes_model_meets_the_count_and_guidance_targets():
+    """Count at the default guidance, and guidance beating no guidance by 0.10 overall."""
     from imagen.config import SamplerConfig
 
     d = SamplerConfig()
     guided = _accuracy(d.guidance[0], 64, d.steps, d.sampler, d.threshold)
     plain = _accuracy(1.0, 64, d.steps, d.sampler, d.threshold)
     print(json.dumps({"guided": guided, "plain": plain}))
-    assert guided["color"] >= 0.85 and guided["shape"] >= 0.85, guided
-    assert guided["count"] >= 0.70 and guided["position"] >= 0.70, guided
+    assert guided["count"] >= 0.70, guided
     assert guided["overall"] >= plain["overall"] + 0.10, (guided, plain)

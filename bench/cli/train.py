@@ -16,11 +16,12 @@ accelerate launch) train data-parallel; only rank 0 writes."""
 EPILOG = """\
 examples:
   imagen-bench train configs/tiny_test.toml --out runs/tiny            # seconds: a smoke run of the tiny preset
-  imagen-bench train configs/shapes_base.toml                          # the reference cascade, stage 1 (base)
+  imagen-bench train configs/shapes_base_pos.toml                      # the reference base, phase 1 (layout)
+  imagen-bench train configs/shapes_base.toml                          # phase 2: from phase 1's weights (init)
   imagen-bench train configs/shapes_sr.toml                            # stage 2 (16 -> 64 SR), same run folder
   imagen-bench train configs/shapes_base.toml --resume                 # continue bit-exactly after a stop
-  imagen-bench train configs/shapes_base.toml --set train.steps=200 --set train.batch_size=8 --out runs/quick
-  torchrun --nproc-per-node 2 -m bench train configs/shapes_base.toml  # data-parallel (gloo on CPU, nccl on GPU)
+  imagen-bench train configs/shapes_base.toml --set train.steps=200 --set train.init= --out runs/quick
+  torchrun --nproc-per-node 2 -m bench train configs/shapes_base_pos.toml  # data-parallel (gloo on CPU, nccl on GPU)
   scripts/train_reference.sh                                           # both stages + copy into imagen/weights/shapes
 """
 
