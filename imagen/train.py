@@ -72,6 +72,7 @@ class TrainConfig:
     log_snr_shift: float = 0.0
     # start from these weights instead of random ones (a <stage>.safetensors, or a run folder holding one): the
     # second phase of a curriculum, or fine-tuning. Model and EMA both start there; the optimiser starts fresh.
+    # Read only by a fresh run (so not in the config hash); its sha256 is kept in the training state.
     init: str = ""
 
 
@@ -119,10 +120,9 @@ def config_hash(run: RunConfig) -> str:
         data.pop("categories")
     if tr["log_snr_shift"] == 0.0:  # likewise
         tr.pop("log_snr_shift")
-    if tr["init"]:  # what the weights are, not where they lie
-        tr["init"] = sha256_file(init_weights(run))
-    else:
-        tr.pop("init")
+    # init decides only where a fresh run starts; a resumed run continues its own saved weights, so the file may
+    # move or change afterwards. Its sha256 goes into the training state instead (init_sha256).
+    tr.pop("init")
     blob = json.dumps({"model": to_dict(run.model), "train": tr, "data": data}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -542,6 +542,8 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     if jpath.is_file() and not resume:
         raise UserError(f"{out} already has a training state for stage {st.name!r}; pass --resume to continue it, "
                         f"or choose another out folder")
+    if t.init and not jpath.is_file():
+        init_weights(run)  # a fresh run starts there: a missing file is an error before any work
 
     # -- data and text (captions encoded once, rank 0 first)
     render = max(s.resolution for s in cfg.stages) if run.data.kind == "shapes" else st.resolution
@@ -579,13 +581,13 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     gen = torch.Generator(device=dev)
     gen.manual_seed(t.seed * 1_000_003 + rank)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
-    step, elapsed = 0, 0.0
+    step, elapsed, init_sha = 0, 0.0, None
     if resume and jpath.is_file():
         tensors, meta = read_train_state(out, st.name, chash)
         unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         _optim_load(opt, {k: v.to(dev) for k, v in tensors.items() if k.startswith("optim.")}, meta["optim"])
-        step, elapsed = int(meta["step"]), float(meta.get("seconds", 0.0))
+        step, elapsed, init_sha = int(meta["step"]), float(meta.get("seconds", 0.0)), meta.get("init_sha256")
         _set_rng_state(meta["rng"][min(rank, len(meta["rng"]) - 1)] if world > 1 else meta["rng"][0], gen)
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
@@ -598,8 +600,10 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         if t.init:
             from imagen.checkpoint import load_stage
 
-            load_stage(unet, init_weights(run), dev)
+            init_path = init_weights(run)
+            load_stage(unet, init_path, dev)
             ema = EMA(unet, t.ema_decay, t.ema_warmup)
+            init_sha = sha256_file(init_path)
 
     # -- checkpointing
     def checkpoint(at: int, seconds: float) -> None:
@@ -620,7 +624,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         meta = {"stage": st.name, "step": at, "seconds": seconds, "config_hash": chash, "world": world,
                 "tensors_sha256": sha256_file(tpath), "optim": ometa, "rng": rngs,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "config": config_to_toml_dict(run)}
+                "config": config_to_toml_dict(run), "init_sha256": init_sha}
         atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         with _swapped(cascade, i, ema.module):
             save_cascade(cascade, out, stages=[st.name])

@@ -55,17 +55,20 @@ def _packed_weight(module: nn.Module, x: torch.Tensor, shape_key: tuple, pack):
     an EMA update or a checkpoint load (all in-place) repacks it."""
     w = module.weight
     if (not _CPU_PACKING or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-            or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
+            or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
+            or not torch._C._get_mkldnn_enabled()):
         return None
     try:
         key = (w._version, w.data_ptr(), shape_key)
     except RuntimeError:  # an inference tensor (made under inference_mode) has no version counter
         return None
     cached = _PACKED.get(module)
-    if cached is None or cached[0] != key:
-        cached = (key, pack(w.detach()))
+    # the weakref: a NEW weight tensor (load_state_dict(assign=True), .half().float()) may reuse the old one's
+    # address and version number. Writes through `.data` bypass the version counter: they are not seen.
+    if cached is None or cached[0] != key or cached[1]() is not w:
+        cached = (key, weakref.ref(w), pack(w.detach()))
         _PACKED[module] = cached
-    return cached[1]
+    return cached[2]
 
 
 class Conv2d(nn.Conv2d):
@@ -77,7 +80,7 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 4:
             return super().forward(x)
         pad, stride, dil = list(self.padding), list(self.stride), list(self.dilation)
         w = _packed_weight(self, x, tuple(x.shape), lambda w: torch.ops.mkldnn._reorder_convolution_weight(

@@ -202,6 +202,7 @@ def test_init_starts_model_and_ema_from_given_weights(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(micro_run(a, steps=3), progress=False, encoder=enc)
     start = load_file(str(a / "base.safetensors"))  # a's EMA weights
+    shutil.copy(a / "base.safetensors", tmp_path / "copy.safetensors")
     # b: one step at a learning rate too small to move anything, from a's weights (a folder or the file itself)
     for init in (str(a), str(a / "base.safetensors")):
         train(micro_run(b, steps=1, lr=1e-12, warmup=0, init=init), progress=False, encoder=enc)
@@ -210,10 +211,14 @@ def test_init_starts_model_and_ema_from_given_weights(tmp_path):
             torch.testing.assert_close(got[f"model.{k}"], v, rtol=0, atol=1e-9)
             torch.testing.assert_close(got[f"ema.{k}"], v, rtol=0, atol=1e-9)
         shutil.rmtree(b)
-    # the hash follows the weights' content, not their path; a missing file is one clear error
-    copy = tmp_path / "copy.safetensors"
-    shutil.copy(a / "base.safetensors", copy)
-    assert config_hash(micro_run(b, init=str(copy))) == config_hash(micro_run(b, init=str(a)))
-    assert config_hash(micro_run(b, init=str(a))) != config_hash(micro_run(b))
+    # init decides only where a fresh run starts: not hashed (a resumed run does not read it, so the file may move
+    # or change), recorded in the training state; a missing file is one clear error
+    assert config_hash(micro_run(b, init=str(a))) == config_hash(micro_run(b))
+    train(micro_run(b, steps=2, init=str(a)), progress=False, encoder=enc)
+    (a / "base.safetensors").unlink()
+    train(micro_run(b, steps=3, init=str(a)), resume=True, progress=False, encoder=enc)
+    meta = json.loads((b / "train_state" / "base.json").read_text())
+    assert meta["step"] == 3 and meta["init_sha256"] == hashlib.sha256(
+        (tmp_path / "copy.safetensors").read_bytes()).hexdigest()
     with pytest.raises(UserError, match=r"\[train\] init: .*nowhere.* not found"):
-        train(micro_run(b, init=str(tmp_path / "nowhere")), progress=False, encoder=enc)
+        train(micro_run(tmp_path / "c", init=str(tmp_path / "nowhere")), progress=False, encoder=enc)
