@@ -46,13 +46,14 @@ def _cpu_packing_available() -> bool:
 # CPU inference fast path (see Conv2d and Linear below): oneDNN kernels on weights packed once into oneDNN's blocked
 # layout. Off where this torch build lacks the ops, or with IMAGEN_CPU_PACK=0.
 _CPU_PACKING = _cpu_packing_available()
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # module -> (key, weight)
+# module -> (key, weakref to the weight tensor it was packed from, packed weight); not module state, not deep-copied
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _packed_weight(module: nn.Module, x: torch.Tensor, shape_key: tuple, pack):
     """The module's weight packed by `pack`, or None where the plain path must run (training, autocast, non-fp32,
-    not CPU, torch.compile tracing). Cached per module, keyed by the weight's version counter, so an optimiser step,
-    an EMA update or a checkpoint load (all in-place) repacks it."""
+    not CPU, torch.compile tracing). Cached per module, keyed by the weight tensor and its version counter, so an
+    optimiser step, an EMA update, a checkpoint load or a new weight tensor repacks it."""
     w = module.weight
     if (not _CPU_PACKING or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
             or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()

@@ -265,3 +265,17 @@ def test_packing_leaves_state_dict_copies_and_training_alone():
     model.train()
     model(x, snr, text, mask).square().mean().backward()  # grad mode: the plain kernels, gradients flow
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p is not model.null_token)
+
+
+@needs_packing
+def test_packed_weights_follow_new_weight_tensors():
+    """load_state_dict(assign=True) puts NEW tensors in place (version 0, maybe the old address): repacked."""
+    model = randomised(EfficientUNet(narrow(preset("tiny").stages[0].unet)))
+    (x, snr, text, mask), _ = inputs(2, 16)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        fresh = {k: torch.randn_like(v) * 0.1 for k, v in model.state_dict().items()}
+        model.load_state_dict(fresh, assign=True)
+        with torch.inference_mode():
+            fast = model(x, snr, text, mask)
+        torch.testing.assert_close(fast, _plain(model, x, snr, text, mask), rtol=1e-5, atol=1e-5)
