@@ -100,6 +100,18 @@ def _floats(value, key: str, low: float, high: float | None) -> tuple[float, ...
     return tuple(out)
 
 
+def _model_sampler_defaults(model: str):
+    """The model's sampler settings (sampler.toml in its folder) or SamplerConfig's; reads no weights."""
+    from imagen.checkpoint import sampler_defaults
+
+    return sampler_defaults(model)
+
+
+def _one(values: tuple[float, ...]):
+    """One axis value from a per-stage tuple: a number when it is one value, else the list."""
+    return values[0] if len(values) == 1 else list(values)
+
+
 def _axis(axes: dict, key: str, default: list) -> list:
     values = axes.get(key, default)
     if not isinstance(values, list):
@@ -161,18 +173,20 @@ def parse_spec(text: str, source: str = "spec") -> GridSpec:
             raise UserError(f"{source}: {key} must be an integer >= {low}, got {v!r}")
         ints[key] = v
     axes = _subtable(raw, "axes", AXIS_KEYS, source)
-    guidance = tuple(_floats(v, "axes.guidance", 0.0, None) for v in _axis(axes, "guidance", [5.0]))
-    threshold = tuple(normalize_threshold(v) for v in _axis(axes, "threshold", ["dynamic:0.995"]))
+    # an axis left out is the model's own setting (its sampler.toml), else the global SamplerConfig default
+    d = _model_sampler_defaults(raw["model"].strip())
+    guidance = tuple(_floats(v, "axes.guidance", 0.0, None) for v in _axis(axes, "guidance", [_one(d.guidance)]))
+    threshold = tuple(normalize_threshold(v) for v in _axis(axes, "threshold", [d.threshold]))
     samplers = _known_samplers()
-    sampler = tuple(_axis(axes, "sampler", ["ddpm"]))
+    sampler = tuple(_axis(axes, "sampler", [d.sampler]))
     for s in sampler:
         if s not in samplers:
             raise UserError(f"axes.sampler: unknown sampler {s!r}; choose from {', '.join(samplers)}")
-    steps = tuple(_axis(axes, "steps", [50]))
+    steps = tuple(_axis(axes, "steps", [d.steps]))
     for s in steps:
         if isinstance(s, bool) or not isinstance(s, int) or s < 1:
             raise UserError(f"axes.steps: {s!r} must be a positive integer")
-    aug = tuple(_floats(v, "axes.aug_level", 0.0, 1.0) for v in _axis(axes, "aug_level", [0.0]))
+    aug = tuple(_floats(v, "axes.aug_level", 0.0, 1.0) for v in _axis(axes, "aug_level", [_one(d.aug_level)]))
     metrics = _subtable(raw, "metrics", METRIC_KEYS, source)
     fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes"})
     if fid and fid["extractor"] not in ("effnet-lite0", "inception"):

@@ -3,10 +3,15 @@
 The weights are the ones used for sampling (EMA weights when the trainer keeps them). Loading checks that every
 file matches the config (keys and shapes); any problem is a UserError that says which file and what to do.
 Shipped models live in imagen/weights/<name>/ and are read, never written, by this module.
+
+A folder may also hold sampler.toml: the sampler settings the model is meant to be sampled with (the fields of
+SamplerConfig). They replace the global SamplerConfig defaults for that model; a setting given on the command line
+or in a grid spec replaces them in turn. They are not part of the checkpoint hash: results record the settings used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,11 +20,12 @@ from pathlib import Path
 import torch
 
 from imagen.cascade import Cascade
-from imagen.config import PRESETS, CascadeConfig, cascade_from_json, cascade_to_json
+from imagen.config import PRESETS, CascadeConfig, SamplerConfig, cascade_from_json, cascade_to_json
 from imagen.errors import UserError
 from imagen.fileio import atomic_write
 
 CONFIG_FILE = "config.json"
+SAMPLER_FILE = "sampler.toml"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -81,6 +87,79 @@ def read_config(folder: Path) -> CascadeConfig:
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as exc:
         raise UserError(f"{path} is not a valid cascade config ({type(exc).__name__}: {exc}); "
                         f"restore it from the training run or save the checkpoint again") from None
+
+
+def parse_sampler_defaults(text: str, source: str) -> SamplerConfig:
+    """SamplerConfig with the settings in a sampler.toml text; every mistake is a one-line UserError."""
+    import tomllib
+
+    from imagen.sampling import get_sampler, parse_threshold
+
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source}: not valid TOML ({exc}); fix it or delete the file to use the global "
+                        f"sampler defaults") from None
+    known = [f.name for f in dataclasses.fields(SamplerConfig)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {unknown}; known: {known}")
+
+    def floats(key: str, low: float, high: float | None) -> tuple[float, ...]:
+        values = raw[key] if isinstance(raw[key], list) else [raw[key]]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise UserError(f"{source}: {key} must be a number or a list of numbers, got {raw[key]!r}")
+        if any(v < low or (high is not None and v > high) for v in values):
+            bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+            raise UserError(f"{source}: {key} values must be {bounds}, got {raw[key]!r}")
+        return tuple(float(v) for v in values)
+
+    kwargs: dict = {}
+    if "sampler" in raw:
+        if not isinstance(raw["sampler"], str):
+            raise UserError(f"{source}: sampler must be a string, got {raw['sampler']!r}")
+        try:
+            get_sampler(raw["sampler"])
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+        kwargs["sampler"] = raw["sampler"]
+    if "steps" in raw:
+        if isinstance(raw["steps"], bool) or not isinstance(raw["steps"], int) or raw["steps"] < 1:
+            raise UserError(f"{source}: steps must be a positive integer, got {raw['steps']!r}")
+        kwargs["steps"] = raw["steps"]
+    if "threshold" in raw:
+        if not isinstance(raw["threshold"], str):
+            raise UserError(f"{source}: threshold must be a string, got {raw['threshold']!r}")
+        try:
+            parse_threshold(raw["threshold"])
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+        kwargs["threshold"] = raw["threshold"].strip()
+    if "guidance" in raw:
+        kwargs["guidance"] = floats("guidance", 0.0, None)
+    if "aug_level" in raw:
+        kwargs["aug_level"] = floats("aug_level", 0.0, 1.0)
+    return SamplerConfig(**kwargs)
+
+
+def sampler_defaults(model: str | os.PathLike) -> SamplerConfig:
+    """The sampler settings a model is sampled with when none are given: the folder's sampler.toml over the global
+    SamplerConfig defaults. A preset, or a folder without the file, gets the global defaults. Reads no weights."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        folder = path
+    elif str(model) in shipped_models():
+        folder = WEIGHTS_DIR / str(model)
+    else:
+        return SamplerConfig()
+    file = folder / SAMPLER_FILE
+    if not file.is_file():
+        return SamplerConfig()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read it ({exc}); fix or delete the file") from None
+    return parse_sampler_defaults(text, str(file))
 
 
 def load_stage(unet: torch.nn.Module, path: Path, device="cpu") -> None:
@@ -163,4 +242,5 @@ def config_hash(cfg: CascadeConfig) -> str:
 
 
 __all__ = ["save_cascade", "load_cascade", "checkpoint_hash", "config_hash", "build_untrained", "shipped_models",
-           "load_stage", "resolve", "read_config", "CONFIG_FILE", "WEIGHTS_DIR"]
+           "load_stage", "resolve", "read_config", "sampler_defaults", "parse_sampler_defaults", "CONFIG_FILE",
+           "SAMPLER_FILE", "WEIGHTS_DIR"]

@@ -109,6 +109,10 @@ class SamplerConfig:
             raise UserError(f"{what}: give one value or one per stage ({n}), got {list(values)}")
         return tuple(values)
 
+    def given(self, **settings) -> "SamplerConfig":
+        """A copy with the settings a caller gave put over these; a setting that is None was not given."""
+        return dataclasses.replace(self, **{k: v for k, v in settings.items() if v is not None})
+
 
 # ----------------------------------------------------------------------------- (de)serialisation
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from imagen.cascade import Cascade
-from imagen.checkpoint import build_untrained, checkpoint_hash, config_hash, load_cascade, resolve, shipped_models
+from imagen.checkpoint import (build_untrained, checkpoint_hash, config_hash, load_cascade, resolve, sampler_defaults,
+                               shipped_models)
 from imagen.config import PRESETS, SamplerConfig, preset
 from imagen.errors import UserError
 
@@ -37,6 +38,8 @@ class Pipeline:
     checkpoint_hash: str  # sha256 of config + weights (untrained presets: of the config and the seed)
     cascade: Cascade
     encoder: object  # an EmbeddingCache (any object with encode(texts) -> (tokens, mask))
+    # the settings to sample with where the caller gives none: the model folder's sampler.toml over SamplerConfig()
+    sampler_defaults: SamplerConfig = field(default_factory=SamplerConfig)
 
     @property
     def resolution(self) -> int:
@@ -53,11 +56,13 @@ class Pipeline:
         model = str(model)
         if Path(model).expanduser().is_dir() or model in shipped_models():
             folder = resolve(model)
+            defaults = sampler_defaults(folder)  # a bad sampler.toml fails before the weights are read
             cascade = load_cascade(folder, dev)
             digest = checkpoint_hash(folder)
         elif model in PRESETS:
             cascade = build_untrained(preset(model)).to(dev)
             digest = config_hash(cascade.cfg)
+            defaults = SamplerConfig()
         else:
             raise UserError(f"unknown model {model!r}: not a checkpoint folder, a shipped model "
                             f"({', '.join(shipped_models()) or 'none shipped'}) or a preset ({', '.join(PRESETS)})")
@@ -65,7 +70,9 @@ class Pipeline:
             from imagen.text import EmbeddingCache, load_text_encoder
 
             encoder = EmbeddingCache(load_text_encoder(cascade.cfg.text, dev), cache_root)
-        return cls(model_id=model, checkpoint_hash=digest, cascade=cascade, encoder=encoder)
+        return cls(model_id=model, checkpoint_hash=digest, cascade=cascade, encoder=encoder,
+                   sampler_defaults=defaults)
+
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], sampler: SamplerConfig, batch_size: int = 8,

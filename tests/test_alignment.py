@@ -8,6 +8,7 @@ import pytest
 
 from bench.metrics import alignment as A
 from imagen import shapes as S
+from imagen.config import SamplerConfig
 from imagen.shapes_scorer import score
 
 
@@ -75,6 +76,7 @@ class _RenderingPipeline:
     blank image when `blank` is set."""
 
     checkpoint_hash = "fake"
+    sampler_defaults = SamplerConfig(sampler="ddim", steps=9, threshold="static")
 
     def __init__(self, seed, blank=False):
         self.lookup = {}
@@ -86,7 +88,7 @@ class _RenderingPipeline:
         self.calls = []
 
     def generate(self, prompts, seeds, sampler, batch_size=8, progress=False):
-        self.calls.append((list(seeds), sampler.guidance))
+        self.calls.append((list(seeds), sampler.guidance, sampler.sampler, sampler.steps, sampler.threshold))
         if self.blank:
             return np.full((len(prompts), 32, 32, 3), 255, np.uint8)
         return np.stack([S.render(self.lookup[p], 32) for p in prompts])
@@ -102,7 +104,9 @@ def test_evaluate_shapes_aggregates_per_guidance():
     blank_pipe = _RenderingPipeline(3, blank=True)
     bad = evaluate_shapes(blank_pipe, [2], n=5, seed=3, steps=2, threshold="none", sampler=None, batch_size=4)
     assert bad[0]["accuracy"]["overall"] == 0.0 and bad[0]["accuracy"]["color"] == 0.0
-    assert blank_pipe.calls == [([3, 4, 5, 6, 7], (2.0,))]  # seeds seed..seed+n-1, guidance passed through
+    # seeds seed..seed+n-1, guidance and the given settings passed through, the rest from the model's defaults
+    assert blank_pipe.calls == [([3, 4, 5, 6, 7], (2.0,), "ddim", 2, "none")]
+    assert bad[0]["sampler"] == {"sampler": "ddim", "steps": 2, "threshold": "none"}
     only_colors = evaluate_shapes(_RenderingPipeline(3), [1], n=1, seed=3, steps=2, threshold="none", sampler=None,
                                   batch_size=4)
     assert set(only_colors[0]["accuracy"]) == {"color", "shape", "overall"}  # untested: absent, not zero

@@ -53,27 +53,28 @@ def test_shapes_model_draws_the_caption_colours_and_shapes():
 
 
 @pytest.mark.slow
-def test_shapes_model_meets_the_colour_shape_and_position_targets():
-    """The issue's colour, shape and position targets at the default sampler settings (64 held-out captions)."""
-    from imagen.config import SamplerConfig
+def test_shapes_model_meets_the_fact_targets_at_its_default_settings():
+    """The issue's colour, shape, count and position targets at the model's own sampler settings (its sampler.toml:
+    w = 3, static thresholding, DDPM 50), on 64 held-out captions."""
+    from imagen.checkpoint import sampler_defaults
 
-    d = SamplerConfig()
+    d = sampler_defaults("shapes")
     guided = _accuracy(d.guidance[0], 64, d.steps, d.sampler, d.threshold)
     print(json.dumps({"guided": guided}))
-    assert guided["color"] >= 0.85 and guided["shape"] >= 0.85 and guided["position"] >= 0.70, guided
+    assert guided["color"] >= 0.85 and guided["shape"] >= 0.85, guided
+    assert guided["count"] >= 0.70 and guided["position"] >= 0.70, guided
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="count at the default w = 5 and dynamic:0.995 is 0.575 on 200 captions (0.875 "
-                   "with static thresholding), and w = 1 is already 0.97 overall, so no guidance can beat it by "
-                   "0.10: see README, 'The shipped reference model'. Remove this mark when it passes.")
-def test_shapes_model_meets_the_count_and_guidance_targets():
-    """Count at the default guidance, and guidance beating no guidance by 0.10 overall."""
-    from imagen.config import SamplerConfig
+@pytest.mark.xfail(strict=True, reason="w = 1 is already 0.95-0.97 overall on 200 captions, so no guidance weight "
+                   "can beat it by 0.10 (w = 3: +0.025 on seed 1000's captions): see README, 'The shipped reference "
+                   "model'. Remove this mark when it passes.")
+def test_shapes_model_guidance_beats_no_guidance_by_a_tenth():
+    """Guidance at the model's default weight beating no guidance (w = 1) by 0.10 overall."""
+    from imagen.checkpoint import sampler_defaults
 
-    d = SamplerConfig()
+    d = sampler_defaults("shapes")
     guided = _accuracy(d.guidance[0], 64, d.steps, d.sampler, d.threshold)
     plain = _accuracy(1.0, 64, d.steps, d.sampler, d.threshold)
     print(json.dumps({"guided": guided, "plain": plain}))
-    assert guided["count"] >= 0.70, guided
     assert guided["overall"] >= plain["overall"] + 0.10, (guided, plain)

@@ -86,24 +86,25 @@ def _data_shapes(args: argparse.Namespace) -> int:
 def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: int | None, threshold: str | None,
                     sampler: str | None, batch_size: int, progress: bool = False) -> list[dict]:
     """For each guidance weight: n held-out captions sampled with seeds seed+i (the same prompts and seeds at
-    every weight), scored by the shapes scorer. Returns [{"guidance", "n", "accuracy", "by_category"}]."""
+    every weight), scored by the shapes scorer. A setting that is None is the pipeline's default (its model's
+    sampler.toml, else SamplerConfig's). Returns [{"guidance", "n", "sampler", "accuracy", "by_category"}]."""
     from bench.metrics.alignment import accuracy_dict, alignment
-    from imagen.config import SamplerConfig
     from imagen.shapes import held_out_captions
 
     captions = held_out_captions(n, seed)
     prompts = [c for c, _, _ in captions]
     facts = [f for _, f, _ in captions]
     seeds = [seed + i for i in range(n)]
-    defaults = SamplerConfig()
     results = []
     for g in guidances:
-        cfg = SamplerConfig(sampler=sampler or defaults.sampler, steps=steps or defaults.steps, guidance=(float(g),),
-                            threshold=threshold or defaults.threshold)
+        cfg = pipeline.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold,
+                                              guidance=(float(g),))
         images = pipeline.generate(prompts, seeds, cfg, batch_size=batch_size, progress=progress)
         res = alignment(images, facts)
         results.append({
-            "guidance": float(g), "n": n, "accuracy": accuracy_dict(res.accuracy),
+            "guidance": float(g), "n": n, "sampler": {"sampler": cfg.sampler, "steps": cfg.steps,
+                                                      "threshold": cfg.threshold},
+            "accuracy": accuracy_dict(res.accuracy),
             "by_category": {cat: accuracy_dict(acc) for cat, acc in res.by_category.items()},
         })
     return results
@@ -128,7 +129,12 @@ def _table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _weights(values: tuple[float, ...]) -> str:
+    return " ".join(f"{v:g}" for v in values)
+
+
 def _eval_shapes(args: argparse.Namespace) -> int:
+    from imagen.config import to_dict
     from imagen.pipeline import Pipeline
     from imagen.sampling import get_sampler, parse_threshold
 
@@ -148,12 +154,15 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, args.steps, args.threshold, args.sampler,
                               args.batch_size, progress=True)
     report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed,
-              "results": results}
+              "defaults": to_dict(pipeline.sampler_defaults), "results": results}
     if args.json:
         print(json.dumps(report))
     else:
+        used = results[0]["sampler"]
         print(f"model {args.model} ({pipeline.checkpoint_hash[:12]}), {args.n} held-out shapes captions, "
-              f"seed {args.seed}; fraction of images passing each fact (overall: every fact of the caption)")
+              f"seed {args.seed}, {used['sampler']} {used['steps']} steps, threshold {used['threshold']} (model's "
+              f"default guidance: {_weights(pipeline.sampler_defaults.guidance)}); fraction of images passing each "
+              f"fact (overall: every fact of the caption)")
         print(_table(results))
     return 0
 
@@ -220,14 +229,17 @@ def register(subparsers) -> None:
     es.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0], metavar="W",
                     help="classifier-free guidance weights (1 = no guidance)")
     es.add_argument("--n", type=int, default=64, help="held-out captions per guidance weight")
-    es.add_argument("--steps", type=int, default=None, help="sampling steps (default: the SamplerConfig default)")
+    es.add_argument("--steps", type=int, default=None,
+                    help="sampling steps (default: the model's sampler.toml, else the SamplerConfig default)")
     es.add_argument("--threshold", default=None, metavar="T",
-                    help="none | static | dynamic:P (default: the SamplerConfig default)")
-    es.add_argument("--sampler", default=None, help="sampler name (default: the SamplerConfig default)")
+                    help="none | static | dynamic:P (default: the model's sampler.toml, else the SamplerConfig "
+                         "default)")
+    es.add_argument("--sampler", default=None,
+                    help="sampler name (default: the model's sampler.toml, else the SamplerConfig default)")
     es.add_argument("--seed", type=int, default=0, help="picks the held-out captions and the first image seed")
     es.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     es.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     es.add_argument("--json", action="store_true",
-                    help='print only {"model", "checkpoint_hash", "seed", "results": [{"guidance", "n", "accuracy", '
-                         '"by_category"}]}')
+                    help='print only {"model", "checkpoint_hash", "seed", "defaults" (the model\'s sampler '
+                         'settings), "results": [{"guidance", "n", "sampler", "accuracy", "by_category"}]}')
     es.set_defaults(func=_eval_shapes)

@@ -174,10 +174,12 @@ def _add_coco(sub, formatter) -> None:
     p.add_argument("--seed", type=int, default=0, help="caption-sampling seed (also seeds the image noise)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (images/, manifest.json, result.json)")
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0])
-    p.add_argument("--guidance", type=float, nargs="+", default=[5.0], metavar="W", help="per stage or one")
-    p.add_argument("--threshold", default="dynamic:0.995", help="none | static | dynamic:P")
-    p.add_argument("--sampler", default="ddpm")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
+                   help="per stage or one (default, as for every sampling flag: the model's sampler.toml, else 5)")
+    p.add_argument("--threshold", default=None, help="none | static | dynamic:P (default: sampler.toml, else "
+                                                       "dynamic:0.995)")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp-2m (default: sampler.toml, else ddpm)")
+    p.add_argument("--steps", type=int, default=None, help="denoiser calls per stage (default: sampler.toml, else 50)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
@@ -186,10 +188,11 @@ def _add_coco(sub, formatter) -> None:
 
 def run_coco_cmd(args: argparse.Namespace) -> int:
     from bench.metrics.coco import CocoRun, run_coco
-    from imagen.config import SamplerConfig
+    from imagen.checkpoint import sampler_defaults
 
-    sampler = SamplerConfig(sampler=args.sampler, steps=args.steps, guidance=tuple(args.guidance),
-                            threshold=args.threshold)
+    sampler = sampler_defaults(args.model).given(
+        sampler=args.sampler, steps=args.steps, threshold=args.threshold,
+        guidance=tuple(args.guidance) if args.guidance is not None else None)
     run = CocoRun(model=args.model, captions=args.captions, out=args.out, n=args.n, seed=args.seed,
                   images=args.images, reference_stats=args.reference_stats, extractor=args.extractor,
                   batch_size=args.batch_size, device=args.device)

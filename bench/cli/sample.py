@@ -14,7 +14,11 @@ DESCRIPTION = """Generate images from text prompts with an Imagen cascade and wr
 The model is a preset (untrained, deterministic weights from seed 0: useful to check the plumbing), a checkpoint
 folder written by `imagen-bench train`, or a shipped model name. Each prompt gets the same --seed, so any image can be
 reproduced alone. With one prompt the image goes to --out; with several, prompt k goes to OUT-k.png
-(a.png -> a-0.png, a-1.png, ...)."""
+(a.png -> a-0.png, a-1.png, ...).
+
+A sampling setting left off the command line is the model's own: a checkpoint folder (or shipped model) may hold
+sampler.toml with the settings it is meant to be sampled at; otherwise the global defaults (DDPM, 50 steps,
+guidance 5, dynamic:0.995) apply. --json prints the settings used."""
 
 EPILOG = """examples:
   imagen-bench sample --preset tiny --prompt "a red circle" --out circle.png
@@ -23,6 +27,10 @@ EPILOG = """examples:
   imagen-bench sample --checkpoint runs/shapes --prompt "a green triangle" --aug-level 0.1 --out tri.png
   imagen-bench sample --model shapes --prompt "a red circle" --threshold static --sampler ddim --out c.png --json
 """
+
+
+# a sampling flag left out takes the model's own setting (sampler.toml in its folder), else the global default
+_DEFAULT = " (default: the model's sampler.toml, else {})"
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -49,27 +57,33 @@ def _write_png(path: Path, image) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imagen.config import SamplerConfig, to_dict
+    from imagen.config import to_dict
     from imagen.errors import UserError
     from imagen.pipeline import Pipeline, resolve_device
     from imagen.sampling import get_sampler, parse_threshold
 
     # check every input before loading anything
-    parse_threshold(args.threshold)
-    get_sampler(args.sampler)
-    if args.steps < 1:
+    if args.threshold is not None:
+        parse_threshold(args.threshold)
+    if args.sampler is not None:
+        get_sampler(args.sampler)
+    if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if any(not 0.0 <= a <= 1.0 for a in args.aug_level):
+    if args.guidance is not None and any(g < 0 for g in args.guidance):
+        raise UserError(f"--guidance weights must be >= 0 (1 = no guidance), got {args.guidance}")
+    if args.aug_level is not None and any(not 0.0 <= a <= 1.0 for a in args.aug_level):
         raise UserError(f"--aug-level values must be in [0, 1], got {args.aug_level}")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out!r}")
     resolve_device(args.device)
     model = args.checkpoint or args.model or args.preset or "tiny"
-    sampler = SamplerConfig(sampler=args.sampler, steps=args.steps, guidance=tuple(args.guidance),
-                            threshold=args.threshold, aug_level=tuple(args.aug_level))
 
     pipe = Pipeline.load(model, device=args.device, cache_root=args.cache_dir)
+    sampler = pipe.sampler_defaults.given(
+        sampler=args.sampler, steps=args.steps, threshold=args.threshold,
+        guidance=tuple(args.guidance) if args.guidance is not None else None,
+        aug_level=tuple(args.aug_level) if args.aug_level is not None else None)
     n_stages = len(pipe.cascade.cfg.stages)
     sampler.per_stage(sampler.guidance, n_stages, "--guidance")
     if n_stages > 1:
@@ -93,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     from bench.cli import HelpFormatter
+    from imagen.config import SamplerConfig
+
+    d = SamplerConfig()
 
     p = subparsers.add_parser("sample", help="generate images from prompts (PNG)", description=DESCRIPTION,
                               epilog=EPILOG, formatter_class=HelpFormatter)
@@ -102,15 +119,18 @@ def register(subparsers) -> None:
     src.add_argument("--model", metavar="NAME", help="a shipped model name (imagen/weights/NAME)")
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="a text prompt; repeat for several images")
-    p.add_argument("--guidance", type=float, nargs="+", default=[5.0], metavar="W",
-                   help="classifier-free guidance weight, one value or one per stage (1 = no guidance)")
-    p.add_argument("--threshold", default="dynamic:0.995",
-                   help="x0 thresholding: none, static, or dynamic:P with P in (0, 1]")
-    p.add_argument("--sampler", default="ddpm", help="ddpm (ancestral), ddim (eta=0) or dpmpp-2m")
-    p.add_argument("--steps", type=int, default=50, help="denoiser calls per stage")
+    p.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
+                   help="classifier-free guidance weight, one value or one per stage (1 = no guidance)"
+                        f"{_DEFAULT.format(d.guidance[0])}")
+    p.add_argument("--threshold", default=None,
+                   help=f"x0 thresholding: none, static, or dynamic:P with P in (0, 1]{_DEFAULT.format(d.threshold)}")
+    p.add_argument("--sampler", default=None,
+                   help=f"ddpm (ancestral), ddim (eta=0) or dpmpp-2m{_DEFAULT.format(d.sampler)}")
+    p.add_argument("--steps", type=int, default=None, help=f"denoiser calls per stage{_DEFAULT.format(d.steps)}")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the same for every prompt)")
-    p.add_argument("--aug-level", type=float, nargs="+", default=[0.0], metavar="L",
-                   help="noise-conditioning augmentation level for the SR stages, in [0, 1], one or one per SR stage")
+    p.add_argument("--aug-level", type=float, nargs="+", default=None, metavar="L",
+                   help="noise-conditioning augmentation level for the SR stages, in [0, 1], one or one per SR stage"
+                        f"{_DEFAULT.format(d.aug_level[0])}")
     p.add_argument("--out", required=True, metavar="FILE.png", help="output PNG (several prompts: FILE-k.png)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
