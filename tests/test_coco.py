@@ -119,6 +119,13 @@ def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
         warnings.simplefilter("ignore")
         again = K.run_coco(run, sampler, progress=False)
     assert [p.stat().st_mtime_ns for p in pngs] == mtimes and again["value"] == result["value"]
+    # ... but not with other sampler settings: those images would be mixed with these
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UserError, match="another sampler"):
+            K.run_coco(run, SamplerConfig(sampler="ddim", steps=2, guidance=(3.0,), threshold="static"),
+                       progress=False)
+    assert [p.stat().st_mtime_ns for p in pngs] == mtimes
     # the CLI: same run through `imagen-bench coco`
     code = main(["coco", "--model", "tiny", "--captions", str(fixture.annotations), "--images",
                  str(fixture.images_dir), "--n", "4", "--seed", "0", "--out", str(out), "--sampler", "ddim",

@@ -27,7 +27,13 @@ EPILOG = """examples:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps hand-written examples as they are and shows defaults."""
+    """Keeps hand-written examples as they are and shows defaults (unless the help already says what it is, or
+    there is none to show)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

@@ -211,6 +211,30 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+GENERATION_FILE = "generation.json"
+
+
+def _check_same_generation(images_dir: Path, identity: dict) -> None:
+    """A resumed run keeps its images only if they were made by the same weights, sampler settings, seed and
+    captions: OUT/generation.json records them on the first run; a rerun that differs is refused."""
+    path = images_dir.parent / GENERATION_FILE
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            before = None
+        if not isinstance(before, dict):
+            raise UserError(f"{path} is unreadable, so the images in {images_dir} cannot be matched to a model "
+                            f"and sampler; use a new --out or delete both")
+        differ = [k for k in identity if before.get(k) != identity[k]]
+        if differ:
+            raise UserError(f"{images_dir} holds images made with another {', '.join(differ)} "
+                            f"({'; '.join(f'{k}: {before.get(k)} now {identity[k]}' for k in differ)}); "
+                            f"use a new --out or delete that folder and {GENERATION_FILE}")
+        return
+    write_json(path, identity)
+
+
 @dataclass(frozen=True)
 class CocoRun:
     model: str
@@ -251,6 +275,9 @@ def run_coco(run: CocoRun, sampler, progress: bool = True, log=None) -> dict:
     from imagen.pipeline import Pipeline
 
     pipe = Pipeline.load(run.model, device=run.device)
+    _check_same_generation(images_dir, {
+        "checkpoint_hash": pipe.checkpoint_hash, "sampler": to_dict(sampler), "seed": int(run.seed),
+        "captions_sha256": sha256_file(run.captions)})
     if todo:
         from tqdm import tqdm
 
