@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from bench import store
 from bench.suites import Prompt, load_suites, parse_name
-from imagen.config import SamplerConfig
+from imagen.config import SamplerConfig, normalize_threshold
 from imagen.errors import UserError
 
 KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
@@ -64,35 +65,14 @@ def _known_samplers() -> tuple[str, ...]:
     return tuple(SAMPLERS)
 
 
-def normalize_threshold(value, key: str = "axes.threshold") -> str:
-    """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3), in one canonical spelling."""
-    if not isinstance(value, str):
-        raise UserError(f"{key}: {value!r} is not a string; use \"none\", \"static\" or \"dynamic:P\"")
-    v = value.strip().lower()
-    if v in ("none", "static"):
-        return v
-    if v == "dynamic":
-        v = "dynamic:0.995"
-    if v.startswith("dynamic:"):
-        try:
-            p = float(v.split(":", 1)[1])
-        except ValueError:
-            p = float("nan")
-        if not 0.0 < p <= 1.0:
-            raise UserError(f"{key}: {value!r}: the dynamic thresholding percentile P must be in (0, 1], "
-                            f"e.g. \"dynamic:0.995\"")
-        return f"dynamic:{p!r}"
-    raise UserError(f"{key}: unknown thresholding {value!r}; use \"none\", \"static\" or \"dynamic:P\"")
-
-
 def _floats(value, key: str, low: float, high: float | None) -> tuple[float, ...]:
     vals = value if isinstance(value, list) else [value]
     if not vals:
         raise UserError(f"{key}: an empty per-stage list; give one number or one per stage")
     out = []
     for v in vals:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UserError(f"{key}: {v!r} is not a number")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{key}: {v!r} is not a finite number")
         if v < low or (high is not None and v > high):
             rng = f">= {low}" if high is None else f"in [{low}, {high}]"
             raise UserError(f"{key}: {v!r} must be {rng}")
@@ -145,12 +125,17 @@ def _subtable(raw: dict, name: str, known: set[str], source: str) -> dict:
     return table
 
 
-def parse_spec(text: str, source: str = "spec") -> GridSpec:
-    """Parse and check a grid spec; every mistake is a one-line UserError naming the key, before any work."""
+def parse_spec(text: str, source: str = "spec", model: str | None = None) -> GridSpec:
+    """Parse and check a grid spec; every mistake is a one-line UserError naming the key, before any work.
+
+    `model` replaces the spec's model (`--model`) before the axes it leaves out are filled from that model's
+    sampler settings."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source}: not valid TOML: {exc}") from None
+    if model is not None:
+        raw["model"] = model
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise UserError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
@@ -176,7 +161,7 @@ def parse_spec(text: str, source: str = "spec") -> GridSpec:
     # an axis left out is the model's own setting (its sampler.toml), else the global SamplerConfig default
     d = _model_sampler_defaults(raw["model"].strip())
     guidance = tuple(_floats(v, "axes.guidance", 0.0, None) for v in _axis(axes, "guidance", [_one(d.guidance)]))
-    threshold = tuple(normalize_threshold(v) for v in _axis(axes, "threshold", [d.threshold]))
+    threshold = tuple(normalize_threshold(v, "axes.threshold") for v in _axis(axes, "threshold", [d.threshold]))
     samplers = _known_samplers()
     sampler = tuple(_axis(axes, "sampler", [d.sampler]))
     for s in sampler:
@@ -203,11 +188,11 @@ def parse_spec(text: str, source: str = "spec") -> GridSpec:
     )
 
 
-def load_spec(path: str | os.PathLike) -> GridSpec:
+def load_spec(path: str | os.PathLike, model: str | None = None) -> GridSpec:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"grid spec {p} not found")
-    return parse_spec(p.read_text(encoding="utf-8"), source=str(p))
+    return parse_spec(p.read_text(encoding="utf-8"), source=str(p), model=model)
 
 
 def _toml_value(v) -> str:

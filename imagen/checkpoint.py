@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
 from imagen.cascade import Cascade
-from imagen.config import PRESETS, CascadeConfig, SamplerConfig, cascade_from_json, cascade_to_json
+from imagen.config import PRESETS, CascadeConfig, SamplerConfig, cascade_from_json, cascade_to_json, normalize_threshold
 from imagen.errors import UserError
 from imagen.fileio import atomic_write
 
@@ -93,7 +94,7 @@ def parse_sampler_defaults(text: str, source: str) -> SamplerConfig:
     """SamplerConfig with the settings in a sampler.toml text; every mistake is a one-line UserError."""
     import tomllib
 
-    from imagen.sampling import get_sampler, parse_threshold
+    from imagen.sampling import get_sampler
 
     try:
         raw = tomllib.loads(text)
@@ -107,8 +108,9 @@ def parse_sampler_defaults(text: str, source: str) -> SamplerConfig:
 
     def floats(key: str, low: float, high: float | None) -> tuple[float, ...]:
         values = raw[key] if isinstance(raw[key], list) else [raw[key]]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise UserError(f"{source}: {key} must be a number or a list of numbers, got {raw[key]!r}")
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                 for v in values):
+            raise UserError(f"{source}: {key} must be a finite number or a list of them, got {raw[key]!r}")
         if any(v < low or (high is not None and v > high) for v in values):
             bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
             raise UserError(f"{source}: {key} values must be {bounds}, got {raw[key]!r}")
@@ -128,13 +130,10 @@ def parse_sampler_defaults(text: str, source: str) -> SamplerConfig:
             raise UserError(f"{source}: steps must be a positive integer, got {raw['steps']!r}")
         kwargs["steps"] = raw["steps"]
     if "threshold" in raw:
-        if not isinstance(raw["threshold"], str):
-            raise UserError(f"{source}: threshold must be a string, got {raw['threshold']!r}")
         try:
-            parse_threshold(raw["threshold"])
+            kwargs["threshold"] = normalize_threshold(raw["threshold"], "threshold")
         except UserError as exc:
             raise UserError(f"{source}: {exc}") from None
-        kwargs["threshold"] = raw["threshold"].strip()
     if "guidance" in raw:
         kwargs["guidance"] = floats("guidance", 0.0, None)
     if "aug_level" in raw:
@@ -159,7 +158,14 @@ def sampler_defaults(model: str | os.PathLike) -> SamplerConfig:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{file}: cannot read it ({exc}); fix or delete the file") from None
-    return parse_sampler_defaults(text, str(file))
+    cfg = parse_sampler_defaults(text, str(file))
+    if (folder / CONFIG_FILE).is_file():  # per-stage lists must fit the model they belong to
+        n = len(read_config(folder).stages)
+        for key, values, want in (("guidance", cfg.guidance, n), ("aug_level", cfg.aug_level, n - 1)):
+            if len(values) != 1 and len(values) != want:
+                raise UserError(f"{file}: {key} has {len(values)} values but this model needs one value or {want} "
+                                f"(one per {'stage' if key == 'guidance' else 'SR stage'})")
+    return cfg
 
 
 def load_stage(unet: torch.nn.Module, path: Path, device="cpu") -> None:

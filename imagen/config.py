@@ -92,6 +92,27 @@ class CascadeConfig:
         raise UserError(f"cascade {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
 
+def normalize_threshold(value, key: str = "threshold") -> str:
+    """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3), in one canonical spelling."""
+    if not isinstance(value, str):
+        raise UserError(f"{key}: {value!r} is not a string; use \"none\", \"static\" or \"dynamic:P\"")
+    v = value.strip().lower()
+    if v in ("none", "static"):
+        return v
+    if v == "dynamic":
+        v = "dynamic:0.995"
+    if v.startswith("dynamic:"):
+        try:
+            p = float(v.split(":", 1)[1])
+        except ValueError:
+            p = float("nan")
+        if not 0.0 < p <= 1.0:
+            raise UserError(f"{key}: {value!r}: the dynamic thresholding percentile P must be in (0, 1], "
+                            f"e.g. \"dynamic:0.995\"")
+        return f"dynamic:{p!r}"
+    raise UserError(f"{key}: unknown thresholding {value!r}; use \"none\", \"static\" or \"dynamic:P\"")
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """How to sample one image: every field is a grid axis. Per-stage tuples are broadcast from one value."""

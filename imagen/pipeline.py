@@ -73,7 +73,6 @@ class Pipeline:
         return cls(model_id=model, checkpoint_hash=digest, cascade=cascade, encoder=encoder,
                    sampler_defaults=defaults)
 
-
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], sampler: SamplerConfig, batch_size: int = 8,
                  progress: bool = False) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from imagen.diffusion import schedule
+from imagen.config import normalize_threshold  # noqa: F401  (re-exported)
 from imagen.errors import UserError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -239,5 +240,6 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
 
 __all__ = [
     "Denoiser", "BatchNoise", "guided", "static_threshold", "dynamic_threshold", "parse_threshold", "thresholded",
+    "normalize_threshold",  # from imagen.config
     "THRESHOLD_FORMS", "log_snr_grid", "SAMPLERS", "get_sampler", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
 ]

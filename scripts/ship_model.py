@@ -25,6 +25,9 @@ def main(src: str, name: str, sampler: str | None = None) -> None:
         parse_sampler_defaults(sampler_file.read_text(encoding="utf-8"), str(sampler_file))  # refuse a bad one
     elif sampler:
         sys.exit(f"{sampler} not found")
+    else:
+        print(f"note: no sampler settings shipped (no {SAMPLER_FILE} in {src_dir}); the model will sample at the "
+              f"global defaults. The reference recipe passes configs/shapes_sampler.toml.")
     dest = Path(__file__).resolve().parents[1] / "imagen" / "weights" / name
     tmp = dest.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -106,7 +106,8 @@ def test_evaluate_shapes_aggregates_per_guidance():
     assert bad[0]["accuracy"]["overall"] == 0.0 and bad[0]["accuracy"]["color"] == 0.0
     # seeds seed..seed+n-1, guidance and the given settings passed through, the rest from the model's defaults
     assert blank_pipe.calls == [([3, 4, 5, 6, 7], (2.0,), "ddim", 2, "none")]
-    assert bad[0]["sampler"] == {"sampler": "ddim", "steps": 2, "threshold": "none"}
+    used = bad[0]["sampler"]
+    assert (used["sampler"], used["steps"], used["threshold"], used["guidance"]) == ("ddim", 2, "none", [2.0])
     only_colors = evaluate_shapes(_RenderingPipeline(3), [1], n=1, seed=3, steps=2, threshold="none", sampler=None,
                                   batch_size=4)
     assert set(only_colors[0]["accuracy"]) == {"color", "shape", "overall"}  # untested: absent, not zero

@@ -1,5 +1,6 @@
 """The COCO zero-shot FID protocol on a small COCO-format fixture built from real photos."""
 
+import dataclasses
 import json
 import warnings
 
@@ -126,6 +127,12 @@ def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
             K.run_coco(run, SamplerConfig(sampler="ddim", steps=2, guidance=(3.0,), threshold="static"),
                        progress=False)
     assert [p.stat().st_mtime_ns for p in pngs] == mtimes
+    # the same settings spelled otherwise are the same run: guidance per stage, the threshold's spelling
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        K.run_coco(run, SamplerConfig(sampler="ddim", steps=2, guidance=(3.0, 3.0), threshold="dynamic:.995"),
+                   progress=False)
+    assert [p.stat().st_mtime_ns for p in pngs] == mtimes
     # the CLI: same run through `imagen-bench coco`
     code = main(["coco", "--model", "tiny", "--captions", str(fixture.annotations), "--images",
                  str(fixture.images_dir), "--n", "4", "--seed", "0", "--out", str(out), "--sampler", "ddim",
@@ -133,3 +140,32 @@ def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out)["value"] == pytest.approx(result["value"], rel=1e-9)
     assert "not comparable" in captured.err
+
+
+def test_resume_checks_what_made_the_images(fixture, tmp_path):
+    """generation.json is written before the first image, after every input is checked; a folder of images without
+    it is matched against its manifest, and one with no record at all is refused."""
+    from imagen.config import SamplerConfig
+
+    out = tmp_path / "run"
+    run = K.CocoRun(model="tiny", captions=str(fixture.annotations), out=str(out), n=2, seed=0,
+                    images=str(fixture.images_dir), batch_size=2)
+    good = SamplerConfig(sampler="ddim", steps=1, guidance=(3.0,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UserError, match="--guidance"):  # three weights for a two-stage model: nothing written
+            K.run_coco(run, SamplerConfig(sampler="ddim", steps=1, guidance=(3.0, 1.0, 1.0)), progress=False)
+        assert not (out / K.GENERATION_FILE).exists() and not list(out.glob("images/*.png"))
+        # a record without images (a run stopped before its first image) gives way to the next run's settings
+        K.write_json(out / K.GENERATION_FILE, {"checkpoint_hash": "other"})
+        K.run_coco(run, good, progress=False)
+        assert json.loads((out / K.GENERATION_FILE).read_text())["sampler"]["guidance"] == [3.0, 3.0]
+        (out / K.GENERATION_FILE).unlink()  # a folder from before the record existed: its manifest stands in
+        K.run_coco(run, good, progress=False)
+        (out / K.GENERATION_FILE).unlink()
+        with pytest.raises(UserError, match="another seed"):
+            K.run_coco(dataclasses.replace(run, seed=1), good, progress=False)
+        (out / K.GENERATION_FILE).unlink(missing_ok=True)
+        (out / "manifest.json").unlink()
+        with pytest.raises(UserError, match="no record of what made them"):
+            K.run_coco(run, good, progress=False)

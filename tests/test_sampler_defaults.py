@@ -28,20 +28,23 @@ def test_parse_sets_only_the_fields_given():
     cfg = parse_sampler_defaults('threshold = "static"\nguidance = [4, 1.5]\n', "x.toml")
     assert cfg == SamplerConfig(threshold="static", guidance=(4.0, 1.5))
     assert parse_sampler_defaults("", "x.toml") == SamplerConfig()
-    assert parse_sampler_defaults('threshold = " dynamic:0.9 "\naug_level = 0.2', "x.toml").threshold == "dynamic:0.9"
+    # one spelling for one setting, as grid specs write it
+    assert parse_sampler_defaults('threshold = " Dynamic:.9 "\naug_level = 0.2', "x.toml").threshold == "dynamic:0.9"
 
 
 @pytest.mark.parametrize("text, words", [
     ("threshold = ", "not valid TOML"),
     ('thresholds = "static"', "unknown key"),
     ('threshold = "sometimes"', "threshold"),
-    ('threshold = 0.9', "threshold must be a string"),
+    ('threshold = 0.9', "is not a string"),
     ('sampler = "euler"', "unknown sampler"),
     ("steps = 0", "steps must be a positive integer"),
     ("steps = 2.5", "steps must be a positive integer"),
     ("guidance = -1", "guidance values must be >= 0"),
-    ('guidance = "high"', "guidance must be a number"),
-    ("guidance = []", "guidance must be a number"),
+    ('guidance = "high"', "guidance must be a finite number"),
+    ("guidance = []", "guidance must be a finite number"),
+    ("guidance = nan", "guidance must be a finite number"),
+    ("guidance = inf", "guidance must be a finite number"),
     ("aug_level = 1.5", "aug_level values must be in [0, 1]"),
 ])
 def test_parse_refuses_a_bad_file_in_one_line_naming_it(text, words):
@@ -93,7 +96,8 @@ def test_cli_eval_shapes_reports_the_settings_it_used(tiny_folder, tmp_path, cap
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["defaults"]["threshold"] == "static" and out["defaults"]["guidance"] == [3.0]
-    assert out["results"][0]["sampler"] == {"sampler": "ddim", "steps": 1, "threshold": "static"}
+    used = out["results"][0]["sampler"]
+    assert (used["sampler"], used["steps"], used["threshold"], used["guidance"]) == ("ddim", 1, "static", [1.0])
 
 
 def test_a_bad_sampler_file_is_one_line_and_exit_2(tmp_path, capsys):
@@ -120,3 +124,54 @@ def test_grid_axes_left_out_take_the_model_settings(tiny_folder):
     preset_spec = parse_spec('name = "g"\nmodel = "tiny"\nsuites = ["shapes:2"]\n')
     d = SamplerConfig()
     assert preset_spec.threshold == (d.threshold,) and preset_spec.steps == (d.steps,)
+
+
+@pytest.mark.parametrize("line, words", [
+    ("guidance = [3, 1, 1]", "guidance has 3 values but this model needs one value or 2"),
+    ("aug_level = [0.1, 0.2]", "aug_level has 2 values but this model needs one value or 1"),
+])
+def test_per_stage_lists_must_fit_the_model(tmp_path, line, words):
+    folder = tmp_path / "m"
+    save_cascade(build_untrained(preset("tiny")), folder)  # two stages: base + one SR stage
+    (folder / SAMPLER_FILE).write_text(line + "\n")
+    with pytest.raises(UserError, match=words.replace("[", r"\[")):
+        sampler_defaults(folder)
+    (folder / SAMPLER_FILE).write_text(line.replace("[3, 1, 1]", "[3, 1]").replace("[0.1, 0.2]", "[0.1]") + "\n")
+    sampler_defaults(folder)
+
+
+@pytest.mark.parametrize("args", [["--guidance", "nan"], ["--guidance", "inf"], ["--guidance", "-1"]])
+def test_cli_refuses_a_guidance_that_is_not_a_finite_weight(args, tmp_path, capsys):
+    from bench.cli import main
+
+    out = tmp_path / "a.png"
+    assert main(["sample", "--preset", "tiny", "--prompt", "x", "--out", str(out), *args]) == 2
+    assert "--guidance" in capsys.readouterr().err and not out.exists()
+    assert main(["eval", "shapes", "--model", "tiny", "--n", "1", *args]) == 2
+
+
+def test_grid_model_override_takes_that_model_settings(tiny_folder, tmp_path, capsys, monkeypatch):
+    """`grid run SPEC --model X` and `quickstart --model X`: the axes the spec leaves out are X's, not those of the
+    spec's own model."""
+    from bench.grid import load_spec, parse_spec
+
+    text = 'name = "g"\nmodel = "tiny"\nsuites = ["shapes:2"]\n'
+    spec = parse_spec(text, model=str(tiny_folder))
+    assert spec.model == str(tiny_folder) and spec.threshold == ("static",) and spec.steps == (2,)
+    other = tmp_path / "spec.toml"
+    other.write_text(f'name = "g"\nmodel = "{tiny_folder}"\nsuites = ["shapes:2"]\n')
+    spec = load_spec(other, model="tiny")
+    assert spec.model == "tiny" and spec.threshold == (SamplerConfig().threshold,)
+    # through the command: the stored spec of the study names the override's settings
+    from bench import store
+    from bench.cli import main
+
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tiny.toml").write_text('name = "g"\nmodel = "tiny"\nsuites = ["shapes:2"]\nbatch_size = 2\n'
+                                        '[axes]\nsteps = [1]\n')
+    study = tmp_path / "study"
+    assert main(["grid", "run", str(tmp_path / "tiny.toml"), "--model", str(tiny_folder), "--out", str(study),
+                 "--no-metrics", "--json"]) == 0
+    rows = store.read_table(study, store.STUDY)
+    stored = parse_spec(rows[store.COL_SPEC].iloc[-1])
+    assert stored.threshold == ("static",) and stored.sampler == ("ddim",) and stored.guidance == ((3.0,),)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import uuid
@@ -89,6 +90,7 @@ def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: 
     every weight), scored by the shapes scorer. A setting that is None is the pipeline's default (its model's
     sampler.toml, else SamplerConfig's). Returns [{"guidance", "n", "sampler", "accuracy", "by_category"}]."""
     from bench.metrics.alignment import accuracy_dict, alignment
+    from imagen.config import to_dict
     from imagen.shapes import held_out_captions
 
     captions = held_out_captions(n, seed)
@@ -102,8 +104,7 @@ def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: 
         images = pipeline.generate(prompts, seeds, cfg, batch_size=batch_size, progress=progress)
         res = alignment(images, facts)
         results.append({
-            "guidance": float(g), "n": n, "sampler": {"sampler": cfg.sampler, "steps": cfg.steps,
-                                                      "threshold": cfg.threshold},
+            "guidance": float(g), "n": n, "sampler": to_dict(cfg),
             "accuracy": accuracy_dict(res.accuracy),
             "by_category": {cat: accuracy_dict(acc) for cat, acc in res.by_category.items()},
         })
@@ -134,9 +135,9 @@ def _weights(values: tuple[float, ...]) -> str:
 
 
 def _eval_shapes(args: argparse.Namespace) -> int:
-    from imagen.config import to_dict
+    from imagen.config import normalize_threshold, to_dict
     from imagen.pipeline import Pipeline
-    from imagen.sampling import get_sampler, parse_threshold
+    from imagen.sampling import get_sampler
 
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
@@ -144,10 +145,10 @@ def _eval_shapes(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if any(g < 0 for g in args.guidance):
-        raise UserError(f"--guidance weights must be >= 0 (1 = no guidance), got {args.guidance}")
-    if args.threshold is not None:
-        parse_threshold(args.threshold)  # a bad spec is a UserError before any model is loaded
+    if not all(math.isfinite(g) and g >= 0 for g in args.guidance):
+        raise UserError(f"--guidance weights must be finite and >= 0 (1 = no guidance), got {args.guidance}")
+    if args.threshold is not None:  # a bad spec is a UserError before any model is loaded
+        args.threshold = normalize_threshold(args.threshold, "--threshold")
     if args.sampler is not None:
         get_sampler(args.sampler)
     pipeline = Pipeline.load(args.model, device=args.device)
@@ -227,7 +228,8 @@ def register(subparsers) -> None:
     )
     es.add_argument("--model", default="shapes", help="shipped model name, checkpoint folder, or preset (untrained)")
     es.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0], metavar="W",
-                    help="classifier-free guidance weights (1 = no guidance)")
+                    help="classifier-free guidance weights (1 = no guidance), each applied to every stage; the "
+                         "model's own weight (its sampler.toml) is shown in the output")
     es.add_argument("--n", type=int, default=64, help="held-out captions per guidance weight")
     es.add_argument("--steps", type=int, default=None,
                     help="sampling steps (default: the model's sampler.toml, else the SamplerConfig default)")

@@ -99,13 +99,9 @@ def _progress(args) -> bool:
 
 
 def cmd_run(args) -> int:
-    import dataclasses
-
     from bench.grid import load_spec, parse_shard, run_grid
 
-    spec = load_spec(args.spec)
-    if args.model:
-        spec = dataclasses.replace(spec, model=args.model)
+    spec = load_spec(args.spec, model=args.model or None)  # axes it leaves out: that model's sampler settings
     shard = parse_shard(args.shard)
     summary = run_grid(spec, args.out, shard=shard, data_dir=args.data_dir, device=args.device,
                        metrics=not args.no_metrics, progress=_progress(args), log=_log)
@@ -153,9 +149,8 @@ def cmd_quickstart(args) -> int:
     from reports.build import build_report
 
     t0 = time.perf_counter()
-    spec = load_spec(QUICKSTART_SPEC)
     model, note = quickstart_model(args.model)
-    spec = dataclasses.replace(spec, model=model)
+    spec = load_spec(QUICKSTART_SPEC, model=model)
     if args.prompts is not None:
         if args.prompts < 2:
             raise UserError("--prompts must be at least 2 (FID needs two images per cell)")

@@ -86,9 +86,11 @@ CLIP_EPILOG = """examples:
 COCO_DESCRIPTION = """Zero-shot FID on MS-COCO 2014 validation captions (the Imagen paper's protocol, section 4.1).
 
 N captions are drawn with --seed, one per image, from captions_val2014.json or a captions CSV; one image is
-generated per caption into OUT/images (resumable: images already there are kept), and compared at 256x256 with the
-reference: the val2014 image folder (--images; statistics cached by content hash) or a precomputed --reference-stats
-.npz. Writes OUT/manifest.json (seed, N, caption ids, reference hash, extractor, resize protocol, model, sampler)
+generated per caption into OUT/images, and compared at 256x256 with the reference: the val2014 image folder
+(--images; statistics cached by content hash) or a precomputed --reference-stats .npz. Resumable: images already
+there are kept, but only when OUT/generation.json shows that the same weights, sampler settings, seed and captions
+made them (otherwise the run is refused before any work). Sampling flags left out are the model's own
+(sampler.toml in its folder), else the global defaults. Writes OUT/manifest.json (seed, N, caption ids, reference hash, extractor, resize protocol, model, sampler)
 and OUT/result.json. Two numbers may be compared only when their manifests agree; N below 30,000 is not
 comparable with published FID-30K figures (a warning says so)."""
 
@@ -188,8 +190,21 @@ def _add_coco(sub, formatter) -> None:
 
 def run_coco_cmd(args: argparse.Namespace) -> int:
     from bench.metrics.coco import CocoRun, run_coco
-    from imagen.checkpoint import sampler_defaults
+    import math
 
+    from imagen.checkpoint import sampler_defaults
+    from imagen.config import normalize_threshold
+    from imagen.errors import UserError
+    from imagen.sampling import get_sampler
+
+    if args.threshold is not None:
+        args.threshold = normalize_threshold(args.threshold, "--threshold")
+    if args.sampler is not None:
+        get_sampler(args.sampler)
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if args.guidance is not None and not all(math.isfinite(g) and g >= 0 for g in args.guidance):
+        raise UserError(f"--guidance weights must be finite and >= 0 (1 = no guidance), got {args.guidance}")
     sampler = sampler_defaults(args.model).given(
         sampler=args.sampler, steps=args.steps, threshold=args.threshold,
         guidance=tuple(args.guidance) if args.guidance is not None else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -60,17 +61,18 @@ def run(args: argparse.Namespace) -> int:
     from imagen.config import to_dict
     from imagen.errors import UserError
     from imagen.pipeline import Pipeline, resolve_device
-    from imagen.sampling import get_sampler, parse_threshold
+    from imagen.config import normalize_threshold
+    from imagen.sampling import get_sampler
 
     # check every input before loading anything
     if args.threshold is not None:
-        parse_threshold(args.threshold)
+        args.threshold = normalize_threshold(args.threshold, "--threshold")
     if args.sampler is not None:
         get_sampler(args.sampler)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if args.guidance is not None and any(g < 0 for g in args.guidance):
-        raise UserError(f"--guidance weights must be >= 0 (1 = no guidance), got {args.guidance}")
+    if args.guidance is not None and not all(math.isfinite(g) and g >= 0 for g in args.guidance):
+        raise UserError(f"--guidance weights must be finite and >= 0 (1 = no guidance), got {args.guidance}")
     if args.aug_level is not None and any(not 0.0 <= a <= 1.0 for a in args.aug_level):
         raise UserError(f"--aug-level values must be in [0, 1], got {args.aug_level}")
     out = Path(args.out)

@@ -214,11 +214,34 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 GENERATION_FILE = "generation.json"
 
 
-def _check_same_generation(images_dir: Path, identity: dict) -> None:
-    """A resumed run keeps its images only if they were made by the same weights, sampler settings, seed and
-    captions: OUT/generation.json records them on the first run; a rerun that differs is refused."""
-    path = images_dir.parent / GENERATION_FILE
-    if path.is_file():
+def generation_identity(checkpoint_hash: str, sampler, n_stages: int, seed: int, captions_sha256: str) -> dict:
+    """What made a run's images, in one canonical form: per-stage guidance and SR augmentation spelled out, the
+    threshold in its canonical spelling. A per-stage list of the wrong length is a UserError here, before any work."""
+    from imagen.config import normalize_threshold
+
+    aug = list(sampler.per_stage(sampler.aug_level, n_stages - 1, "--aug-level")) if n_stages > 1 else []
+    return {
+        "checkpoint_hash": checkpoint_hash,
+        "sampler": {"sampler": sampler.sampler, "steps": int(sampler.steps),
+                    "guidance": list(sampler.per_stage(sampler.guidance, n_stages, "--guidance")),
+                    "threshold": normalize_threshold(sampler.threshold, "--threshold"), "aug_level": aug},
+        "seed": int(seed), "captions_sha256": captions_sha256,
+    }
+
+
+def check_same_generation(out: Path, identity: dict, n_stages: int) -> None:
+    """Keep a folder's images only if the same weights, sampler settings, seed and captions made them.
+
+    OUT/generation.json records that identity (written here, before the first image). A folder with images but
+    without it (made before this check existed) is matched against its manifest.json; with neither, it is refused.
+    A folder with no image yet takes the new identity (a run stopped before its first image)."""
+    from imagen.config import SamplerConfig, from_dict
+
+    path = out / GENERATION_FILE
+    images_dir = out / "images"
+    has_images = images_dir.is_dir() and any(images_dir.glob("*.png"))
+    before = None
+    if has_images and path.is_file():
         try:
             before = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -226,13 +249,23 @@ def _check_same_generation(images_dir: Path, identity: dict) -> None:
         if not isinstance(before, dict):
             raise UserError(f"{path} is unreadable, so the images in {images_dir} cannot be matched to a model "
                             f"and sampler; use a new --out or delete both")
+    elif has_images:
+        manifest = out / "manifest.json"
+        try:
+            m = json.loads(manifest.read_text())
+            before = generation_identity(m["model"]["checkpoint_hash"], from_dict(SamplerConfig, m["sampler"]),
+                                         n_stages, m["seed"], m["captions_sha256"])
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, UserError):
+            raise UserError(f"{images_dir} holds images but no record of what made them ({GENERATION_FILE} or "
+                            f"manifest.json); use a new --out or delete that folder") from None
+    if before is not None:
         differ = [k for k in identity if before.get(k) != identity[k]]
         if differ:
             raise UserError(f"{images_dir} holds images made with another {', '.join(differ)} "
                             f"({'; '.join(f'{k}: {before.get(k)} now {identity[k]}' for k in differ)}); "
                             f"use a new --out or delete that folder and {GENERATION_FILE}")
-        return
-    write_json(path, identity)
+    if not path.is_file() or before is None:
+        write_json(path, identity)
 
 
 @dataclass(frozen=True)
@@ -265,6 +298,13 @@ def run_coco(run: CocoRun, sampler, progress: bool = True, log=None) -> dict:
         warnings.warn(warning, stacklevel=2)
         if log:
             log(f"warning: {warning}")
+    from imagen.pipeline import Pipeline
+
+    pipe = Pipeline.load(run.model, device=run.device)
+    n_stages = len(pipe.cascade.cfg.stages)
+    # before the (possibly slow) reference statistics: the images already there must be this run's
+    check_same_generation(out, generation_identity(pipe.checkpoint_hash, sampler, n_stages, run.seed,
+                                                   sha256_file(run.captions)), n_stages)
     extractor = LazyExtractor(run.extractor, run.device)
     reference = reference_stats(run.images, run.reference_stats, extractor, run.size, progress=progress)
     images_dir = out / "images"
@@ -272,12 +312,6 @@ def run_coco(run: CocoRun, sampler, progress: bool = True, log=None) -> dict:
     paths = [images_dir / image_name(i, c) for i, c in enumerate(sampled)]
     todo = [i for i, p in enumerate(paths) if not p.is_file()]  # resumable: finished images are kept
 
-    from imagen.pipeline import Pipeline
-
-    pipe = Pipeline.load(run.model, device=run.device)
-    _check_same_generation(images_dir, {
-        "checkpoint_hash": pipe.checkpoint_hash, "sampler": to_dict(sampler), "seed": int(run.seed),
-        "captions_sha256": sha256_file(run.captions)})
     if todo:
         from tqdm import tqdm
 
