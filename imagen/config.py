@@ -107,8 +107,8 @@ def normalize_threshold(value, key: str = "threshold") -> str:
         except ValueError:
             p = float("nan")
         if not 0.0 < p <= 1.0:
-            raise UserError(f"{key}: {value!r}: the dynamic thresholding percentile P must be in (0, 1], "
-                            f"e.g. \"dynamic:0.995\"")
+            raise UserError(f"{key}: {value!r}: the dynamic thresholding percentile P must be in (0, 1]; use "
+                            f"\"none\", \"static\" or \"dynamic:P\", e.g. \"dynamic:0.995\"")
         return f"dynamic:{p!r}"
     raise UserError(f"{key}: unknown thresholding {value!r}; use \"none\", \"static\" or \"dynamic:P\"")
 
