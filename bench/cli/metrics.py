@@ -90,9 +90,9 @@ generated per caption into OUT/images, and compared at 256x256 with the referenc
 (--images; statistics cached by content hash) or a precomputed --reference-stats .npz. Resumable: images already
 there are kept, but only when OUT/generation.json shows that the same weights, sampler settings, seed and captions
 made them (otherwise the run is refused before any work). Sampling flags left out are the model's own
-(sampler.toml in its folder), else the global defaults. Writes OUT/manifest.json (seed, N, caption ids, reference hash, extractor, resize protocol, model, sampler)
-and OUT/result.json. Two numbers may be compared only when their manifests agree; N below 30,000 is not
-comparable with published FID-30K figures (a warning says so)."""
+(sampler.toml in its folder), else the global defaults. Writes OUT/manifest.json (seed, N, caption ids, reference
+hash, extractor, resize protocol, model, sampler) and OUT/result.json. Two numbers may be compared only when their
+manifests agree; N below 30,000 is not comparable with published FID-30K figures (a warning says so)."""
 
 COCO_EPILOG = """examples:
   imagen-bench coco --model tiny --captions $IMAGEN_BENCH_DATA/coco/val2014_captions_5k.csv \\
@@ -174,7 +174,7 @@ def _add_coco(sub, formatter) -> None:
     ref.add_argument("--reference-stats", metavar="FILE.npz", help="precomputed reference statistics")
     p.add_argument("--n", type=int, default=30_000, help="number of captions/images (30000 = FID-30K)")
     p.add_argument("--seed", type=int, default=0, help="caption-sampling seed (also seeds the image noise)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (images/, manifest.json, result.json)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (images/, generation.json, manifest.json, result.json)")
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0])
     p.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
                    help="per stage or one (default, as for every sampling flag: the model's sampler.toml, else 5)")
@@ -189,9 +189,9 @@ def _add_coco(sub, formatter) -> None:
 
 
 def run_coco_cmd(args: argparse.Namespace) -> int:
-    from bench.metrics.coco import CocoRun, run_coco
     import math
 
+    from bench.metrics.coco import CocoRun, run_coco
     from imagen.checkpoint import sampler_defaults
     from imagen.config import normalize_threshold
     from imagen.errors import UserError

@@ -58,10 +58,9 @@ def _write_png(path: Path, image) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imagen.config import to_dict
+    from imagen.config import normalize_threshold, to_dict
     from imagen.errors import UserError
     from imagen.pipeline import Pipeline, resolve_device
-    from imagen.config import normalize_threshold
     from imagen.sampling import get_sampler
 
     # check every input before loading anything
