@@ -5,7 +5,6 @@ import json
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from imagen.checkpoint import load_cascade, read_config, resolve, shipped_models

@@ -36,6 +36,34 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+def sampler_flags(args: argparse.Namespace) -> dict:
+    """The sampling flags a command was given (--sampler, --steps, --guidance, --threshold, --aug-level, where it
+    has them), checked before any model is loaded (one-line UserError) and in canonical form. A flag left out is
+    None, so `SamplerConfig.given(**flags)` puts the given ones over a model's own settings."""
+    import math
+
+    from imagen.config import normalize_threshold
+    from imagen.errors import UserError
+    from imagen.sampling import get_sampler
+
+    flags = {k: getattr(args, k, None) for k in ("sampler", "steps", "guidance", "threshold", "aug_level")}
+    if flags["threshold"] is not None:
+        flags["threshold"] = normalize_threshold(flags["threshold"], "--threshold")
+    if flags["sampler"] is not None:
+        get_sampler(flags["sampler"])
+    if flags["steps"] is not None and flags["steps"] < 1:
+        raise UserError(f"--steps must be at least 1, got {flags['steps']}")
+    if flags["guidance"] is not None:
+        if not all(math.isfinite(g) and g >= 0 for g in flags["guidance"]):
+            raise UserError(f"--guidance weights must be finite and >= 0 (1 = no guidance), got {flags['guidance']}")
+        flags["guidance"] = tuple(flags["guidance"])
+    if flags["aug_level"] is not None:
+        if not all(0.0 <= a <= 1.0 for a in flags["aug_level"]):
+            raise UserError(f"--aug-level values must be in [0, 1], got {flags['aug_level']}")
+        flags["aug_level"] = tuple(flags["aug_level"])
+    return flags
+
+
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
     """The shared --data-dir option (DrawBench prompts, COCO captions); defaults to $IMAGEN_BENCH_DATA."""
     parser.add_argument(

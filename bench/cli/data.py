@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import shutil
 import uuid
@@ -135,25 +134,18 @@ def _weights(values: tuple[float, ...]) -> str:
 
 
 def _eval_shapes(args: argparse.Namespace) -> int:
-    from imagen.config import normalize_threshold, to_dict
+    from bench.cli import sampler_flags
+    from imagen.config import to_dict
     from imagen.pipeline import Pipeline
-    from imagen.sampling import get_sampler
 
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if not all(math.isfinite(g) and g >= 0 for g in args.guidance):
-        raise UserError(f"--guidance weights must be finite and >= 0 (1 = no guidance), got {args.guidance}")
-    if args.threshold is not None:  # a bad spec is a UserError before any model is loaded
-        args.threshold = normalize_threshold(args.threshold, "--threshold")
-    if args.sampler is not None:
-        get_sampler(args.sampler)
+    flags = sampler_flags(args)  # --guidance here is the list of weights to sweep, each for every stage
     pipeline = Pipeline.load(args.model, device=args.device)
-    results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, args.steps, args.threshold, args.sampler,
-                              args.batch_size, progress=True)
+    results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, flags["steps"], flags["threshold"],
+                              flags["sampler"], args.batch_size, progress=True)
     report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed,
               "defaults": to_dict(pipeline.sampler_defaults), "results": results}
     if args.json:

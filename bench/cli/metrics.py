@@ -189,25 +189,11 @@ def _add_coco(sub, formatter) -> None:
 
 
 def run_coco_cmd(args: argparse.Namespace) -> int:
-    import math
-
+    from bench.cli import sampler_flags
     from bench.metrics.coco import CocoRun, run_coco
     from imagen.checkpoint import sampler_defaults
-    from imagen.config import normalize_threshold
-    from imagen.errors import UserError
-    from imagen.sampling import get_sampler
 
-    if args.threshold is not None:
-        args.threshold = normalize_threshold(args.threshold, "--threshold")
-    if args.sampler is not None:
-        get_sampler(args.sampler)
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if args.guidance is not None and not all(math.isfinite(g) and g >= 0 for g in args.guidance):
-        raise UserError(f"--guidance weights must be finite and >= 0 (1 = no guidance), got {args.guidance}")
-    sampler = sampler_defaults(args.model).given(
-        sampler=args.sampler, steps=args.steps, threshold=args.threshold,
-        guidance=tuple(args.guidance) if args.guidance is not None else None)
+    sampler = sampler_defaults(args.model).given(**sampler_flags(args))
     run = CocoRun(model=args.model, captions=args.captions, out=args.out, n=args.n, seed=args.seed,
                   images=args.images, reference_stats=args.reference_stats, extractor=args.extractor,
                   batch_size=args.batch_size, device=args.device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -58,22 +57,12 @@ def _write_png(path: Path, image) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imagen.config import normalize_threshold, to_dict
+    from bench.cli import sampler_flags
+    from imagen.config import to_dict
     from imagen.errors import UserError
     from imagen.pipeline import Pipeline, resolve_device
-    from imagen.sampling import get_sampler
 
-    # check every input before loading anything
-    if args.threshold is not None:
-        args.threshold = normalize_threshold(args.threshold, "--threshold")
-    if args.sampler is not None:
-        get_sampler(args.sampler)
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if args.guidance is not None and not all(math.isfinite(g) and g >= 0 for g in args.guidance):
-        raise UserError(f"--guidance weights must be finite and >= 0 (1 = no guidance), got {args.guidance}")
-    if args.aug_level is not None and any(not 0.0 <= a <= 1.0 for a in args.aug_level):
-        raise UserError(f"--aug-level values must be in [0, 1], got {args.aug_level}")
+    flags = sampler_flags(args)  # check every input before loading anything
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out!r}")
@@ -81,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
     model = args.checkpoint or args.model or args.preset or "tiny"
 
     pipe = Pipeline.load(model, device=args.device, cache_root=args.cache_dir)
-    sampler = pipe.sampler_defaults.given(
-        sampler=args.sampler, steps=args.steps, threshold=args.threshold,
-        guidance=tuple(args.guidance) if args.guidance is not None else None,
-        aug_level=tuple(args.aug_level) if args.aug_level is not None else None)
+    sampler = pipe.sampler_defaults.given(**flags)
     n_stages = len(pipe.cascade.cfg.stages)
     sampler.per_stage(sampler.guidance, n_stages, "--guidance")
     if n_stages > 1:
