@@ -453,6 +453,11 @@ def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] =
     items = work_items(cells, prompts, spec.samples_per_prompt, spec.seed)
     mine = [it for it in items if in_shard(it, shard)]
     versions, hardware = environment(device)
+    if (out / "tables" / store.STUDY).is_dir():  # a resume: say so when the spec is not the one the study ran
+        before = set(store.read_table(out, store.STUDY)[store.COL_SPEC])
+        if before and spec_to_toml(spec) not in before:
+            log(f"note: {out} was run with another spec (or a model whose sampler.toml has changed since); its "
+                f"images stay, and the cells of this spec that are new are added beside them")
     out.mkdir(parents=True, exist_ok=True)
     prefix = generate.part_prefix(shard)
     store.write_part(out, store.STUDY, [{

@@ -162,7 +162,7 @@ def sampler_defaults(model: str | os.PathLike) -> SamplerConfig:
     if (folder / CONFIG_FILE).is_file():  # per-stage lists must fit the model they belong to
         n = len(read_config(folder).stages)
         for key, values, want in (("guidance", cfg.guidance, n), ("aug_level", cfg.aug_level, n - 1)):
-            if len(values) != 1 and len(values) != want:
+            if want and len(values) != 1 and len(values) != want:
                 raise UserError(f"{file}: {key} has {len(values)} values but this model needs one value or {want} "
                                 f"(one per {'stage' if key == 'guidance' else 'SR stage'})")
     return cfg

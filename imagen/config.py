@@ -92,10 +92,14 @@ class CascadeConfig:
         raise UserError(f"cascade {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
 
+THRESHOLD_FORMS = "none, static, or dynamic:P with P a fraction in (0, 1] (e.g. dynamic:0.995)"
+
+
 def normalize_threshold(value, key: str = "threshold") -> str:
-    """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3), in one canonical spelling."""
+    """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3), in one canonical spelling ('Static' -> 'static',
+    'dynamic' -> 'dynamic:0.995', 'dynamic:.9' -> 'dynamic:0.9'); anything else is a one-line UserError."""
     if not isinstance(value, str):
-        raise UserError(f"{key}: {value!r} is not a string; use \"none\", \"static\" or \"dynamic:P\"")
+        raise UserError(f"{key}: {value!r} is not a string; valid forms: {THRESHOLD_FORMS}")
     v = value.strip().lower()
     if v in ("none", "static"):
         return v
@@ -106,11 +110,11 @@ def normalize_threshold(value, key: str = "threshold") -> str:
             p = float(v.split(":", 1)[1])
         except ValueError:
             p = float("nan")
-        if not 0.0 < p <= 1.0:
-            raise UserError(f"{key}: {value!r}: the dynamic thresholding percentile P must be in (0, 1]; use "
-                            f"\"none\", \"static\" or \"dynamic:P\", e.g. \"dynamic:0.995\"")
+        if not 0.0 < p <= 1.0:  # also rejects nan
+            raise UserError(f"{key}: {value!r}: the dynamic thresholding fraction P must be in (0, 1]; valid forms: "
+                            f"{THRESHOLD_FORMS}")
         return f"dynamic:{p!r}"
-    raise UserError(f"{key}: unknown thresholding {value!r}; use \"none\", \"static\" or \"dynamic:P\"")
+    raise UserError(f"{key}: unknown thresholding {value!r}; valid forms: {THRESHOLD_FORMS}")
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,7 @@ def preset(name: str) -> CascadeConfig:
 
 
 __all__ = [
-    "TextEncoderConfig", "UNetConfig", "StageConfig", "CascadeConfig", "SamplerConfig",
+    "TextEncoderConfig", "UNetConfig", "StageConfig", "CascadeConfig", "SamplerConfig", "THRESHOLD_FORMS",
+    "normalize_threshold",
     "PRESETS", "preset", "to_dict", "from_dict", "cascade_to_json", "cascade_from_json",
 ]

@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from imagen.config import THRESHOLD_FORMS, normalize_threshold
 from imagen.diffusion import schedule
-from imagen.config import normalize_threshold  # noqa: F401  (re-exported)
 from imagen.errors import UserError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -102,25 +102,17 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
-THRESHOLD_FORMS = "none, static, or dynamic:P with P a fraction in (0, 1] (e.g. dynamic:0.995)"
-
-
 def parse_threshold(spec: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """'none' -> None, 'static' -> static_threshold, 'dynamic:P' -> dynamic thresholding at fraction P."""
-    spec = str(spec).strip()
+    """'none' -> None, 'static' -> static_threshold, 'dynamic:P' -> dynamic thresholding at fraction P.
+
+    Any spelling normalize_threshold accepts ('Static', 'dynamic', 'dynamic:.995') means the same here."""
+    spec = normalize_threshold(spec, "threshold")
     if spec == "none":
         return None
     if spec == "static":
         return static_threshold
-    if spec.startswith("dynamic:"):
-        try:
-            p = float(spec.split(":", 1)[1])
-        except ValueError:
-            p = float("nan")
-        if not (0.0 < p <= 1.0):  # also rejects nan
-            raise UserError(f"bad threshold {spec!r}: P must be a number in (0, 1]; valid forms: {THRESHOLD_FORMS}")
-        return lambda x0: dynamic_threshold(x0, p)
-    raise UserError(f"unknown threshold {spec!r}; valid forms: {THRESHOLD_FORMS}")
+    p = float(spec.split(":", 1)[1])  # normalize_threshold checked 0 < P <= 1
+    return lambda x0: dynamic_threshold(x0, p)
 
 
 def thresholded(denoise: Denoiser, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> Denoiser:

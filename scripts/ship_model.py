@@ -14,7 +14,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from imagen.checkpoint import CONFIG_FILE, SAMPLER_FILE, parse_sampler_defaults, read_config
+from imagen.checkpoint import CONFIG_FILE, SAMPLER_FILE, parse_sampler_defaults, read_config, sampler_defaults
+from imagen.errors import UserError
 
 
 def main(src: str, name: str, sampler: str | None = None) -> None:
@@ -32,13 +33,18 @@ def main(src: str, name: str, sampler: str | None = None) -> None:
     tmp = dest.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy(src_dir / CONFIG_FILE, tmp / CONFIG_FILE)
-    if sampler_file.is_file():
-        shutil.copy(sampler_file, tmp / SAMPLER_FILE)
-    for st in cfg.stages:
-        sd = load_file(str(src_dir / f"{st.name}.safetensors"))
-        save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()},
-                  str(tmp / f"{st.name}.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+    try:
+        shutil.copy(src_dir / CONFIG_FILE, tmp / CONFIG_FILE)
+        if sampler_file.is_file():
+            shutil.copy(sampler_file, tmp / SAMPLER_FILE)
+            sampler_defaults(tmp)  # its per-stage lists must fit this model's stages, or nothing is shipped
+        for st in cfg.stages:
+            sd = load_file(str(src_dir / f"{st.name}.safetensors"))
+            save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()},
+                      str(tmp / f"{st.name}.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     size = sum(p.stat().st_size for p in dest.iterdir())
@@ -48,4 +54,7 @@ def main(src: str, name: str, sampler: str | None = None) -> None:
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    main(*sys.argv[1:])
+    try:
+        main(*sys.argv[1:])
+    except UserError as exc:
+        sys.exit(f"ship_model.py: {exc}")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagen.checkpoint import SAMPLER_FILE, WEIGHTS_DIR, build_untrained, parse_sampler_defaults, sampler_defaults, save_cascade
+from imagen.checkpoint import (SAMPLER_FILE, WEIGHTS_DIR, build_untrained, parse_sampler_defaults, sampler_defaults,
+                               save_cascade)
 from imagen.config import SamplerConfig, preset
 from imagen.errors import UserError
 
@@ -148,6 +149,7 @@ def test_cli_refuses_a_guidance_that_is_not_a_finite_weight(args, tmp_path, caps
     assert main(["sample", "--preset", "tiny", "--prompt", "x", "--out", str(out), *args]) == 2
     assert "--guidance" in capsys.readouterr().err and not out.exists()
     assert main(["eval", "shapes", "--model", "tiny", "--n", "1", *args]) == 2
+    assert "--guidance" in capsys.readouterr().err
 
 
 def test_grid_model_override_takes_that_model_settings(tiny_folder, tmp_path, capsys, monkeypatch):
@@ -175,3 +177,80 @@ def test_grid_model_override_takes_that_model_settings(tiny_folder, tmp_path, ca
     rows = store.read_table(study, store.STUDY)
     stored = parse_spec(rows[store.COL_SPEC].iloc[-1])
     assert stored.threshold == ("static",) and stored.sampler == ("ddim",) and stored.guidance == ((3.0,),)
+
+
+def test_sample_model_flags_take_only_their_own_kind(tiny_folder, tmp_path, capsys):
+    """--preset shapes is not the trained model, --checkpoint tiny is not the preset, --model DIR is not a folder."""
+    from bench.cli import main
+
+    out = tmp_path / "a.png"
+    for args, words in ((["--preset", "shapes"], "--preset 'shapes' is not a preset"),
+                        (["--checkpoint", "tiny"], "--checkpoint tiny: no such folder"),
+                        (["--model", str(tiny_folder)], "is not a shipped model")):
+        assert main(["sample", *args, "--prompt", "x", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_coco_cli_takes_the_model_settings(tiny_folder, tmp_path, capsys, monkeypatch):
+    """`imagen-bench coco` without sampling flags samples at the folder's sampler.toml (recorded in its manifest),
+    and a bad flag is refused before any work."""
+    import warnings
+
+    from bench.cli import main
+    from fixtures_coco import build_coco_fixture
+
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+    fx = build_coco_fixture(tmp_path / "coco")
+    out = tmp_path / "run"
+    base = ["coco", "--model", str(tiny_folder), "--captions", str(fx.annotations), "--images", str(fx.images_dir),
+            "--n", "2", "--out", str(out), "--batch-size", "2"]
+    assert main(base + ["--threshold", "sometimes"]) == 2
+    assert "--threshold" in capsys.readouterr().err and not out.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(base + ["--json"]) == 0
+    sampler = json.loads((out / "manifest.json").read_text())["sampler"]
+    assert (sampler["sampler"], sampler["steps"], sampler["threshold"], sampler["guidance"]) == ("ddim", 2, "static",
+                                                                                              [3.0])
+    file = tmp_path / "file"
+    file.write_text("")
+    assert main(base[:-4] + ["--out", str(file), "--batch-size", "2"]) == 2  # --out is a file: one line, exit 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_help_shows_no_empty_default(capsys):
+    from bench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: the model's sampler.toml, else 5.0)" in " ".join(text.split())
+
+
+def test_grid_resume_with_another_spec_says_so(tiny_folder, tmp_path, monkeypatch):
+    from bench.grid import parse_spec, run_grid
+
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+    text = 'name = "g"\nmodel = "tiny"\nsuites = ["shapes:2"]\nbatch_size = 2\n[axes]\nsteps = [1]\n'
+    lines = []
+    run_grid(parse_spec(text), tmp_path / "s", metrics=False, progress=False, log=lines.append)
+    run_grid(parse_spec(text), tmp_path / "s", metrics=False, progress=False, log=lines.append)
+    assert not any("another spec" in line for line in lines)
+    run_grid(parse_spec(text + 'threshold = ["static"]\n'), tmp_path / "s", metrics=False, progress=False,
+             log=lines.append)
+    assert any("another spec" in line for line in lines)
+
+
+def test_ship_model_refuses_settings_that_do_not_fit(tiny_folder, tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("guidance = [3, 1, 1]\n")
+    name = f"test-refused-{tmp_path.name}"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(tiny_folder), name, str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "guidance has 3 values" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (WEIGHTS_DIR / name).exists() and not list(WEIGHTS_DIR.glob(f".{name}*"))  # nor its temporary folder

@@ -45,7 +45,9 @@ def register(subparsers) -> None:
     run.add_argument("--out", required=True, help="study folder (created; reused to resume)")
     run.add_argument("--shard", default=None, help="I/N: this process's share of the work items "
                      "(default: torchrun's RANK/WORLD_SIZE, else all)")
-    run.add_argument("--model", default=None, help="override the spec's model (name, checkpoint folder, preset)")
+    run.add_argument("--model", default=None,
+                     help="override the spec's model (name, checkpoint folder, preset); the axes the spec leaves out "
+                          "then come from this model's sampler.toml")
     run.add_argument("--device", default="cpu", help="torch device for generation")
     run.add_argument("--no-metrics", action="store_true", help="only generate images")
     run.add_argument("--json", action="store_true", help="print a JSON summary only")
@@ -85,7 +87,9 @@ def register(subparsers) -> None:
                "  imagen-bench quickstart --prompts 4 --steps 4 --out /tmp/qs   # a smaller, faster grid\n",
     )
     qs.add_argument("--out", default="imagen-bench-quickstart", help="study folder")
-    qs.add_argument("--model", default=None, help="model to benchmark (default: shapes if installed, else tiny)")
+    qs.add_argument("--model", default=None,
+                    help="model to benchmark (default: shapes if installed, else tiny); an axis the spec leaves out "
+                         "comes from its sampler.toml")
     qs.add_argument("--prompts", type=int, default=None, help="prompts per suite (smaller = faster)")
     qs.add_argument("--steps", type=int, default=None, help="sampling steps (smaller = faster)")
     qs.add_argument("--device", default="cpu", help="torch device for generation")

@@ -165,6 +165,8 @@ def run_clip_score(args: argparse.Namespace) -> int:
 
 
 def _add_coco(sub, formatter) -> None:
+    from imagen.config import SamplerConfig
+
     p = sub.add_parser("coco", help="zero-shot FID on MS-COCO 2014 validation captions (paper protocol)",
                        description=COCO_DESCRIPTION, epilog=COCO_EPILOG, formatter_class=formatter)
     p.add_argument("--model", required=True, help="shipped model name, checkpoint folder, or preset (tiny)")
@@ -174,14 +176,18 @@ def _add_coco(sub, formatter) -> None:
     ref.add_argument("--reference-stats", metavar="FILE.npz", help="precomputed reference statistics")
     p.add_argument("--n", type=int, default=30_000, help="number of captions/images (30000 = FID-30K)")
     p.add_argument("--seed", type=int, default=0, help="caption-sampling seed (also seeds the image noise)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (images/, generation.json, manifest.json, result.json)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (images/, generation.json, manifest.json, result.json)")
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0])
+    d = SamplerConfig()
     p.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
-                   help="per stage or one (default, as for every sampling flag: the model's sampler.toml, else 5)")
-    p.add_argument("--threshold", default=None, help="none | static | dynamic:P (default: sampler.toml, else "
-                                                       "dynamic:0.995)")
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpmpp-2m (default: sampler.toml, else ddpm)")
-    p.add_argument("--steps", type=int, default=None, help="denoiser calls per stage (default: sampler.toml, else 50)")
+                   help=f"per stage or one (default, as for every sampling flag: the model's sampler.toml, else "
+                        f"{d.guidance[0]:g})")
+    p.add_argument("--threshold", default=None, help=f"none | static | dynamic:P (default: sampler.toml, else "
+                                                       f"{d.threshold})")
+    p.add_argument("--sampler", default=None, help=f"ddpm | ddim | dpmpp-2m (default: sampler.toml, else {d.sampler})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"denoiser calls per stage (default: sampler.toml, else {d.steps})")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")

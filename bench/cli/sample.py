@@ -56,6 +56,28 @@ def _write_png(path: Path, image) -> None:
         raise
 
 
+def _model_source(args: argparse.Namespace) -> str:
+    """What to load, with each flag held to its own kind (so --preset shapes is not the trained model)."""
+    from imagen.checkpoint import shipped_models
+    from imagen.config import PRESETS
+    from imagen.errors import UserError
+
+    if args.checkpoint is not None:
+        if not Path(args.checkpoint).expanduser().is_dir():
+            raise UserError(f"--checkpoint {args.checkpoint}: no such folder; give a folder written by "
+                            f"`imagen-bench train` (config.json + <stage>.safetensors)")
+        return args.checkpoint
+    if args.model is not None:
+        if args.model not in shipped_models():
+            raise UserError(f"--model {args.model!r} is not a shipped model; shipped: "
+                            f"{', '.join(shipped_models()) or '(none)'} (a folder goes to --checkpoint)")
+        return args.model
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UserError(f"--preset {args.preset!r} is not a preset; presets: {', '.join(PRESETS)} (a trained model "
+                        f"goes to --model or --checkpoint)")
+    return args.preset or "tiny"
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.cli import sampler_flags
     from imagen.config import to_dict
@@ -67,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out!r}")
     resolve_device(args.device)
-    model = args.checkpoint or args.model or args.preset or "tiny"
+    model = _model_source(args)
 
     pipe = Pipeline.load(model, device=args.device, cache_root=args.cache_dir)
     sampler = pipe.sampler_defaults.given(**flags)
@@ -123,5 +145,6 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--cache-dir", default=None,
                    help="text embedding cache (default: $IMAGEN_BENCH_CACHE/text or ~/.cache/imagen-bench/text)")
-    p.add_argument("--json", action="store_true", help="print only JSON (model, hash, files) on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print only JSON on stdout: model, hash, resolution, the sampler settings used, seed, files")
     p.set_defaults(func=run)

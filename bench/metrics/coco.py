@@ -292,6 +292,8 @@ def run_coco(run: CocoRun, sampler, progress: bool = True, log=None) -> dict:
     from bench.metrics.features import LazyExtractor, ResizeProtocol
 
     out = Path(run.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run")
     sampled = sample_captions(read_captions(run.captions), run.n, run.seed)
     warning = small_n_warning(run.n)
     if warning:
