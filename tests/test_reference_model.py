@@ -31,23 +31,24 @@ def test_shapes_is_shipped_small_and_is_the_recipe():
 
 
 @functools.cache
-def _accuracy(guidance: float, n: int, steps: int, sampler: str = "ddim", threshold: str = "dynamic:0.995"):
+def _accuracy(sampler, n: int):
+    """Scorer accuracy of the shipped model on n held-out captions (seeds 0..n-1) with a whole SamplerConfig, so
+    per-stage guidance and SR augmentation in the model's sampler.toml are used as they are."""
     from bench.metrics.alignment import accuracy_dict, alignment
     from imagen import shapes
-    from imagen.config import SamplerConfig
     from imagen.pipeline import Pipeline
 
     pipe = Pipeline.load("shapes")
     caps = shapes.held_out_captions(n, seed=0)
-    images = pipe.generate([c[0] for c in caps], list(range(n)),
-                           SamplerConfig(sampler=sampler, steps=steps, guidance=(guidance,), threshold=threshold),
-                           batch_size=16)
+    images = pipe.generate([c[0] for c in caps], list(range(n)), sampler, batch_size=16)
     return accuracy_dict(alignment(list(images), [c[1] for c in caps], [c[2] for c in caps]).accuracy)
 
 
 def test_shapes_model_draws_the_caption_colours_and_shapes():
     """A quick look at what the model makes: 24 held-out captions, 20 DDIM steps, guidance 5."""
-    acc = _accuracy(5.0, 24, 20)
+    from imagen.config import SamplerConfig
+
+    acc = _accuracy(SamplerConfig(sampler="ddim", steps=20, guidance=(5.0,), threshold="dynamic:0.995"), 24)
     assert acc["color"] >= 0.6 and acc["shape"] >= 0.6, acc
 
 
@@ -57,8 +58,7 @@ def test_shapes_model_meets_the_fact_targets_at_its_default_settings():
     w = 3, static thresholding, DDPM 50), on 64 held-out captions."""
     from imagen.checkpoint import sampler_defaults
 
-    d = sampler_defaults("shapes")
-    guided = _accuracy(d.guidance[0], 64, d.steps, d.sampler, d.threshold)
+    guided = _accuracy(sampler_defaults("shapes"), 64)
     print(json.dumps({"guided": guided}))
     assert guided["color"] >= 0.85 and guided["shape"] >= 0.85, guided
     assert guided["count"] >= 0.70 and guided["position"] >= 0.70, guided
@@ -73,7 +73,7 @@ def test_shapes_model_guidance_beats_no_guidance_by_a_tenth():
     from imagen.checkpoint import sampler_defaults
 
     d = sampler_defaults("shapes")
-    guided = _accuracy(d.guidance[0], 64, d.steps, d.sampler, d.threshold)
-    plain = _accuracy(1.0, 64, d.steps, d.sampler, d.threshold)
+    guided = _accuracy(d, 64)
+    plain = _accuracy(d.given(guidance=(1.0,)), 64)  # the same settings without guidance
     print(json.dumps({"guided": guided, "plain": plain}))
     assert guided["overall"] >= plain["overall"] + 0.10, (guided, plain)
