@@ -1,7 +1,9 @@
 """The metrics stage of a grid: FID, CLIP score and caption alignment per cell (and per category), stored once.
 
-A metric row records a hash of its inputs (the images' sha256, the settings, the reference's fingerprint), so a
-metric already stored for the same inputs is never recomputed. Shards that finish together compute it once (a lock).
+A cell's metrics use exactly the images of the spec's work items (never other samples stored beside them), less
+those a safety checker blacked out (counted in the row's `n_flagged`, never fed into FID or CLIP score). A metric
+row records a hash of its inputs (the images' sha256, the settings, the reference's fingerprint), so a metric
+already stored for the same inputs is never recomputed. Shards that finish together compute it once (a lock).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import store
-from bench.grid import GridSpec, _now
+from bench.generate import load_images
 from bench.suites import parse_name
+from bench.work import GridSpec, now
 from imagen.errors import UserError
 
 
@@ -152,21 +155,19 @@ def _mean_rows(cell_id, name, values, categories, ihash) -> list[dict]:
     return rows
 
 
-def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, metric_fns: MetricFns | None = None,
+def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, items=None, metric_fns: MetricFns | None = None,
                     device: str = "cpu", progress: bool = True, prefix: str = "metrics", log=print) -> int:
     """The spec's metrics for every cell; a metric already stored for the same images is skipped. Rows written.
 
     Shards that finish together would each see a complete grid: the study's metrics lock makes the later one wait
     and then find the rows stored, instead of computing and writing every metric twice."""
     with store.locked(study, "metrics"):
-        return _compute_metrics(Path(study), spec, metric_fns=metric_fns, device=device, progress=progress,
-                                prefix=prefix, log=log)
+        return _compute_metrics(Path(study), spec, items=items, metric_fns=metric_fns, device=device,
+                                progress=progress, prefix=prefix, log=log)
 
 
-def _compute_metrics(study: Path, spec: GridSpec, *, metric_fns: MetricFns | None, device: str, progress: bool,
-                     prefix: str, log) -> int:
-    from bench.generate import load_images
-
+def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFns | None, device: str,
+                     progress: bool, prefix: str, log) -> int:
     fns = metric_fns or MetricFns()
     fid_fn = fns.fid or make_default_fid(device)
     clip_fn, align_fn = fns.clip or make_default_clip(device), fns.alignment or default_alignment
@@ -181,6 +182,11 @@ def _compute_metrics(study: Path, spec: GridSpec, *, metric_fns: MetricFns | Non
             log(f"warning: CLIP score skipped: {exc}")
             m = dataclasses.replace(m, clip_score=None)
     samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
+    if items is not None and len(samples):  # exactly this spec's work items, in the spec's cell order
+        wanted = {it.sample_id for it in items}
+        samples = samples[samples[store.COL_SAMPLE_ID].isin(wanted)]
+        order = {c: k for k, c in enumerate(dict.fromkeys(it.cell.id for it in items))}
+        samples = samples.assign(_o=samples[store.COL_CELL_ID].map(order)).sort_values("_o", kind="stable")
     if not len(samples) or not (m.fid or m.clip_score or m.alignment):
         return 0
     stored = store.read_table(study, store.METRICS)
@@ -200,7 +206,19 @@ def _compute_metrics(study: Path, spec: GridSpec, *, metric_fns: MetricFns | Non
         bar = tqdm(total=len(cells), unit="cell", desc="metrics")
     for cell_id in cells:
         df = samples[samples[store.COL_CELL_ID] == cell_id].sort_values(store.COL_SAMPLE_ID)
-        images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3]
+        n_flagged = 0
+        if store.COL_FLAGGED in df:
+            bad = df[store.COL_FLAGGED].fillna(False).astype(bool)
+            n_flagged = int(bad.sum())
+            if n_flagged:
+                log(f"warning: cell {cell_id}: {n_flagged} of {len(df)} images were blacked out by the model's "
+                    f"safety checker; its metrics leave them out (n_flagged in the metric rows)")
+            df = df[~bad.to_numpy()]
+        if not len(df):
+            if bar is not None:
+                bar.update(1)
+            continue
+        images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3] (object array: mixed sizes)
         rows: list[dict] = []
         cats = list(df[store.COL_CATEGORY].where(df[store.COL_CATEGORY].notna(), None))
         if m.fid:
@@ -209,7 +227,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, metric_fns: MetricFns | Non
             ihash = _inputs_hash("fid", fid_settings, shas)
             if (cell_id, ihash) not in have:
                 if m.fid["reference"] == "shapes" and reference is None:
-                    reference = _shapes_reference(spec, images.shape[1])
+                    reference = _shapes_reference(spec, images[0].shape[0])
                 name, value = fid_fn(images[sel] if sel is not None else images, m.fid,
                                      reference if sel is not None else None)
                 rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None,
@@ -233,7 +251,8 @@ def _compute_metrics(study: Path, spec: GridSpec, *, metric_fns: MetricFns | Non
         if rows:
             for r in rows:
                 r[store.COL_STUDY] = study.name
-                r[store.COL_CREATED] = _now()
+                r[store.COL_N_FLAGGED] = n_flagged
+                r[store.COL_CREATED] = now()
             store.write_part(study, store.METRICS, rows, prefix=prefix)
             written += len(rows)
         if bar is not None:

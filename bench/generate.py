@@ -11,28 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from bench import store
-from bench.grid import WorkItem
-from imagen.config import SamplerConfig
-
-
-class Generator(Protocol):
-    """What the runner needs from a model: imagen.pipeline.Pipeline keeps this contract."""
-
-    model_id: str
-    checkpoint_hash: str
-
-    def generate(self, prompts: list[str], seeds: list[int], sampler: SamplerConfig,
-                 batch_size: int = 8, progress: bool = False) -> np.ndarray: ...
+from bench.generators.base import Request, contract
+from bench.work import WorkItem
 
 
 def part_prefix(shard: tuple[int, int]) -> str:
@@ -86,23 +77,27 @@ def batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
     return out
 
 
-def sample_row(item: WorkItem, study_name: str, model: str, sha: str, seconds: float) -> dict:
+def sample_row(item: WorkItem, study_name: str, model: str, sha: str, seconds: float, *, flagged: bool = False,
+               generation: str | None = None, seeded: bool = True) -> dict:
     p = item.prompt
     return {
         store.COL_SAMPLE_ID: item.sample_id, store.COL_STUDY: study_name, store.COL_MODEL: model,
         store.COL_CHECKPOINT_HASH: item.cell.model_hash, store.COL_CELL_ID: item.cell.id, **item.cell.settings(),
         store.COL_SUITE: p.suite, store.COL_PROMPT_ID: p.prompt_id, store.COL_PROMPT: p.text,
         store.COL_CATEGORY: p.category, store.COL_FACTS: p.facts, store.COL_SAMPLE_INDEX: item.sample_index,
-        store.COL_SEED: item.seed, store.COL_IMAGE_PATH: item.image_path, store.COL_SHA256: sha,
-        store.COL_SECONDS: float(seconds), store.COL_CREATED: datetime.now(timezone.utc).isoformat(),
+        store.COL_SEED: item.seed if seeded else None, store.COL_IMAGE_PATH: item.image_path, store.COL_SHA256: sha,
+        store.COL_SECONDS: float(seconds), store.COL_FLAGGED: bool(flagged), store.COL_GENERATION: generation,
+        store.COL_CREATED: datetime.now(timezone.utc).isoformat(),
     }
 
 
-def generate_items(study: str | os.PathLike, items: list[WorkItem], generator: Generator, *, study_name: str,
+def generate_items(study: str | os.PathLike, items: list[WorkItem], generator, *, study_name: str,
                    model: str, batch_size: int = 8, shard: tuple[int, int] = (0, 1), progress: bool = True,
-                   on_batch: Callable[[int], None] | None = None) -> int:
-    """Generate every item without a row yet; returns how many images were made."""
+                   used: dict | None = None, on_batch: Callable[[int], None] | None = None) -> int:
+    """Generate every item without a row yet; returns how many images were made. `generator` keeps the contract of
+    bench.generators.base; `used` maps a cell id to what the generator uses for it (stored in each row)."""
     study = Path(study)
+    gen = contract(generator)
     prefix = part_prefix(shard)
     store.clean_temp_files_prefixed(study, prefix)
     clean_image_temps(study, prefix)
@@ -119,18 +114,17 @@ def generate_items(study: str | os.PathLike, items: list[WorkItem], generator: G
     try:
         for batch in batches(todo, batch_size):
             t0 = time.perf_counter()
-            images = generator.generate([it.prompt.text for it in batch], [it.seed for it in batch],
-                                        batch[0].cell.sampler_config(), batch_size=batch_size)
-            images = np.asarray(images)
-            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(batch):
-                raise RuntimeError(f"generator returned {images.dtype} {images.shape}; expected uint8 "
-                                   f"[{len(batch)}, H, W, 3]")
+            requests = [Request(it.prompt.text, it.seed, it.prompt.prompt_id, it.sample_index) for it in batch]
+            out = gen.generate(requests, batch[0].cell.sampler_config(), batch_size=batch_size)
             seconds = (time.perf_counter() - t0) / len(batch)
+            cid = batch[0].cell.id
+            generation = json.dumps(used[cid], sort_keys=True, default=str) if used and cid in used else None
             rows = []
-            for it, img in zip(batch, images):
+            for it, img, flagged in zip(batch, out.images, out.flagged):
                 data = png_bytes(img)
                 write_atomic(study / it.image_path, data, prefix)
-                rows.append(sample_row(it, study_name, model, hashlib.sha256(data).hexdigest(), seconds))
+                rows.append(sample_row(it, study_name, model, hashlib.sha256(data).hexdigest(), seconds,
+                                       flagged=flagged, generation=generation, seeded=gen.uses_seeds))
             store.write_part(study, store.SAMPLES, rows, prefix=prefix)
             made += len(batch)
             if bar is not None:
@@ -143,10 +137,16 @@ def generate_items(study: str | os.PathLike, items: list[WorkItem], generator: G
     return made
 
 
-def load_images(study: str | os.PathLike, paths: list[str]) -> np.ndarray:
-    """Stored PNGs (paths relative to the study) -> uint8 [N, H, W, 3]."""
-    return np.stack([np.asarray(Image.open(Path(study) / p).convert("RGB")) for p in paths])
+def load_images(study: str | os.PathLike, paths: list[str]):
+    """Stored PNGs (paths relative to the study) -> uint8 [N, H, W, 3], or an object array of [H, W, 3] images when
+    their sizes differ (a precomputed set)."""
+    images = [np.asarray(Image.open(Path(study) / p).convert("RGB")) for p in paths]
+    if len({im.shape for im in images}) <= 1:
+        return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+    arr = np.empty(len(images), dtype=object)
+    arr[:] = images
+    return arr
 
 
-__all__ = ["Generator", "generate_items", "load_images", "png_bytes", "write_atomic", "done_ids", "batches",
+__all__ = ["generate_items", "load_images", "png_bytes", "write_atomic", "done_ids", "batches",
            "part_prefix"]

@@ -1,27 +1,24 @@
-"""Grid spec (TOML) -> cells with stable ids -> work items; the resumable, sharded runner and `grid status`.
+"""Grid spec (TOML) -> cells -> work items (types in bench.work); the resumable, sharded runner and `grid status`.
 
-A cell is one full sampling setting (sampler, steps, guidance per stage, thresholding, SR augmentation level) of one
-model; its id is a short hash of those settings' canonical JSON with the model's checkpoint hash, so the same
-settings keep the same id across runs. A work item is (cell, prompt, sample index); its seed depends on the spec
-seed, the prompt and the sample index but NOT on the cell, so every cell starts a given prompt/sample from the same
-noise (a fair comparison across guidance weights and thresholding, paper Figure A.11).
+The model is any generator a model spec string names (bench.generators): our Imagen, a diffusers pipeline or
+cascade, or a precomputed image set. An axis the spec leaves out is the model's own setting. Every setting is
+checked against what the generator can honour, and every FID input, before any image is made.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from bench import store
+from bench import cell_metrics, generate, store
+from bench.generators import Request, contract, kind_of, load_generator, model_defaults, rank_device
 from bench.suites import Prompt, load_suites, parse_name
+from bench.work import Cell, GridSpec, MetricsSpec, WorkItem, expand, item_seed, now, plan, work_items
 from imagen.config import SamplerConfig, normalize_threshold
 from imagen.errors import UserError
 
@@ -32,29 +29,6 @@ METRIC_KEYS = {"fid", "clip_score", "alignment"}
 
 
 # ----------------------------------------------------------------------------- the spec
-
-
-@dataclass(frozen=True)
-class MetricsSpec:
-    fid: dict | None = None  # {"extractor": "effnet-lite0" | "inception", "reference": "shapes" | folder | .npz}
-    clip_score: dict | None = None  # {"model": "shapes-clip" | an open_clip name}
-    alignment: bool = False  # the shapes scorer, per cell and per category (shapes suite only)
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    name: str
-    model: str
-    suites: tuple[str, ...]
-    samples_per_prompt: int = 1
-    seed: int = 0
-    batch_size: int = 8
-    guidance: tuple[tuple[float, ...], ...] = ((5.0,),)  # each entry: one weight, or one per stage
-    threshold: tuple[str, ...] = ("dynamic:0.995",)
-    sampler: tuple[str, ...] = ("ddpm",)
-    steps: tuple[int, ...] = (50,)
-    aug_level: tuple[tuple[float, ...], ...] = ((0.0,),)
-    metrics: MetricsSpec = field(default_factory=MetricsSpec)
 
 
 def _known_samplers() -> tuple[str, ...]:
@@ -80,19 +54,15 @@ def _floats(value, key: str, low: float, high: float | None) -> tuple[float, ...
     return tuple(out)
 
 
-def _model_sampler_defaults(model: str):
-    """The model's sampler settings (sampler.toml in its folder) or SamplerConfig's; reads no weights."""
-    from imagen.checkpoint import sampler_defaults
-
-    return sampler_defaults(model)
-
-
 def _one(values: tuple[float, ...]):
     """One axis value from a per-stage tuple: a number when it is one value, else the list."""
     return values[0] if len(values) == 1 else list(values)
 
 
-def _axis(axes: dict, key: str, default: list) -> list:
+def _axis(axes: dict, key: str, default: list | None) -> list | None:
+    """An axis's values, or `default` when the spec leaves it out (None: filled once the model is loaded)."""
+    if key not in axes and default is None:
+        return None
     values = axes.get(key, default)
     if not isinstance(values, list):
         values = [values]
@@ -158,20 +128,25 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
             raise UserError(f"{source}: {key} must be an integer >= {low}, got {v!r}")
         ints[key] = v
     axes = _subtable(raw, "axes", AXIS_KEYS, source)
-    # an axis left out is the model's own setting (its sampler.toml), else the global SamplerConfig default
-    d = _model_sampler_defaults(raw["model"].strip())
-    guidance = tuple(_floats(v, "axes.guidance", 0.0, None) for v in _axis(axes, "guidance", [_one(d.guidance)]))
-    threshold = tuple(normalize_threshold(v, "axes.threshold") for v in _axis(axes, "threshold", [d.threshold]))
-    samplers = _known_samplers()
-    sampler = tuple(_axis(axes, "sampler", [d.sampler]))
-    for s in sampler:
-        if s not in samplers:
-            raise UserError(f"axes.sampler: unknown sampler {s!r}; choose from {', '.join(samplers)}")
-    steps = tuple(_axis(axes, "steps", [d.steps]))
-    for s in steps:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise UserError(f"axes.steps: {s!r} must be a positive integer")
-    aug = tuple(_floats(v, "axes.aug_level", 0.0, 1.0) for v in _axis(axes, "aug_level", [_one(d.aug_level)]))
+    model = raw["model"].strip()
+    kind = kind_of(model)
+    if kind == "images":
+        if axes:
+            raise UserError(f"{source}: model {model!r} is a precomputed image set: it has no sampling settings, so "
+                            f"the spec takes no [axes] (found {sorted(axes)}); remove them")
+        guidance = threshold = sampler = steps = aug = ()
+    else:
+        # an axis left out is the model's own setting: an Imagen folder's sampler.toml (else SamplerConfig's), read
+        # here; a diffusers pipeline's own scheduler and call defaults, filled in by fill_axes once it is loaded
+        d = model_defaults(model)
+        guidance = _maybe(_axis(axes, "guidance", d and [_one(d.guidance)]),
+                          lambda v: _floats(v, "axes.guidance", 0.0, None))
+        threshold = _maybe(_axis(axes, "threshold", d and [d.threshold]),
+                           lambda v: normalize_threshold(v, "axes.threshold"))
+        sampler = _maybe(_axis(axes, "sampler", d and [d.sampler]), lambda v: _sampler(v, kind))
+        steps = _maybe(_axis(axes, "steps", d and [d.steps]), _steps)
+        aug = _maybe(_axis(axes, "aug_level", d and [_one(d.aug_level)]),
+                     lambda v: _floats(v, "axes.aug_level", 0.0, 1.0))
     metrics = _subtable(raw, "metrics", METRIC_KEYS, source)
     fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes"})
     if fid and fid["extractor"] not in ("effnet-lite0", "inception"):
@@ -181,11 +156,40 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")
     return GridSpec(
-        name=raw["name"].strip(), model=raw["model"].strip(), suites=tuple(s.strip() for s in suites),
+        name=raw["name"].strip(), model=model, suites=tuple(s.strip() for s in suites),
         samples_per_prompt=ints["samples_per_prompt"], seed=ints["seed"], batch_size=ints["batch_size"],
         guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
         metrics=MetricsSpec(fid=fid, clip_score=clip, alignment=align),
     )
+
+
+def _maybe(values: list | None, fn) -> tuple | None:
+    return None if values is None else tuple(fn(v) for v in values)
+
+
+def _sampler(name, kind: str) -> str:
+    samplers = _known_samplers()
+    if isinstance(name, str) and (name in samplers or (kind == "diffusers" and name.endswith("Scheduler"))):
+        return name
+    extra = " or a diffusers scheduler class name (e.g. EulerDiscreteScheduler)" if kind == "diffusers" else ""
+    raise UserError(f"axes.sampler: unknown sampler {name!r}; choose from {', '.join(samplers)}{extra}")
+
+
+def _steps(s) -> int:
+    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        raise UserError(f"axes.steps: {s!r} must be a positive integer")
+    return s
+
+
+def fill_axes(spec: GridSpec, defaults: SamplerConfig | None) -> GridSpec:
+    """The spec with every axis it left out (None) set to the loaded model's own setting."""
+    missing = [k for k in ("guidance", "threshold", "sampler", "steps", "aug_level") if getattr(spec, k) is None]
+    if not missing:
+        return spec
+    d = defaults or SamplerConfig()
+    own = {"guidance": (tuple(d.guidance),), "threshold": (d.threshold,), "sampler": (d.sampler,),
+           "steps": (int(d.steps),), "aug_level": (tuple(d.aug_level),)}
+    return dataclasses.replace(spec, **{k: own[k] for k in missing})
 
 
 def load_spec(path: str | os.PathLike, model: str | None = None) -> GridSpec:
@@ -216,11 +220,12 @@ def spec_to_toml(spec: GridSpec) -> str:
 
     lines = [f"name = {_toml_value(spec.name)}", f"model = {_toml_value(spec.model)}",
              f"suites = {_toml_value(list(spec.suites))}", f"samples_per_prompt = {spec.samples_per_prompt}",
-             f"seed = {spec.seed}", f"batch_size = {spec.batch_size}", "", "[axes]",
-             f"guidance = {_toml_value(stage_list(spec.guidance))}",
-             f"threshold = {_toml_value(list(spec.threshold))}", f"sampler = {_toml_value(list(spec.sampler))}",
-             f"steps = {_toml_value(list(spec.steps))}", f"aug_level = {_toml_value(stage_list(spec.aug_level))}",
-             "", "[metrics]"]
+             f"seed = {spec.seed}", f"batch_size = {spec.batch_size}", "", "[axes]"]
+    if spec.has_axes:
+        lines += [f"guidance = {_toml_value(stage_list(spec.guidance))}",
+                  f"threshold = {_toml_value(list(spec.threshold))}", f"sampler = {_toml_value(list(spec.sampler))}",
+                  f"steps = {_toml_value(list(spec.steps))}", f"aug_level = {_toml_value(stage_list(spec.aug_level))}"]
+    lines += ["", "[metrics]"]
     m = spec.metrics
     lines.append(f"fid = {_toml_value(m.fid) if m.fid else 'false'}")
     lines.append(f"clip_score = {_toml_value(m.clip_score) if m.clip_score else 'false'}")
@@ -228,74 +233,7 @@ def spec_to_toml(spec: GridSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- cells and work items
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One grid cell: every sampling setting of one model."""
-
-    model_hash: str
-    sampler: str
-    steps: int
-    guidance: tuple[float, ...]  # per stage (one value = all stages)
-    threshold: str
-    aug_level: tuple[float, ...]
-
-    @property
-    def id(self) -> str:
-        canon = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:12]
-
-    def sampler_config(self) -> SamplerConfig:
-        return SamplerConfig(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
-                             threshold=self.threshold, aug_level=self.aug_level)
-
-    def settings(self) -> dict:
-        """The cell's settings as sample-row columns."""
-        return {
-            store.COL_SAMPLER: self.sampler, store.COL_STEPS: self.steps,
-            store.COL_GUIDANCE: self.guidance[0], store.COL_GUIDANCE_STAGES: _join(self.guidance),
-            store.COL_THRESHOLD: self.threshold, store.COL_AUG_LEVEL: _join(self.aug_level),
-        }
-
-
-def _join(values: tuple[float, ...]) -> str:
-    return ",".join(f"{v:g}" for v in values)
-
-
-def expand(spec: GridSpec, model_hash: str) -> list[Cell]:
-    """The cartesian product of the axes, thresholding outermost (one curve per thresholding in the report)."""
-    return [Cell(model_hash, s, n, g, t, a) for t, g, s, n, a in
-            itertools.product(spec.threshold, spec.guidance, spec.sampler, spec.steps, spec.aug_level)]
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    cell: Cell
-    prompt: Prompt
-    sample_index: int
-    seed: int
-
-    @property
-    def sample_id(self) -> str:
-        return f"{self.cell.id}/{self.prompt.prompt_id}/{self.sample_index}"
-
-    @property
-    def image_path(self) -> str:
-        return f"images/{self.cell.id}/{self.prompt.prompt_id}-{self.sample_index}.png"
-
-
-def item_seed(spec_seed: int, prompt_id: str, sample_index: int) -> int:
-    """The seed of a work item: from (spec seed, prompt, sample index), not the cell; fits in 31 bits."""
-    digest = hashlib.sha256(f"{spec_seed}/{prompt_id}/{sample_index}".encode()).hexdigest()
-    return int(digest[:8], 16) & 0x7FFFFFFF
-
-
-def work_items(cells: list[Cell], prompts: list[Prompt], samples_per_prompt: int, seed: int) -> list[WorkItem]:
-    """Every (cell, prompt, sample index), cell-major so a batch shares one sampler setting."""
-    return [WorkItem(c, p, i, item_seed(seed, p.prompt_id, i))
-            for c in cells for p in prompts for i in range(samples_per_prompt)]
+# ----------------------------------------------------------------------------- shards
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -319,14 +257,6 @@ def in_shard(item: WorkItem, shard: tuple[int, int]) -> bool:
     """Stable assignment: a hash of the sample id modulo the number of shards."""
     i, n = shard
     return n == 1 or int(hashlib.sha256(item.sample_id.encode()).hexdigest()[:8], 16) % n == i
-
-
-def plan(cells: list[Cell], items: list[WorkItem]) -> dict:
-    """{cell_id: {settings..., "items": n}} for the study table and `grid status`."""
-    counts: dict[str, int] = {}
-    for it in items:
-        counts[it.cell.id] = counts.get(it.cell.id, 0) + 1
-    return {c.id: {**c.settings(), "items": counts.get(c.id, 0)} for c in cells}
 
 
 # ----------------------------------------------------------------------------- status
@@ -379,7 +309,8 @@ def environment(device: str) -> tuple[dict, dict]:
     import torch
 
     versions = {"python": platform.python_version()}
-    for pkg in ("imagen-bench", "torch", "numpy", "pyarrow", "transformers", "torch-fidelity", "open-clip-torch"):
+    for pkg in ("imagen-bench", "torch", "numpy", "pyarrow", "transformers", "diffusers", "torch-fidelity",
+                "open-clip-torch"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -390,24 +321,8 @@ def environment(device: str) -> tuple[dict, dict]:
     return versions, hardware
 
 
-def load_pipeline(model: str, device: str = "cpu"):
-    """The default generator: imagen.pipeline.Pipeline (a shipped name, a checkpoint folder or a preset)."""
-    from imagen.pipeline import Pipeline
-
-    return Pipeline.load(model, device=device)
-
-
-def check_runnable(spec: GridSpec, prompts: list[Prompt], generator, metrics: bool = True) -> None:
-    """What the spec alone cannot check: per-stage lists against the model's stages, and the FID inputs."""
-    cascade_cfg = getattr(getattr(generator, "cascade", None), "cfg", None)
-    n_stages = len(cascade_cfg.stages) if cascade_cfg is not None and hasattr(cascade_cfg, "stages") else None
-    if n_stages is not None:
-        for key, values, n in (("axes.guidance", spec.guidance, n_stages), ("axes.aug_level", spec.aug_level,
-                                                                              n_stages - 1)):
-            for v in values:
-                if len(v) > 1 and n > 0 and len(v) != n:
-                    raise UserError(f"{key}: {list(v)} has {len(v)} values but model {spec.model!r} needs one value "
-                                    f"or {n} (one per {'stage' if key == 'axes.guidance' else 'SR stage'})")
+def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = True) -> None:
+    """What the spec alone cannot check about its metrics: the FID reference and the number of images per cell."""
     fid = spec.metrics.fid
     if not (metrics and fid):
         return
@@ -430,27 +345,56 @@ def check_runnable(spec: GridSpec, prompts: list[Prompt], generator, metrics: bo
                         f"or raise samples_per_prompt")
 
 
+def study_identity(spec: GridSpec, prompts: list[Prompt], model_hash: str) -> dict:
+    """What a study folder is of: the spec seed, the suites' prompt ids (a hash), the model's checkpoint hash."""
+    ids = sorted(p.prompt_id for p in prompts)
+    return {store.COL_SEED: int(spec.seed), store.COL_CHECKPOINT_HASH: model_hash,
+            store.COL_PROMPTS_HASH: hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+
+
+def check_same_study(out: Path, identity: dict, extend: bool) -> None:
+    """A study is exactly its spec: a rerun into a folder made with another seed, prompt set or model is refused
+    (its images would be reused or mixed into the metrics), unless `extend` asks to add to it on purpose."""
+    if extend or not (out / "tables" / store.STUDY).is_dir():
+        return
+    runs = store.read_table(out, store.STUDY)
+    names = {store.COL_SEED: "seed", store.COL_PROMPTS_HASH: "prompt set (suites)",
+             store.COL_CHECKPOINT_HASH: "model (checkpoint hash)"}
+    for col, what in names.items():
+        if col not in runs or not len(runs):
+            continue
+        before = [v for v in runs[col].dropna().unique()]
+        if before and any(str(v) != str(identity[col]) for v in before):
+            was = str(before[-1])[:16]
+            raise UserError(f"{out} is a study of another {what} ({was}, now {str(identity[col])[:16]}); give another "
+                            f"--out for this spec, or pass --extend to add it to that study on purpose")
+
+
 def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] = (0, 1), data_dir=None,
-             device: str = "cpu", generator=None, metric_fns=None, metrics: bool = True,
+             device: str = "cpu", generator=None, metric_fns=None, metrics: bool = True, extend: bool = False,
              progress: bool = True, log=print) -> dict:
     """Run (or resume) a grid into the study folder `out`: generation, then the spec's metrics per cell.
 
-    Every input is checked before any work. `generator` (default: the spec's model through imagen.pipeline) and
+    Every input is checked before any work: the suites, every cell's settings against what the generator can honour
+    (and, for a precomputed set, that it holds every image), the FID inputs, and that `out` is a study of this seed,
+    prompt set and model. `generator` (default: the one the spec's model names, on this rank's device) and
     `metric_fns` (default: bench.metrics) can be injected. Returns a summary dict.
     """
-    from bench import generate
-    from bench.cell_metrics import compute_metrics
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the study")
     prompts = load_suites(spec.suites, data_dir, spec.seed)  # suite errors surface here, before any work
-    if generator is None:
-        generator = load_pipeline(spec.model, device)
-    check_runnable(spec, prompts, generator, metrics)  # per-stage lengths, FID inputs: before any work
-    model_hash = str(getattr(generator, "checkpoint_hash", spec.model))
-    cells = expand(spec, model_hash)
+    check_metric_inputs(spec, prompts, metrics)  # FID inputs: before the model is loaded
+    device = rank_device(device)
+    gen = contract(generator) if generator is not None else load_generator(spec.model, device)
+    spec = fill_axes(spec, gen.sampler_defaults)  # the axes a diffusers spec left out: the pipeline's own
+    cells = expand(spec, gen.checkpoint_hash)
     items = work_items(cells, prompts, spec.samples_per_prompt, spec.seed)
+    gen.check([c.sampler_config() for c in cells],
+              [Request(it.prompt.text, it.seed, it.prompt.prompt_id, it.sample_index) for it in items])
+    identity = study_identity(spec, prompts, gen.checkpoint_hash)
+    check_same_study(out, identity, extend)
+    used = {c.id: gen.describe(c.sampler_config()) for c in cells}
     mine = [it for it in items if in_shard(it, shard)]
     versions, hardware = environment(device)
     if (out / "tables" / store.STUDY).is_dir():  # a resume: say so when the spec is not the one the study ran
@@ -461,35 +405,29 @@ def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] =
     out.mkdir(parents=True, exist_ok=True)
     prefix = generate.part_prefix(shard)
     store.write_part(out, store.STUDY, [{
-        store.COL_STUDY: out.name, store.COL_NAME: spec.name, store.COL_MODEL: spec.model,
-        store.COL_CHECKPOINT_HASH: model_hash, store.COL_SPEC: spec_to_toml(spec),
-        store.COL_VERSIONS: json.dumps(versions), store.COL_HARDWARE: json.dumps(hardware),
-        store.COL_PLAN: json.dumps(plan(cells, items)), store.COL_SHARD: f"{shard[0]}/{shard[1]}",
-        store.COL_CREATED: _now(),
+        store.COL_STUDY: out.name, store.COL_NAME: spec.name, store.COL_MODEL: spec.model, **identity,
+        store.COL_SPEC: spec_to_toml(spec), store.COL_VERSIONS: json.dumps(versions),
+        store.COL_HARDWARE: json.dumps(hardware), store.COL_PLAN: json.dumps(plan(cells, items, used)),
+        store.COL_SHARD: f"{shard[0]}/{shard[1]}", store.COL_CREATED: now(),
     }], prefix=prefix)
     log(f"grid {spec.name!r}: {len(cells)} cells x {len(prompts)} prompts x {spec.samples_per_prompt} samples "
         f"= {len(items)} images; this shard ({shard[0]}/{shard[1]}): {len(mine)}")
-    made = generate.generate_items(out, mine, generator, study_name=out.name, model=spec.model,
+    made = generate.generate_items(out, mine, gen, study_name=out.name, model=spec.model, used=used,
                                    batch_size=spec.batch_size, shard=shard, progress=progress)
     done = generate.done_ids(out)
     complete = all(it.sample_id in done for it in items)
     summary = {"study": str(out), "cells": len(cells), "images": len(items), "generated": made,
                "complete": complete, "metric_rows": 0}
     if metrics and complete:
-        summary["metric_rows"] = compute_metrics(out, spec, prompts, metric_fns=metric_fns, device=device,
-                                                 progress=progress, prefix=prefix, log=log)
+        summary["metric_rows"] = cell_metrics.compute_metrics(out, spec, prompts, items=items,
+                                                              metric_fns=metric_fns, device=device,
+                                                              progress=progress, prefix=prefix, log=log)
     elif metrics:
         log("other shards are still generating: metrics run when the last shard finishes "
             "(or rerun this command without --shard)")
     return summary
 
 
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat()
-
-
 __all__ = ["GridSpec", "MetricsSpec", "Cell", "WorkItem", "parse_spec", "load_spec", "spec_to_toml", "expand",
-           "work_items", "item_seed", "parse_shard", "in_shard", "plan", "status", "format_status",
-           "normalize_threshold", "check_runnable", "run_grid", "load_pipeline"]
+           "work_items", "item_seed", "parse_shard", "in_shard", "plan", "status", "format_status", "fill_axes",
+           "normalize_threshold", "check_metric_inputs", "run_grid", "study_identity"]

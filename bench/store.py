@@ -187,3 +187,11 @@ def locked(study: Path | str, name: str):
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- added for other models (issue 12)
+COL_FLAGGED = "flagged"  # samples: True when the generator's safety checker replaced the image (left out of metrics)
+COL_GENERATION = "generation"  # samples: JSON of what the generator used for the cell (scheduler class and config...)
+COL_PROMPTS_HASH = "prompts_hash"  # study: sha256 of the sorted prompt ids of the spec's suites
+COL_N_FLAGGED = "n_flagged"  # metrics: images of the cell left out because a safety checker flagged them
+

@@ -92,12 +92,14 @@ class CascadeConfig:
         raise UserError(f"cascade {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
 
-THRESHOLD_FORMS = "none, static, or dynamic:P with P a fraction in (0, 1] (e.g. dynamic:0.995)"
+THRESHOLD_FORMS = ("none, static, or dynamic:P with P a fraction in (0, 1] (e.g. dynamic:0.995), optionally "
+                   "dynamic:P:M with a cap M >= 1 on the scale s (DeepFloyd IF samples at dynamic:0.95:1.5)")
 
 
 def normalize_threshold(value, key: str = "threshold") -> str:
-    """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3), in one canonical spelling ('Static' -> 'static',
-    'dynamic' -> 'dynamic:0.995', 'dynamic:.9' -> 'dynamic:0.9'); anything else is a one-line UserError."""
+    """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3) | 'dynamic:P:M' (s capped at M >= 1, as diffusers'
+    `sample_max_value`), in one canonical spelling ('Static' -> 'static', 'dynamic' -> 'dynamic:0.995',
+    'dynamic:.9' -> 'dynamic:0.9'); anything else is a one-line UserError."""
     if not isinstance(value, str):
         raise UserError(f"{key}: {value!r} is not a string; valid forms: {THRESHOLD_FORMS}")
     v = value.strip().lower()
@@ -106,15 +108,29 @@ def normalize_threshold(value, key: str = "threshold") -> str:
     if v == "dynamic":
         v = "dynamic:0.995"
     if v.startswith("dynamic:"):
+        parts = v.split(":")[1:]
         try:
-            p = float(v.split(":", 1)[1])
+            p = float(parts[0]) if len(parts) in (1, 2) else float("nan")
+            cap = float(parts[1]) if len(parts) == 2 else None
         except ValueError:
-            p = float("nan")
+            p = cap = float("nan")
         if not 0.0 < p <= 1.0:  # also rejects nan
             raise UserError(f"{key}: {value!r}: the dynamic thresholding fraction P must be in (0, 1]; valid forms: "
                             f"{THRESHOLD_FORMS}")
-        return f"dynamic:{p!r}"
+        if cap is not None and not (cap >= 1.0 and cap != float("inf")):
+            raise UserError(f"{key}: {value!r}: the cap M of dynamic:P:M must be a finite number >= 1; valid forms: "
+                            f"{THRESHOLD_FORMS}")
+        return f"dynamic:{p!r}" + (f":{cap!r}" if cap is not None else "")
     raise UserError(f"{key}: unknown thresholding {value!r}; valid forms: {THRESHOLD_FORMS}")
+
+
+def threshold_parts(value: str) -> tuple[str, float | None, float | None]:
+    """A threshold string -> (kind, P, cap): ('none', None, None), ('static', None, None), ('dynamic', P, M or None)."""
+    v = normalize_threshold(value)
+    if not v.startswith("dynamic:"):
+        return v, None, None
+    parts = v.split(":")[1:]
+    return "dynamic", float(parts[0]), float(parts[1]) if len(parts) == 2 else None
 
 
 @dataclass(frozen=True)
@@ -257,5 +273,6 @@ def preset(name: str) -> CascadeConfig:
 __all__ = [
     "TextEncoderConfig", "UNetConfig", "StageConfig", "CascadeConfig", "SamplerConfig", "THRESHOLD_FORMS",
     "normalize_threshold",
+    "threshold_parts",
     "PRESETS", "preset", "to_dict", "from_dict", "cascade_to_json", "cascade_from_json",
 ]

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from imagen.config import THRESHOLD_FORMS, normalize_threshold
+from imagen.config import THRESHOLD_FORMS, normalize_threshold, threshold_parts
 from imagen.diffusion import schedule
 from imagen.errors import UserError
 
@@ -91,13 +91,14 @@ def _row_quantile(a: torch.Tensor, q: float) -> torch.Tensor:
     return v_lo + frac * (v_hi - v_lo)
 
 
-def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
+def dynamic_threshold(x0: torch.Tensor, percentile: float, cap: float | None = None) -> torch.Tensor:
     """Dynamic thresholding (paper 2.3): s = p-quantile of |x0| per sample, s = max(s, 1), x0 = clip(x0, -s, s) / s.
 
-    x0 [B, C, H, W]; p a fraction in (0, 1]. Samples already within [-1, 1] are unchanged.
+    x0 [B, C, H, W]; p a fraction in (0, 1]. Samples already within [-1, 1] are unchanged. `cap` bounds s from above
+    (diffusers' `sample_max_value`; DeepFloyd IF uses 1.5); None: no bound, as in the paper.
     """
     flat = x0.detach().abs().reshape(x0.shape[0], -1).float()  # [B, C*H*W]
-    s = _row_quantile(flat, float(percentile)).clamp(min=1.0).to(x0.dtype)  # [B]
+    s = _row_quantile(flat, float(percentile)).clamp(min=1.0, max=cap).to(x0.dtype)  # [B]
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
@@ -111,8 +112,8 @@ def parse_threshold(spec: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return None
     if spec == "static":
         return static_threshold
-    p = float(spec.split(":", 1)[1])  # normalize_threshold checked 0 < P <= 1
-    return lambda x0: dynamic_threshold(x0, p)
+    _, p, cap = threshold_parts(spec)  # normalize_threshold checked 0 < P <= 1 and M >= 1
+    return lambda x0: dynamic_threshold(x0, p, cap)
 
 
 def thresholded(denoise: Denoiser, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> Denoiser:

@@ -126,6 +126,7 @@ def test_orphan_images_are_regenerated_and_done_items_skipped(tmp_path):
 
     class Gen:
         calls = 0
+        model_id, checkpoint_hash = "m", "h"
 
         def generate(self, prompts, seeds, sampler, batch_size=8, progress=False):
             Gen.calls += len(seeds)

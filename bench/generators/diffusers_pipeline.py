@@ -1,0 +1,380 @@
+"""Any diffusers text-to-image pipeline behind the generator contract (`diffusers:<hub id or folder>`).
+
+`diffusers:A` is one pipeline (Stable Diffusion, SDXL, PixArt, DeepFloyd IF stage I alone, ...); `diffusers:A+B[+C]`
+is a cascade run stage after stage, as DeepFloyd IF is meant to be used: stage I (IFPipeline) -> stage II
+(IFSuperResolutionPipeline), optionally -> the x4 upscaler (StableDiffusionUpscalePipeline). Options follow a `?`:
+`dtype=float16|bfloat16|float32`, `variant=fp16`, `safety_checker=off`.
+
+How the grid's axes land (nothing is ignored: an axis a pipeline cannot honour is a UserError before any work):
+  guidance   -> `guidance_scale`, one weight per stage (diffusers runs no guidance at all for a weight <= 1, so a
+                weight below 1 cannot be honoured and is refused; 1 is exactly the conditional model)
+  sampler    -> the scheduler, made with `from_config` from each stage's own scheduler config: ddpm (DDPMScheduler),
+                ddim (DDIMScheduler), dpmpp-2m (DPMSolverMultistepScheduler, dpmsolver++, order 2), or the name of
+                any diffusers scheduler class (e.g. EulerDiscreteScheduler)
+  steps      -> `num_inference_steps` of every stage
+  threshold  -> pixel-space stages only (stages without a VAE): none (thresholding and clip_sample off), static
+                (clip_sample to [-1, 1]; or thresholding with sample_max_value 1 where the scheduler has no
+                clip_sample), dynamic:P[:M] (thresholding, dynamic_thresholding_ratio P, sample_max_value M, no cap
+                when M is left out, as in the paper). A latent-space pipeline takes only none.
+  aug_level  -> the SR stages' `noise_level`: round(level x the noising scheduler's num_train_timesteps)
+Seeds: one CPU `torch.Generator` per image and stage, so an image does not depend on its batch or the device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from imagen.config import SamplerConfig, threshold_parts
+from imagen.errors import UserError
+
+from bench.filehash import HashMemo, digest_of
+from bench.generators.base import AXES, Generated
+
+PREFIX = "diffusers:"
+SAMPLERS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
+            "dpmpp-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2})}
+DTYPES = ("float32", "float16", "bfloat16")
+OPTIONS = {"dtype", "variant", "safety_checker"}
+EMBED_MEMO = 2048  # prompts whose text embeddings a cascade keeps (encoded once, reused by every cell)
+
+
+@dataclass(frozen=True)
+class DiffusersSpec:
+    sources: tuple[str, ...]  # hub ids or local folders, one per stage
+    dtype: str = "float32"
+    variant: str | None = None
+    safety_checker: bool = True
+
+
+def parse(spec: str) -> DiffusersSpec:
+    """'diffusers:A+B?dtype=float16&safety_checker=off' -> DiffusersSpec; mistakes are one-line UserErrors."""
+    body = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+    body, _, query = body.partition("?")
+    sources = tuple(s.strip() for s in body.split("+"))
+    if not body.strip() or not all(sources):
+        raise UserError(f"model {spec!r}: give a hub id or a folder after 'diffusers:', e.g. "
+                        f"diffusers:DeepFloyd/IF-I-XL-v1.0+DeepFloyd/IF-II-L-v1.0 or diffusers:./my-pipeline")
+    opts = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if query else {}
+    unknown = set(opts) - OPTIONS
+    if unknown:
+        raise UserError(f"model {spec!r}: unknown option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    dtype = opts.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise UserError(f"model {spec!r}: dtype={dtype!r}; choose {', '.join(DTYPES)}")
+    sc = opts.get("safety_checker", "on").lower()
+    if sc not in ("on", "off", "true", "false"):
+        raise UserError(f"model {spec!r}: safety_checker={sc!r}; use on or off")
+    return DiffusersSpec(sources, dtype, opts.get("variant") or None, sc in ("on", "true"))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _missing(source: str, exc: Exception) -> UserError:
+    gated = "gated" in type(exc).__name__.lower() or "gated" in str(exc).lower()
+    how = (f"accept its licence at https://huggingface.co/{source} and run `huggingface-cli login`, then "
+           if gated else "")
+    return UserError(f"diffusers model {source!r} could not be loaded ({type(exc).__name__}): it is not a local "
+                     f"folder and not in the Hugging Face cache ({_hf_cache()}){' and HF_HUB_OFFLINE is set' if _offline() else ''}; "
+                     f"{how}run `huggingface-cli download {source}` on a machine with network and copy the cache "
+                     f"here (or set HF_HOME), or give a local folder: diffusers:/path/to/pipeline")
+
+
+def _hf_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - an old huggingface_hub
+        return "~/.cache/huggingface/hub"
+
+
+def resolve_folder(source: str, variant: str | None) -> Path:
+    """A local folder, or the hub id's snapshot folder in the Hugging Face cache (downloaded when online)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"diffusers model {source}: the folder has no model_index.json; give a folder written "
+                            f"by a pipeline's save_pretrained")
+        return path
+    if path.exists():
+        raise UserError(f"diffusers model {source}: not a folder")
+    from diffusers import DiffusionPipeline
+
+    try:
+        return Path(DiffusionPipeline.download(source, variant=variant, local_files_only=_offline()))
+    except Exception as exc:  # huggingface_hub's errors (not found, gated, offline) are OSError/HTTP errors
+        raise _missing(source, exc) from None
+
+
+def folder_hash(folder: Path, memo: HashMemo) -> str:
+    """A content hash of a pipeline folder: every file's sha256 (in the Hugging Face cache, a weight file is a link
+    to a blob named by its content hash, so nothing is read)."""
+    entries = []
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        real = Path(os.path.realpath(f))
+        sha = real.name if real.parent.name == "blobs" else memo.sha256(real)
+        entries.append([f.relative_to(folder).as_posix(), sha])
+    return digest_of(entries)
+
+
+def _role(pipe) -> str:
+    name = type(pipe).__name__
+    if name.startswith("IFSuperResolution"):
+        return "if-sr"
+    if name == "StableDiffusionUpscalePipeline":
+        return "upscale"
+    return "text2image"
+
+
+def _defaults(pipe) -> dict:
+    return {k: p.default for k, p in inspect.signature(type(pipe).__call__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _noising_scheduler(pipe):
+    return getattr(pipe, "image_noising_scheduler", None) or getattr(pipe, "low_res_scheduler", None)
+
+
+class DiffusersGenerator:
+    """One diffusers pipeline, or a cascade of them, sampled with the grid's settings."""
+
+    kind = "diffusers"
+    axes = AXES
+    uses_seeds = True
+
+    def __init__(self, pipes: list, model_id: str, checkpoint_hash: str, spec: DiffusersSpec, device: str = "cpu"):
+        self.pipes = pipes
+        self.roles = [_role(p) for p in pipes]
+        self.model_id = model_id
+        self.checkpoint_hash = checkpoint_hash
+        self.spec = spec
+        self.device = device
+        self.n_stages = len(pipes)
+        self.pixel = [getattr(p, "vae", None) is None for p in pipes]  # no VAE: the scheduler works on pixels
+        self.base_schedulers = [p.scheduler for p in pipes]
+        self._embeds: dict[str, tuple] = {}
+        d = [_defaults(p) for p in pipes]
+        aug = tuple(self._level_of(p, d[i].get("noise_level", 0)) for i, p in enumerate(pipes) if i > 0)
+        self.sampler_defaults = SamplerConfig(
+            sampler=type(pipes[0].scheduler).__name__, steps=int(d[0].get("num_inference_steps", 50)),
+            guidance=tuple(float(x.get("guidance_scale", 1.0)) for x in d),
+            threshold=self._own_threshold(pipes[0].scheduler) if self.pixel[0] else "none",
+            aug_level=aug or (0.0,))
+
+    @classmethod
+    def load(cls, model: str, device: str = "cpu") -> "DiffusersGenerator":
+        import torch
+        from diffusers import DiffusionPipeline
+
+        spec = parse(model)
+        memo = HashMemo()
+        dtype = getattr(torch, spec.dtype)
+        pipes, hashes = [], []
+        for i, source in enumerate(spec.sources):
+            folder = resolve_folder(source, spec.variant)
+            hashes.append(folder_hash(folder, memo))
+            kwargs = {"torch_dtype": dtype}
+            if spec.variant:
+                kwargs["variant"] = spec.variant
+            cfg = DiffusionPipeline.load_config(folder)
+            if not spec.safety_checker and "safety_checker" in cfg:
+                kwargs["safety_checker"] = None
+                kwargs["requires_safety_checker"] = False
+            if i > 0 and "text_encoder" in cfg and cfg.get("_class_name", "").startswith("IFSuperResolution"):
+                kwargs["text_encoder"] = None  # stage II takes stage I's text embeddings: no second T5 in memory
+            try:
+                pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"diffusers model {source}: cannot load the pipeline from {folder} ({exc})") from None
+            pipe.set_progress_bar_config(disable=True)
+            pipes.append(pipe.to(device))
+        memo.save()
+        if len(pipes) > 1 and _role(pipes[0]) != "text2image":
+            raise UserError(f"model {model!r}: the first stage must be a text-to-image pipeline, got "
+                            f"{type(pipes[0]).__name__}")
+        for p in pipes[1:]:
+            if _role(p) == "text2image":
+                raise UserError(f"model {model!r}: {type(p).__name__} is not a super-resolution stage; a cascade is "
+                                f"text-to-image + IFSuperResolutionPipeline / StableDiffusionUpscalePipeline stages")
+        identity = digest_of({"stages": hashes, "dtype": spec.dtype, "variant": spec.variant,
+                              "safety_checker": spec.safety_checker})
+        return cls(pipes, model, identity, spec, device)
+
+    # ------------------------------------------------------------------------- settings -> pipeline arguments
+
+    @staticmethod
+    def _own_threshold(scheduler) -> str:
+        c = scheduler.config
+        if c.get("thresholding"):
+            cap = c.get("sample_max_value", 1.0)
+            if cap is not None and float(cap) <= 1.0:
+                return "static"
+            return f"dynamic:{float(c.get('dynamic_thresholding_ratio', 0.995))!r}" + (
+                f":{float(cap)!r}" if cap is not None and math.isfinite(float(cap)) else "")
+        if c.get("clip_sample") and float(c.get("clip_sample_range", 1.0)) == 1.0:
+            return "static"
+        return "none"
+
+    @staticmethod
+    def _level_of(pipe, noise_level) -> float:
+        sch = _noising_scheduler(pipe)
+        total = int(sch.config.num_train_timesteps) if sch is not None else 1000
+        return float(noise_level) / total
+
+    def _scheduler(self, stage: int, settings: SamplerConfig):
+        """The stage's scheduler for these settings: from its own config, the sampler's class, the thresholding."""
+        import diffusers
+
+        name = settings.sampler
+        cls_name, extra = SAMPLERS.get(name, (name, {}))
+        cls = getattr(diffusers, cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise UserError(f"axes.sampler: {name!r} is neither ddpm, ddim, dpmpp-2m nor a diffusers scheduler class "
+                            f"(e.g. EulerDiscreteScheduler, UniPCMultistepScheduler)")
+        params = inspect.signature(cls.__init__).parameters
+        over = dict(extra)
+        kind, p, cap = threshold_parts(settings.threshold)
+        where = f"stage {stage + 1} ({type(self.pipes[stage]).__name__}) with {cls_name}"
+        if not self.pixel[stage] or kind == "none":
+            over.update({k: False for k in ("thresholding", "clip_sample") if k in params})
+        elif kind == "static":
+            if "clip_sample" in params:
+                over.update(clip_sample=True, clip_sample_range=1.0)
+                if "thresholding" in params:
+                    over["thresholding"] = False
+            elif "thresholding" in params:
+                over.update(thresholding=True, sample_max_value=1.0)
+            else:
+                raise UserError(f"axes.threshold: {cls_name} has no thresholding, so 'static' cannot be honoured "
+                                f"on {where}; use ddpm, ddim or dpmpp-2m, or threshold = none")
+        else:
+            if "thresholding" not in params:
+                raise UserError(f"axes.threshold: {cls_name} has no thresholding, so {settings.threshold!r} cannot "
+                                f"be honoured on {where}; use ddpm, ddim or dpmpp-2m")
+            over.update(thresholding=True, dynamic_thresholding_ratio=p,
+                        sample_max_value=cap if cap is not None else float("inf"))
+            if "clip_sample" in params:
+                over["clip_sample"] = False
+        return cls.from_config(self.base_schedulers[stage].config, **over)
+
+    def _noise_level(self, stage: int, level: float) -> int:
+        pipe = self.pipes[stage]
+        sch = _noising_scheduler(pipe)
+        total = int(sch.config.num_train_timesteps) if sch is not None else 1000
+        nl = int(round(level * total))
+        top = int(getattr(pipe.config, "max_noise_level", total - 1) or total - 1)
+        if nl > min(top, total - 1):
+            raise UserError(f"axes.aug_level: {level:g} is noise_level {nl} on stage {stage + 1} "
+                            f"({type(pipe).__name__}), above its maximum {min(top, total - 1)} "
+                            f"(aug level <= {min(top, total - 1) / total:g})")
+        return nl
+
+    def calls(self, settings: SamplerConfig) -> list[dict]:
+        """Per stage: the scheduler and the call's sampling arguments these settings give (UserError if any axis
+        cannot be honoured)."""
+        n = self.n_stages
+        guidance = settings.per_stage(tuple(settings.guidance), n, "axes.guidance")
+        aug = settings.per_stage(tuple(settings.aug_level), n - 1, "axes.aug_level") if n > 1 else ()
+        if n == 1 and any(a != 0 for a in settings.aug_level):
+            raise UserError(f"axes.aug_level: {list(settings.aug_level)} cannot be honoured: model {self.model_id!r} "
+                            f"has no super-resolution stage (add one, e.g. +DeepFloyd/IF-II-L-v1.0, or drop the axis)")
+        if settings.threshold != "none" and not any(self.pixel):
+            raise UserError(f"axes.threshold: {settings.threshold!r} cannot be honoured: model {self.model_id!r} is a "
+                            f"latent-space pipeline (thresholding applies to pixel-space x0 only); use none")
+        if settings.steps < 1:
+            raise UserError(f"axes.steps: {settings.steps} must be at least 1")
+        out = []
+        for i, pipe in enumerate(self.pipes):
+            if not math.isfinite(guidance[i]) or guidance[i] < 1.0:
+                raise UserError(f"axes.guidance: {guidance[i]:g} on stage {i + 1} cannot be honoured: diffusers "
+                                f"pipelines run no guidance for guidance_scale <= 1 (1 = the conditional model); "
+                                f"use weights >= 1")
+            call = {"num_inference_steps": int(settings.steps), "guidance_scale": float(guidance[i])}
+            if i > 0:
+                call["noise_level"] = self._noise_level(i, aug[i - 1])
+            out.append({"scheduler": self._scheduler(i, settings), "call": call})
+        return out
+
+    def check(self, settings: list, requests) -> None:
+        for s in settings:
+            if s is None:
+                raise UserError(f"model {self.model_id!r} needs sampling settings; give the spec its [axes]")
+            self.calls(s)
+
+    def describe(self, settings: SamplerConfig) -> dict:
+        stages = []
+        for pipe, c in zip(self.pipes, self.calls(settings)):
+            sch = c["scheduler"]
+            stages.append({"pipeline": type(pipe).__name__, "scheduler": type(sch).__name__,
+                           "scheduler_config": {k: v for k, v in dict(sch.config).items() if not k.startswith("_")},
+                           "call": c["call"]})
+        return {"kind": self.kind, "dtype": self.spec.dtype, "variant": self.spec.variant,
+                "safety_checker": self.spec.safety_checker, "stages": stages}
+
+    # ------------------------------------------------------------------------- generation
+
+    def _if_embeds(self, prompts: list[str]):
+        """IF's T5 embeddings (cond, uncond) for each prompt, encoded once and kept for every cell."""
+        import torch
+
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._embeds]
+        if todo:
+            pe, ne = self.pipes[0].encode_prompt(todo, do_classifier_free_guidance=True, num_images_per_prompt=1,
+                                                 device=self.pipes[0]._execution_device)
+            if len(self._embeds) + len(todo) > EMBED_MEMO:
+                self._embeds.clear()
+            for k, p in enumerate(todo):
+                self._embeds[p] = (pe[k], ne[k])
+        return (torch.stack([self._embeds[p][0] for p in prompts]),
+                torch.stack([self._embeds[p][1] for p in prompts]))
+
+    def generate(self, prompts, seeds, settings, *, keys=None, batch_size: int = 8) -> Generated:
+        import torch
+
+        prompts, seeds = list(prompts), list(seeds)
+        if not prompts:
+            return Generated([])
+        plan = self.calls(settings)
+        embeds = self._if_embeds(prompts) if type(self.pipes[0]).__name__.startswith("IF") else None
+        image, flagged = None, [False] * len(prompts)
+        with torch.no_grad():
+            for i, (pipe, c) in enumerate(zip(self.pipes, plan)):
+                pipe.scheduler = c["scheduler"]
+                gens = [torch.Generator("cpu").manual_seed(_stage_seed(s, i)) for s in seeds]
+                last = i == len(self.pipes) - 1
+                kw = dict(c["call"], generator=gens, output_type="np" if last else "pt")
+                if embeds is not None and self.roles[i] != "upscale":
+                    kw.update(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1])
+                else:
+                    kw["prompt"] = prompts
+                if i > 0:
+                    kw["image"] = image
+                if "clean_caption" in _defaults(pipe):
+                    kw["clean_caption"] = False  # as IF's encode_prompt; its cleaning needs bs4 and ftfy
+                out = pipe(**kw)
+                image = out.images
+                flags = getattr(out, "nsfw_content_detected", None) or getattr(out, "nsfw_detected", None)
+                if flags is not None:
+                    flagged = [a or bool(b) for a, b in zip(flagged, flags)]
+                if not last and self.roles[i + 1] == "upscale" and isinstance(image, torch.Tensor):
+                    image = image.float().clamp(-1, 1)  # the upscaler takes [-1, 1] tensors as they come
+        arr = np.asarray(image, dtype=np.float32)  # [B, H, W, 3] in [0, 1]
+        return Generated(list((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)), flagged)
+
+
+def _stage_seed(seed: int, stage: int) -> int:
+    """Stage 0 uses the image's seed itself (as a user calling the pipeline with that seed would); later stages a
+    seed of their own, so no two stages draw the same noise."""
+    return int(seed) if stage == 0 else (int(seed) * 1_000_003 + stage) % (2**63 - 1)

@@ -1,0 +1,143 @@
+"""The types every stage of a study shares: the grid spec, its cells and work items (no imports above bench.store).
+
+`grid` parses specs and runs them, `generate` turns work items into images, `cell_metrics` scores cells; all three
+import these types from here, so none of them imports another's module for a type (no import cycles).
+
+A cell is one full sampling setting (sampler, steps, guidance per stage, thresholding, SR augmentation level) of one
+model; its id is a short hash of those settings' canonical JSON with the model's checkpoint hash, so the same
+settings keep the same id across runs. A model with no sampling settings (a precomputed `images:` set) has one cell
+whose settings are all None. A work item is (cell, prompt, sample index); its seed depends on the spec seed, the
+prompt and the sample index but NOT on the cell, so every cell starts a given prompt/sample from the same noise
+(a fair comparison across guidance weights and thresholding, paper Figure A.11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+
+from bench import store
+from bench.suites import Prompt
+from imagen.config import SamplerConfig
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    fid: dict | None = None  # {"extractor": "effnet-lite0" | "inception", "reference": "shapes" | folder | .npz}
+    clip_score: dict | None = None  # {"model": "shapes-clip" | an open_clip name}
+    alignment: bool = False  # the shapes scorer, per cell and per category (shapes suite only)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A parsed grid spec. Axes are tuples of values; a model without sampling axes (`images:`) has them empty."""
+
+    name: str
+    model: str
+    suites: tuple[str, ...]
+    samples_per_prompt: int = 1
+    seed: int = 0
+    batch_size: int = 8
+    guidance: tuple[tuple[float, ...], ...] = ((5.0,),)  # each entry: one weight, or one per stage
+    threshold: tuple[str, ...] = ("dynamic:0.995",)
+    sampler: tuple[str, ...] = ("ddpm",)
+    steps: tuple[int, ...] = (50,)
+    aug_level: tuple[tuple[float, ...], ...] = ((0.0,),)
+    metrics: MetricsSpec = field(default_factory=MetricsSpec)
+
+    @property
+    def has_axes(self) -> bool:
+        return bool(self.sampler)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: every sampling setting of one model (all None for a model that has none)."""
+
+    model_hash: str
+    sampler: str | None
+    steps: int | None
+    guidance: tuple[float, ...]  # per stage (one value = all stages); () when the model has no settings
+    threshold: str | None
+    aug_level: tuple[float, ...]
+
+    @property
+    def id(self) -> str:
+        canon = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    def sampler_config(self) -> SamplerConfig | None:
+        if self.sampler is None:
+            return None
+        return SamplerConfig(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                             threshold=self.threshold, aug_level=self.aug_level)
+
+    def settings(self) -> dict:
+        """The cell's settings as sample-row columns."""
+        return {
+            store.COL_SAMPLER: self.sampler, store.COL_STEPS: self.steps,
+            store.COL_GUIDANCE: self.guidance[0] if self.guidance else None,
+            store.COL_GUIDANCE_STAGES: _join(self.guidance), store.COL_THRESHOLD: self.threshold,
+            store.COL_AUG_LEVEL: _join(self.aug_level),
+        }
+
+
+def _join(values: tuple[float, ...]) -> str | None:
+    return ",".join(f"{v:g}" for v in values) if values else None
+
+
+def expand(spec: GridSpec, model_hash: str) -> list[Cell]:
+    """The cartesian product of the axes, thresholding outermost (one curve per thresholding in the report)."""
+    if not spec.has_axes:
+        return [Cell(model_hash, None, None, (), None, ())]
+    return [Cell(model_hash, s, n, g, t, a) for t, g, s, n, a in
+            itertools.product(spec.threshold, spec.guidance, spec.sampler, spec.steps, spec.aug_level)]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    cell: Cell
+    prompt: Prompt
+    sample_index: int
+    seed: int
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.cell.id}/{self.prompt.prompt_id}/{self.sample_index}"
+
+    @property
+    def image_path(self) -> str:
+        return f"images/{self.cell.id}/{self.prompt.prompt_id}-{self.sample_index}.png"
+
+
+def item_seed(spec_seed: int, prompt_id: str, sample_index: int) -> int:
+    """The seed of a work item: from (spec seed, prompt, sample index), not the cell; fits in 31 bits."""
+    digest = hashlib.sha256(f"{spec_seed}/{prompt_id}/{sample_index}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def work_items(cells: list[Cell], prompts: list[Prompt], samples_per_prompt: int, seed: int) -> list[WorkItem]:
+    """Every (cell, prompt, sample index), cell-major so a batch shares one sampler setting."""
+    return [WorkItem(c, p, i, item_seed(seed, p.prompt_id, i))
+            for c in cells for p in prompts for i in range(samples_per_prompt)]
+
+
+def plan(cells: list[Cell], items: list[WorkItem], used: dict | None = None) -> dict:
+    """{cell_id: {settings..., "items": n, "generation": what the generator used}} for the study table and status."""
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it.cell.id] = counts.get(it.cell.id, 0) + 1
+    return {c.id: {**c.settings(), "items": counts.get(c.id, 0),
+                   **({"generation": used[c.id]} if used and c.id in used else {})} for c in cells}
+
+
+def now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat()
+
+
+__all__ = ["GridSpec", "MetricsSpec", "Cell", "WorkItem", "expand", "item_seed", "work_items", "plan", "now"]
