@@ -52,6 +52,8 @@ def summary_table(samples: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     table = grouped[cols].first()
     table["images"] = grouped.size()
     table["seconds_per_image"] = grouped[store.COL_SECONDS].mean()
+    if store.COL_FLAGGED in samples:  # blacked out by the model's safety checker, left out of the metrics
+        table["flagged"] = grouped[store.COL_FLAGGED].agg(lambda f: int(f.fillna(False).astype(bool).sum()))
     overall = overall_metrics(metrics)
     for name in (sorted(overall[store.COL_METRIC].unique()) if len(overall) else []):
         m = overall[overall[store.COL_METRIC] == name].set_index(store.COL_CELL_ID)
@@ -65,9 +67,11 @@ def summary_table(samples: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["_t", store.COL_GUIDANCE]).drop(columns="_t").reset_index(drop=True)
 
 
-def _threshold_rank(t: str) -> float:
-    """none, static, then dynamic by percentile: the order of the paper's figure legends."""
-    return {"none": 0.0, "static": 1.0}.get(t, 2.0 + float(t.split(":")[-1]) if ":" in t else 3.0)
+def _threshold_rank(t) -> float:
+    """none, static, then dynamic by percentile: the order of the paper's figure legends (no setting: last)."""
+    if not isinstance(t, str):
+        return 4.0
+    return {"none": 0.0, "static": 1.0}.get(t, 2.0 + float(t.split(":")[1]) if ":" in t else 3.0)
 
 
 def _first(names, prefix: str) -> str | None:
@@ -95,7 +99,7 @@ def _curves(summary: pd.DataFrame):
     """One curve per thresholding setting (and per other setting that varies), sorted by guidance weight."""
     keys = [store.COL_THRESHOLD] + [c for c in (store.COL_SAMPLER, store.COL_STEPS, store.COL_AUG_LEVEL)
                                     if c in summary and summary[c].nunique() > 1]
-    for key, df in summary.groupby(keys, sort=False):
+    for key, df in summary.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         yield ", ".join(str(k) for k in key), df.sort_values(store.COL_GUIDANCE)
 
@@ -116,6 +120,10 @@ def pareto_plot(summary: pd.DataFrame, path: Path) -> bool:
     if not xs and not fid:
         return False
     panels = [(x, fid) for x in xs] if fid else [(x, None) for x in xs] or [(None, fid)]
+    if store.COL_GUIDANCE not in summary or summary[store.COL_GUIDANCE].isna().all():
+        panels = [(x, y) for x, y in panels if x and y]  # no guidance weights (an image set): metric pairs only
+        if not panels:
+            return False
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
     for ax, (x, y) in zip(axes[0], panels):
         for label, df in _curves(summary):
@@ -126,6 +134,8 @@ def pareto_plot(summary: pd.DataFrame, path: Path) -> bool:
                 ax.errorbar(xv, yv, xerr=[xv - df[f"{x}_ci_low"], df[f"{x}_ci_high"] - xv], fmt="none",
                             alpha=0.35, color=ax.lines[-1].get_color())
             for xi, yi, w in zip(xv, yv, df[store.COL_GUIDANCE_STAGES]):
+                if w is None or (isinstance(w, float) and np.isnan(w)) or not np.isfinite([xi, yi]).all():
+                    continue
                 ax.annotate(f"w={w}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(x or "guidance weight")
         ax.set_ylabel(y or "guidance weight")

@@ -75,7 +75,7 @@ class _RenderingPipeline:
     """A stand-in for imagen.pipeline.Pipeline that 'generates' the true scene of each held-out caption, or a
     blank image when `blank` is set."""
 
-    checkpoint_hash = "fake"
+    model_id, checkpoint_hash = "fake", "fake"
     sampler_defaults = SamplerConfig(sampler="ddim", steps=9, threshold="static")
 
     def __init__(self, seed, blank=False):

@@ -88,9 +88,17 @@ def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: 
     """For each guidance weight: n held-out captions sampled with seeds seed+i (the same prompts and seeds at
     every weight), scored by the shapes scorer. A setting that is None is the pipeline's default (its model's
     sampler.toml, else SamplerConfig's). Returns [{"guidance", "n", "sampler", "accuracy", "by_category"}]."""
+    import numpy as np
+
+    from bench.generators import Request, contract
     from bench.metrics.alignment import accuracy_dict, alignment
     from imagen.config import to_dict
     from imagen.shapes import held_out_captions
+
+    gen = contract(pipeline)
+    if gen.sampler_defaults is None:
+        raise UserError(f"{gen.model_id} is a precomputed image set; eval shapes samples held-out captions at "
+                        f"several guidance weights, so it needs a model (use grid run with the shapes suite instead)")
 
     captions = held_out_captions(n, seed)
     prompts = [c for c, _, _ in captions]
@@ -98,10 +106,11 @@ def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: 
     seeds = [seed + i for i in range(n)]
     results = []
     for g in guidances:
-        cfg = pipeline.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold,
-                                              guidance=(float(g),))
-        images = pipeline.generate(prompts, seeds, cfg, batch_size=batch_size, progress=progress)
-        res = alignment(images, facts)
+        cfg = gen.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold, guidance=(float(g),))
+        requests = [Request(p, s) for p, s in zip(prompts, seeds)]
+        gen.check([cfg], requests)
+        images = gen.generate(requests, cfg, batch_size=batch_size).images  # the generator batches
+        res = alignment(np.stack(images), facts)
         results.append({
             "guidance": float(g), "n": n, "sampler": to_dict(cfg),
             "accuracy": accuracy_dict(res.accuracy),
@@ -135,15 +144,15 @@ def _weights(values: tuple[float, ...]) -> str:
 
 def _eval_shapes(args: argparse.Namespace) -> int:
     from bench.cli import sampler_flags
+    from bench.generators import load_generator
     from imagen.config import to_dict
-    from imagen.pipeline import Pipeline
 
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     flags = sampler_flags(args)  # --guidance here is the list of weights to sweep, each for every stage
-    pipeline = Pipeline.load(args.model, device=args.device)
+    pipeline = load_generator(args.model, device=args.device)
     results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, flags["steps"], flags["threshold"],
                               flags["sampler"], args.batch_size, progress=True)
     report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed,
@@ -218,7 +227,8 @@ def register(subparsers) -> None:
                "  imagen-bench eval shapes --model runs/shapes/ckpt --guidance 3 --n 32 --device cuda --batch-size 32\n"
                "  imagen-bench eval shapes --model tiny --guidance 1 --n 5 --steps 2 --json   # untrained preset\n",
     )
-    es.add_argument("--model", default="shapes", help="shipped model name, checkpoint folder, or preset (untrained)")
+    es.add_argument("--model", default="shapes",
+                    help="shipped model name, checkpoint folder, preset (untrained), or diffusers:<hub id or folder>")
     es.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0], metavar="W",
                     help="classifier-free guidance weights (1 = no guidance), each applied to every stage; the "
                          "model's own weight (its sampler.toml) is shown in the output")

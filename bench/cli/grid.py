@@ -39,15 +39,21 @@ def register(subparsers) -> None:
                "  imagen-bench grid run my.toml --out runs/a --data-dir ../shared/data\n"
                "  imagen-bench grid run my.toml --out runs/a --shard 0/2 &   # two processes share the work\n"
                "  imagen-bench grid run my.toml --out runs/a --shard 1/2\n"
-               "  torchrun --nproc-per-node 4 -m bench grid run my.toml --out runs/a --device cuda\n",
+               "  torchrun --nproc-per-node 4 -m bench grid run my.toml --out runs/a --device cuda   # cuda:LOCAL_RANK\n"
+               "  imagen-bench grid run if.toml --out runs/if --model 'diffusers:DeepFloyd/IF-I-XL-v1.0+"
+               "DeepFloyd/IF-II-L-v1.0?dtype=float16' --device cuda\n"
+               "  imagen-bench grid run my.toml --out runs/api --model images:api_images.csv   # images made elsewhere\n",
     )
     run.add_argument("spec", help="grid spec TOML file")
     run.add_argument("--out", required=True, help="study folder (created; reused to resume)")
     run.add_argument("--shard", default=None, help="I/N: this process's share of the work items "
                      "(default: torchrun's RANK/WORLD_SIZE, else all)")
     run.add_argument("--model", default=None,
-                     help="override the spec's model (name, checkpoint folder, preset); the axes the spec leaves out "
-                          "then come from this model's sampler.toml")
+                     help="override the spec's model: a shipped name, checkpoint folder or preset, "
+                          "diffusers:<hub id or folder>[+stage II[+stage III]][?dtype=float16&safety_checker=off], or "
+                          "images:<folder or CSV>; the axes the spec leaves out are that model's own settings")
+    run.add_argument("--extend", action="store_true",
+                     help="add this spec to a study made with another seed, prompt set or model (refused otherwise)")
     run.add_argument("--device", default="cpu", help="torch device for generation")
     run.add_argument("--no-metrics", action="store_true", help="only generate images")
     run.add_argument("--json", action="store_true", help="print a JSON summary only")
@@ -108,7 +114,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, model=args.model or None)  # axes it leaves out: that model's sampler settings
     shard = parse_shard(args.shard)
     summary = run_grid(spec, args.out, shard=shard, data_dir=args.data_dir, device=args.device,
-                       metrics=not args.no_metrics, progress=_progress(args), log=_log)
+                       metrics=not args.no_metrics, extend=args.extend, progress=_progress(args), log=_log)
     if args.json:
         print(json.dumps(summary))
     else:

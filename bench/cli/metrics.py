@@ -169,7 +169,9 @@ def _add_coco(sub, formatter) -> None:
 
     p = sub.add_parser("coco", help="zero-shot FID on MS-COCO 2014 validation captions (paper protocol)",
                        description=COCO_DESCRIPTION, epilog=COCO_EPILOG, formatter_class=formatter)
-    p.add_argument("--model", required=True, help="shipped model name, checkpoint folder, or preset (tiny)")
+    p.add_argument("--model", required=True,
+                   help="shipped model name, checkpoint folder, preset (tiny), diffusers:<hub id or folder>[+stage II] "
+                        "or images:<folder or CSV>")
     p.add_argument("--captions", required=True, metavar="CSV|JSON", help="captions_val2014.json or captions CSV")
     ref = p.add_mutually_exclusive_group(required=True)
     ref.add_argument("--images", metavar="DIR", help="the COCO val2014 image folder (reference)")
@@ -197,9 +199,8 @@ def _add_coco(sub, formatter) -> None:
 def run_coco_cmd(args: argparse.Namespace) -> int:
     from bench.cli import sampler_flags
     from bench.metrics.coco import CocoRun, run_coco
-    from imagen.checkpoint import sampler_defaults
 
-    sampler = sampler_defaults(args.model).given(**sampler_flags(args))
+    flags = sampler_flags(args)  # checked before the model is loaded; put over the model's own settings
     run = CocoRun(model=args.model, captions=args.captions, out=args.out, n=args.n, seed=args.seed,
                   images=args.images, reference_stats=args.reference_stats, extractor=args.extractor,
                   batch_size=args.batch_size, device=args.device)
@@ -207,7 +208,7 @@ def run_coco_cmd(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the small-N warning is printed once below
-        result = run_coco(run, sampler, progress=True)
+        result = run_coco(run, flags=flags, progress=True, log=lambda m: print(f"imagen-bench: {m}", file=sys.stderr))
     if result.get("warning"):
         print(f"imagen-bench: warning: {result['warning']}", file=sys.stderr)
     if args.json:

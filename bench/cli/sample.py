@@ -68,6 +68,10 @@ def _model_source(args: argparse.Namespace) -> str:
                             f"`imagen-bench train` (config.json + <stage>.safetensors)")
         return args.checkpoint
     if args.model is not None:
+        if args.model.startswith("diffusers:"):
+            return args.model
+        if args.model.startswith("images:"):
+            raise UserError(f"--model {args.model!r}: a precomputed image set has nothing to sample; give a model")
         if args.model not in shipped_models():
             raise UserError(f"--model {args.model!r} is not a shipped model; shipped: "
                             f"{', '.join(shipped_models()) or '(none)'} (a folder goes to --checkpoint)")
@@ -80,9 +84,10 @@ def _model_source(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from bench.cli import sampler_flags
+    from bench.generators import Request, load_generator
     from imagen.config import to_dict
     from imagen.errors import UserError
-    from imagen.pipeline import Pipeline, resolve_device
+    from imagen.pipeline import resolve_device
 
     flags = sampler_flags(args)  # check every input before loading anything
     out = Path(args.out)
@@ -91,26 +96,24 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     model = _model_source(args)
 
-    pipe = Pipeline.load(model, device=args.device, cache_root=args.cache_dir)
-    sampler = pipe.sampler_defaults.given(**flags)
-    n_stages = len(pipe.cascade.cfg.stages)
-    sampler.per_stage(sampler.guidance, n_stages, "--guidance")
-    if n_stages > 1:
-        sampler.per_stage(sampler.aug_level, n_stages - 1, "--aug-level")
-    images = pipe.generate(list(args.prompt), [args.seed] * len(args.prompt), sampler,
-                           batch_size=args.batch_size, progress=True)
+    gen = load_generator(model, device=args.device, cache_root=args.cache_dir)
+    sampler = gen.sampler_defaults.given(**flags)
+    requests = [Request(p, args.seed) for p in args.prompt]
+    gen.check([sampler], requests)  # per-stage lists, axes the model cannot honour: one line, before any work
+    made = gen.generate(requests, sampler, batch_size=args.batch_size)
     paths = output_paths(out, len(args.prompt))
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, made.images):
         _write_png(path, image)
-    res = pipe.resolution
+    h, w = made.images[0].shape[:2]
+    res = h if h == w else [h, w]
     if args.json:
-        print(json.dumps({"model": pipe.model_id, "checkpoint_hash": pipe.checkpoint_hash, "resolution": res,
-                          "sampler": to_dict(sampler),
-                          "seed": args.seed,
-                          "images": [{"prompt": p, "path": str(path)} for p, path in zip(args.prompt, paths)]}))
+        print(json.dumps({"model": gen.model_id, "checkpoint_hash": gen.checkpoint_hash, "resolution": res,
+                          "sampler": to_dict(sampler), "generation": gen.describe(sampler), "seed": args.seed,
+                          "images": [{"prompt": p, "path": str(path), "flagged": f}
+                                     for p, path, f in zip(args.prompt, paths, made.flagged)]}, default=str))
     else:
-        for p, path in zip(args.prompt, paths):
-            print(f"wrote {path} ({res}x{res}) for {p!r}")
+        for p, path, f in zip(args.prompt, paths, made.flagged):
+            print(f"wrote {path} ({w}x{h}) for {p!r}" + (" - BLACKED OUT by the safety checker" if f else ""))
     return 0
 
 
@@ -125,7 +128,8 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", help="an untrained preset (tiny, small, paper); the default when no model is given")
     src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint folder (config.json + <stage>.safetensors)")
-    src.add_argument("--model", metavar="NAME", help="a shipped model name (imagen/weights/NAME)")
+    src.add_argument("--model", metavar="NAME",
+                     help="a shipped model name (imagen/weights/NAME), or diffusers:<hub id or folder>[+stage II]")
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="a text prompt; repeat for several images")
     p.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",

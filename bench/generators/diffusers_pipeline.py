@@ -42,6 +42,12 @@ SAMPLERS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
             "dpmpp-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2})}
 DTYPES = ("float32", "float16", "bfloat16")
 OPTIONS = {"dtype", "variant", "safety_checker"}
+try:  # diffusers renamed from_pretrained's torch_dtype to dtype (the old name warns)
+    from diffusers.utils import deprecation_utils as _dep
+
+    _DTYPE_KW = "dtype" if hasattr(_dep, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+except ImportError:  # pragma: no cover - diffusers missing: the generator's load says so
+    _DTYPE_KW = "torch_dtype"
 EMBED_MEMO = 2048  # prompts whose text embeddings a cascade keeps (encoded once, reused by every cell)
 
 
@@ -185,7 +191,7 @@ class DiffusersGenerator:
         for i, source in enumerate(spec.sources):
             folder = resolve_folder(source, spec.variant)
             hashes.append(folder_hash(folder, memo))
-            kwargs = {"torch_dtype": dtype}
+            kwargs = {_DTYPE_KW: dtype}
             if spec.variant:
                 kwargs["variant"] = spec.variant
             cfg = DiffusionPipeline.load_config(folder)
@@ -267,7 +273,12 @@ class DiffusersGenerator:
                         sample_max_value=cap if cap is not None else float("inf"))
             if "clip_sample" in params:
                 over["clip_sample"] = False
-        return cls.from_config(self.base_schedulers[stage].config, **over)
+        config = dict(self.base_schedulers[stage].config)
+        if "variance_type" not in params and config.get("variance_type") in ("learned", "learned_range"):
+            # IF's stage I/II predict a variance too; a scheduler that cannot use it must say so in its config, or
+            # the pipeline hands it the 6-channel output (the pipeline reads scheduler.config.variance_type)
+            config["variance_type"] = None
+        return cls.from_config(config, **over)
 
     def _noise_level(self, stage: int, level: float) -> int:
         pipe = self.pipes[stage]
@@ -341,12 +352,18 @@ class DiffusersGenerator:
                 torch.stack([self._embeds[p][1] for p in prompts]))
 
     def generate(self, prompts, seeds, settings, *, keys=None, batch_size: int = 8) -> Generated:
+        prompts, seeds = list(prompts), list(seeds)
+        plan = self.calls(settings)
+        images, flagged = [], []
+        for k in range(0, len(prompts), max(1, batch_size)):
+            out = self._batch(prompts[k:k + batch_size], seeds[k:k + batch_size], plan)
+            images += out.images
+            flagged += out.flagged
+        return Generated(images, flagged)
+
+    def _batch(self, prompts: list[str], seeds: list[int], plan: list[dict]) -> Generated:
         import torch
 
-        prompts, seeds = list(prompts), list(seeds)
-        if not prompts:
-            return Generated([])
-        plan = self.calls(settings)
         embeds = self._if_embeds(prompts) if type(self.pipes[0]).__name__.startswith("IF") else None
         image, flagged = None, [False] * len(prompts)
         with torch.no_grad():

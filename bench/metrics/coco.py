@@ -268,6 +268,19 @@ def check_same_generation(out: Path, identity: dict, n_stages: int) -> None:
         write_json(path, identity)
 
 
+FLAGGED_FILE = "flagged.txt"  # names of images a safety checker blacked out, one per line
+
+
+def _write_flag(out: Path, name: str) -> None:
+    with open(out / FLAGGED_FILE, "a", encoding="utf-8") as fh:
+        fh.write(name + "\n")
+
+
+def _read_flags(out: Path) -> set[str]:
+    f = out / FLAGGED_FILE
+    return set(f.read_text(encoding="utf-8").split()) if f.is_file() else set()
+
+
 @dataclass(frozen=True)
 class CocoRun:
     model: str
@@ -283,13 +296,19 @@ class CocoRun:
     device: str = "cpu"
 
 
-def run_coco(run: CocoRun, sampler, progress: bool = True, log=None) -> dict:
+def run_coco(run: CocoRun, sampler=None, progress: bool = True, log=None, *, flags: dict | None = None,
+             generator=None) -> dict:
     """Sample captions, generate missing images into OUT/images, FID against the reference; write the manifest
-    and the result. Returns the result dict ({"metric", "value", "n", "n_ref", ...})."""
+    and the result. Returns the result dict ({"metric", "value", "n", "n_ref", ...}).
+
+    `run.model` is any model spec string (bench.generators); `sampler` the settings to use, or None for the
+    model's own with `flags` (the settings a user gave) put over them; a precomputed `images:` set has none."""
     from imagen.config import to_dict
 
+    from bench.generators import Request, contract, load_generator
     from bench.metrics import fid as F
     from bench.metrics.features import LazyExtractor, ResizeProtocol
+    from bench.suites import prompt_id
 
     out = Path(run.out)
     if out.exists() and not out.is_dir():
@@ -300,13 +319,22 @@ def run_coco(run: CocoRun, sampler, progress: bool = True, log=None) -> dict:
         warnings.warn(warning, stacklevel=2)
         if log:
             log(f"warning: {warning}")
-    from imagen.pipeline import Pipeline
-
-    pipe = Pipeline.load(run.model, device=run.device)
-    n_stages = len(pipe.cascade.cfg.stages)
+    gen = contract(generator) if generator is not None else load_generator(run.model, run.device)
+    if sampler is None and gen.sampler_defaults is not None:
+        sampler = gen.sampler_defaults.given(**(flags or {}))
+    elif sampler is None and any(v is not None for v in (flags or {}).values()):
+        raise UserError(f"{run.model} is a precomputed image set: it takes no sampling flags")
+    pids = [prompt_id("coco", c.caption) for c in sampled]
+    n_stages = gen.n_stages or 1
     # before the (possibly slow) reference statistics: the images already there must be this run's
-    check_same_generation(out, generation_identity(pipe.checkpoint_hash, sampler, n_stages, run.seed,
-                                                   sha256_file(run.captions)), n_stages)
+    if gen.kind == "imagen":  # (per-stage lists checked here first, so the error names the command's flags)
+        identity = generation_identity(gen.checkpoint_hash, sampler, n_stages, run.seed, sha256_file(run.captions))
+    gen.check([sampler], [Request(c.caption, image_seed(run.seed, i), pids[i], 0) for i, c in enumerate(sampled)])
+    if gen.kind != "imagen":
+        identity = {"checkpoint_hash": gen.checkpoint_hash, "sampler": gen.describe(sampler), "seed": int(run.seed),
+                    "captions_sha256": sha256_file(run.captions)}
+        identity = json.loads(json.dumps(identity, default=str))  # as it reads back from generation.json
+    check_same_generation(out, identity, n_stages)
     extractor = LazyExtractor(run.extractor, run.device)
     reference = reference_stats(run.images, run.reference_stats, extractor, run.size, progress=progress)
     images_dir = out / "images"
@@ -320,18 +348,30 @@ def run_coco(run: CocoRun, sampler, progress: bool = True, log=None) -> dict:
         bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not progress)
         for start in range(0, len(todo), run.batch_size):
             chunk = todo[start:start + run.batch_size]
-            imgs = pipe.generate([sampled[i].caption for i in chunk], [image_seed(run.seed, i) for i in chunk],
-                                 sampler, batch_size=run.batch_size)  # uint8 [b, H, W, 3]
-            for i, im in zip(chunk, imgs):
+            made = gen.generate([Request(sampled[i].caption, image_seed(run.seed, i), pids[i], 0) for i in chunk],
+                                sampler, batch_size=run.batch_size)  # uint8 [H, W, 3] each
+            for i, im, bad in zip(chunk, made.images, made.flagged):
+                if bad:  # first the flag: a kill between the two regenerates the image, and flags it again
+                    _write_flag(out, paths[i].name)
                 _write_png(paths[i], im)
             bar.update(len(chunk))
         bar.close()
-    generated = F.stats_from_files(paths, extractor, ResizeProtocol(run.size), progress=progress)
+    flagged = _read_flags(out)
+    kept = [p for p in paths if p.name not in flagged]
+    if flagged and log:
+        log(f"warning: {len(paths) - len(kept)} of {len(paths)} images were blacked out by the model's safety "
+            f"checker ({FLAGGED_FILE}); FID leaves them out")
+    if len(kept) < 2:
+        raise UserError(f"only {len(kept)} of {len(paths)} images are left after the safety checker's; FID needs 2 "
+                        f"(turn the checker off with ?safety_checker=off if that is right for this study)")
+    generated = F.stats_from_files(kept, extractor, ResizeProtocol(run.size), progress=progress)
     result = F.fid(generated, reference)
     manifest = build_manifest(
         captions_file=run.captions, sampled=sampled, seed=run.seed, reference=reference, extractor=run.extractor,
-        size=run.size, model={"model": pipe.model_id, "checkpoint_hash": pipe.checkpoint_hash},
-        sampler=to_dict(sampler))
+        size=run.size, model={"model": gen.model_id, "checkpoint_hash": gen.checkpoint_hash, "kind": gen.kind},
+        sampler=to_dict(sampler) if sampler is not None else {})
+    manifest["generation"] = identity["sampler"]
+    manifest["n_flagged"] = len(paths) - len(kept)
     write_json(out / "manifest.json", manifest)
     payload = {**result.to_json(), "n": result.n_a, "n_ref": result.n_b, "warning": warning,
                "manifest": "manifest.json", "run": asdict(run)}

@@ -1,0 +1,279 @@
+"""The generator contract on real libraries: tiny random-weight diffusers pipelines saved with save_pretrained and
+loaded through `diffusers:<folder>` (an IF-style pixel cascade, an SD-style latent pipeline), and `images:` sets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import store
+from bench.generators import Request, load_generator
+from bench.grid import parse_spec, run_grid
+from imagen.config import SamplerConfig
+from imagen.errors import UserError
+
+import diffusers_fixtures as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipes")
+    s1, s2 = F.make_if_cascade(root)
+    return {"if1": s1, "if2": s2, "sd": F.make_sd_pipeline(root), "sd-flag": F.make_sd_pipeline(root, "flag-all"),
+            "up": F.make_sd_upscaler(root)}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def if_gen(pipes):
+    return load_generator(f"diffusers:{pipes['if1']}+{pipes['if2']}")
+
+
+def _calls_of(gen, settings, prompts=("a red circle", "two blue squares"), seeds=(1, 2)):
+    recorded = []
+    for pipe in gen.impl.pipes:
+        cls = type(pipe)
+        real = cls.__call__
+        log = []
+
+        def wrapper(self, *a, _real=real, _log=log, **kw):
+            _log.append({**kw, "_scheduler": self.scheduler})
+            return _real(self, *a, **kw)
+
+        pipe.__class__ = type(cls.__name__, (cls,), {"__call__": wrapper})
+        recorded.append(log)
+    try:
+        out = gen.generate([Request(p, s) for p, s in zip(prompts, seeds)], settings)
+    finally:
+        for pipe in gen.impl.pipes:
+            pipe.__class__ = pipe.__class__.__mro__[1]
+    return out, [log[0] for log in recorded]
+
+
+def test_if_cascade_every_axis_lands_in_the_call_or_the_scheduler(if_gen):
+    s = SamplerConfig(sampler="ddim", steps=3, guidance=(4.0, 2.0), threshold="dynamic:0.9:1.5", aug_level=(0.3,))
+    out, (c1, c2) = _calls_of(if_gen, s)
+    assert [im.shape for im in out.images] == [(32, 32, 3)] * 2 and out.flagged == [False, False]
+    assert (c1["guidance_scale"], c2["guidance_scale"]) == (4.0, 2.0)
+    assert c1["num_inference_steps"] == c2["num_inference_steps"] == 3 and c2["noise_level"] == 300
+    for c in (c1, c2):
+        sch = c["_scheduler"]
+        assert type(sch).__name__ == "DDIMScheduler"
+        assert sch.config.thresholding and sch.config.dynamic_thresholding_ratio == 0.9
+        assert sch.config.sample_max_value == 1.5 and not sch.config.clip_sample
+        assert "prompt_embeds" in c and "prompt" not in c  # T5 encoded once, by the harness
+    used = if_gen.describe(s)["stages"]
+    assert [u["scheduler"] for u in used] == ["DDIMScheduler"] * 2 and used[1]["call"]["noise_level"] == 300
+    # dpmpp-2m: the solver's own settings; static on a scheduler without clip_sample: thresholding capped at 1
+    _, (c1, _) = _calls_of(if_gen, SamplerConfig(sampler="dpmpp-2m", steps=2, guidance=(3.0,), threshold="static",
+                                                 aug_level=(0.0,)))
+    cfg = c1["_scheduler"].config
+    assert type(c1["_scheduler"]).__name__ == "DPMSolverMultistepScheduler"
+    assert (cfg.algorithm_type, cfg.solver_order, cfg.thresholding, cfg.sample_max_value) == ("dpmsolver++", 2,
+                                                                                                True, 1.0)
+    _, (c1, _) = _calls_of(if_gen, SamplerConfig(sampler="ddpm", steps=2, guidance=(1.0,), threshold="none",
+                                                 aug_level=(0.0,)))
+    cfg = c1["_scheduler"].config
+    assert not cfg.thresholding and not cfg.clip_sample and cfg.variance_type == "learned_range"
+
+
+def test_if_defaults_are_the_pipelines_own(if_gen):
+    d = if_gen.sampler_defaults
+    assert (d.sampler, d.steps, d.guidance, d.threshold, d.aug_level) == (
+        "DDPMScheduler", 100, (7.0, 4.0), "dynamic:0.95:1.5", (0.25,))
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(threshold="static"), "latent-space pipeline"),
+    (dict(aug_level=(0.1,)), "no super-resolution stage"),
+    (dict(guidance=(0.5,)), "guidance_scale <= 1"),
+    (dict(guidance=(3.0, 2.0)), "one value or one per stage"),
+    (dict(sampler="NoSuchScheduler"), "neither ddpm, ddim, dpmpp-2m nor a diffusers scheduler"),
+])
+def test_axes_a_pipeline_cannot_honour_are_refused(pipes, settings, message):
+    gen = load_generator(f"diffusers:{pipes['sd']}")
+    base = dict(sampler="ddim", steps=2, guidance=(3.0,), threshold="none", aug_level=(0.0,))
+    with pytest.raises(UserError, match=message):
+        gen.check([SamplerConfig(**{**base, **settings})], [])
+
+
+def test_thresholding_a_scheduler_without_it_is_refused(if_gen):
+    s = SamplerConfig(sampler="EulerDiscreteScheduler", steps=2, guidance=(3.0,), threshold="dynamic:0.9")
+    with pytest.raises(UserError, match="EulerDiscreteScheduler has no thresholding"):
+        if_gen.check([s], [])
+    if_gen.check([SamplerConfig(sampler="EulerDiscreteScheduler", steps=2, guidance=(3.0,), threshold="none",
+                                aug_level=(0.2,))], [])
+
+
+@pytest.mark.parametrize("which", ["sd", "if"])
+def test_an_image_does_not_depend_on_its_batch(pipes, if_gen, which):
+    gen = if_gen if which == "if" else load_generator(f"diffusers:{pipes['sd']}")
+    s = gen.sampler_defaults.given(steps=2, guidance=(3.0,), threshold="none" if which == "sd" else "static")
+    prompts, seeds = ["a red circle", "two blue squares", "a green triangle"], [11, 22, 33]
+    together = gen.generate([Request(p, x) for p, x in zip(prompts, seeds)], s, batch_size=3).images
+    alone = gen.generate([Request(prompts[1], seeds[1])], s, batch_size=1).images[0]
+    reordered = gen.generate([Request(p, x) for p, x in zip(prompts[::-1], seeds[::-1])], s, batch_size=2).images
+    # the noise is per image; float32 kernels batched differently may move a pixel by one level at most
+    assert np.abs(together[1].astype(int) - alone).max() <= 1
+    assert np.abs(together[0].astype(int) - reordered[2]).max() <= 1
+    other = gen.generate([Request(prompts[1], 99)], s).images[0]
+    assert np.abs(other.astype(int) - alone).max() > 10  # a different seed is a different image
+
+
+def test_upscaler_stage_takes_the_aug_level_as_its_noise_level(pipes):
+    gen = load_generator(f"diffusers:{pipes['sd']}+{pipes['up']}")
+    assert gen.n_stages == 2 and gen.sampler_defaults.aug_level == (0.02,)
+    s = SamplerConfig(sampler="ddim", steps=2, guidance=(2.0, 3.0), threshold="none", aug_level=(0.1,))
+    assert gen.describe(s)["stages"][1]["call"] == {"num_inference_steps": 2, "guidance_scale": 3.0,
+                                                     "noise_level": 100}
+    with pytest.raises(UserError, match="above its maximum 350"):
+        gen.check([SamplerConfig(sampler="ddim", steps=2, guidance=(2.0,), threshold="none", aug_level=(0.5,))], [])
+
+
+def test_missing_hub_model_is_one_line_saying_what_to_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"huggingface-cli download nobody-here/no-such-pipeline") as exc:
+        load_generator("diffusers:nobody-here/no-such-pipeline")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="unknown option"):
+        load_generator("diffusers:x?colour=red")
+
+
+# ----------------------------------------------------------------------------- grids on other models
+
+
+def _csv(tmp_path, n=3):
+    f = tmp_path / "prompts.csv"
+    rows = ["a red circle", "two blue squares", "a green triangle", "a yellow square"][:n]
+    f.write_text("prompt,category\n" + "".join(f"{p},C{i % 2}\n" for i, p in enumerate(rows)), encoding="utf-8")
+    return f
+
+
+SPEC = """
+name = "other model"
+model = "MODEL"
+suites = ["PROMPTS"]
+samples_per_prompt = 2
+seed = 3
+batch_size = BATCH
+AXES
+[metrics]
+clip_score = { model = "shapes-clip" }
+"""
+
+
+def _spec(model, prompts, axes="[axes]\nguidance = [1.0, 4.0]\nthreshold = [\"none\"]\nsteps = [2]", batch=4):
+    return parse_spec(SPEC.replace("MODEL", model).replace("PROMPTS", str(prompts)).replace("AXES", axes)
+                      .replace("BATCH", str(batch)))
+
+
+def test_safety_checker_flags_are_kept_and_left_out_of_metrics(pipes, tmp_path):
+    prompts = _csv(tmp_path, 2)
+    out = tmp_path / "flagged"
+    logs = []
+    run_grid(_spec(f"diffusers:{pipes['sd-flag']}", prompts), out, progress=False, log=logs.append)
+    samples = store.read_table(out, store.SAMPLES)
+    assert len(samples) == 8 and samples[store.COL_FLAGGED].all()
+    assert not store.read_table(out, store.METRICS).shape[0]  # every image blacked out: no score from black images
+    assert any("safety checker" in m for m in logs)
+    gen_info = json.loads(samples[store.COL_GENERATION].iloc[0])
+    assert gen_info["safety_checker"] is True and gen_info["stages"][0]["pipeline"] == "StableDiffusionPipeline"
+    off = load_generator(f"diffusers:{pipes['sd-flag']}?safety_checker=off")
+    made = off.generate([Request("a red circle", 1)], off.sampler_defaults.given(steps=2))
+    assert made.flagged == [False] and made.images[0].max() > 0
+    assert off.checkpoint_hash != load_generator(f"diffusers:{pipes['sd-flag']}").checkpoint_hash
+
+
+def test_grid_report_and_rating_session_on_a_diffusers_model_and_an_image_set(pipes, tmp_path):
+    from drawbench.pairs import load_session
+    from reports.build import build_report
+
+    prompts = _csv(tmp_path)
+    a = tmp_path / "sd"
+    summary = run_grid(_spec(f"diffusers:{pipes['sd']}", prompts), a, progress=False, log=lambda m: None)
+    assert summary["complete"] and summary["images"] == 12
+    samples = store.read_table(a, store.SAMPLES)
+    assert set(samples[store.COL_GUIDANCE]) == {1.0, 4.0} and set(samples[store.COL_SAMPLER]) == {"PNDMScheduler"}
+    metrics = store.read_table(a, store.METRICS)
+    assert set(metrics[store.COL_METRIC]) == {"clip_score_shapes_clip"}
+    # the images of one cell, exported as a CSV set, benchmark as a model of their own
+    cell = samples[samples[store.COL_GUIDANCE] == 4.0]
+    lines = ["prompt,sample_index,file"] + [f"{r.prompt},{r.sample_index},{a / r.image_path}" for r in
+                                            cell.itertuples()]
+    (tmp_path / "set.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    b = tmp_path / "set"
+    run_grid(_spec(f"images:{tmp_path / 'set.csv'}", prompts, axes=""), b, progress=False, log=lambda m: None)
+    sb = store.read_table(b, store.SAMPLES)
+    assert len(sb) == 6 and sb[store.COL_SEED].isna().all() and sb[store.COL_GUIDANCE].isna().all()
+    by_key = {(r.prompt, r.sample_index): r.sha256 for r in cell.itertuples()}
+    assert all(by_key[(r.prompt, r.sample_index)] == r.sha256 for r in sb.itertuples())  # the same pixels
+    mb = store.read_table(b, store.METRICS)
+    ma = metrics[metrics[store.COL_CELL_ID] == cell[store.COL_CELL_ID].iloc[0]]
+    assert np.isclose(mb[mb[store.COL_CATEGORY].isna()][store.COL_VALUE].iloc[0],
+                      ma[ma[store.COL_CATEGORY].isna()][store.COL_VALUE].iloc[0])
+    for study in (a, b):
+        assert Path(build_report(study)).is_file()
+    cli = [sys.executable, "-m", "bench", "drawbench", "pairs", "--study", f"{a}:{cell[store.COL_CELL_ID].iloc[0]}",
+           "--study", str(b), "--names", "sd", "set", "--per-set", "2", "--out", str(tmp_path / "session")]
+    r = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "DRAWBENCH_PASSWORD": "pw"})
+    assert r.returncode == 0, r.stderr
+    session = load_session(tmp_path / "session")
+    assert len(session.comparisons) == 3  # one per prompt: the same images on both sides, blinded
+
+
+def test_image_set_layouts_missing_prompts_and_axes(tmp_path):
+    prompts = _csv(tmp_path)
+    root = tmp_path / "folders"
+    for k, p in enumerate(["a red circle", "two blue squares"]):
+        for i in range(2):
+            (root / p).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), 40 * k + i, np.uint8)).save(root / p / f"{i}.png")
+    with pytest.raises(UserError, match=r"no image for 2 of the 6 \(prompt, sample\) pairs.*'a green triangle' "
+                                        r"sample 0; 'a green triangle' sample 1"):
+        run_grid(_spec(f"images:{root}", prompts, axes=""), tmp_path / "never", progress=False, log=lambda m: None)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(UserError, match="takes no \\[axes\\]"):
+        _spec(f"images:{root}", prompts)
+    gen = load_generator(f"images:{root}")
+    before = gen.checkpoint_hash
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a red circle" / "1.png")
+    assert load_generator(f"images:{root}").checkpoint_hash != before  # the set's content is its identity
+
+
+def test_two_ranks_equal_one_process(pipes, tmp_path):
+    """torchrun-style env ranks: each rank its own part files, the union complete, disjoint, and equal row for row
+    (image sha256 included) to one process; the metrics run once, by the last rank."""
+    prompts = _csv(tmp_path, 4)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.replace("MODEL", f"diffusers:{pipes['sd']}").replace("PROMPTS", str(prompts))
+                    .replace("AXES", "[axes]\nguidance = [1.0, 3.0]\nthreshold = [\"none\"]\nsteps = [2]")
+                    .replace("BATCH", "1"), encoding="utf-8")
+    cmd = [sys.executable, "-m", "bench", "grid", "run", str(spec), "--json"]
+    env = {**os.environ, "IMAGEN_BENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen(cmd + ["--out", str(tmp_path / "two")], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}) for r in (0, 1)]
+    one = subprocess.run(cmd + ["--out", str(tmp_path / "one")], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    results = [p.communicate(timeout=600) for p in ranks]
+    assert all(p.returncode == 0 for p in ranks), results
+    parts = store.part_files(tmp_path / "two", store.SAMPLES)
+    assert {p.name.split("-")[0] for p in parts} == {"s0of2", "s1of2"}
+    two = store.read_table(tmp_path / "two", store.SAMPLES).sort_values(store.COL_SAMPLE_ID)
+    ref = store.read_table(tmp_path / "one", store.SAMPLES).sort_values(store.COL_SAMPLE_ID)
+    assert len(two) == len(ref) == 16 and two[store.COL_SAMPLE_ID].is_unique
+    cols = [store.COL_SAMPLE_ID, store.COL_SHA256, store.COL_SEED, store.COL_CHECKPOINT_HASH, store.COL_GENERATION]
+    assert two[cols].reset_index(drop=True).equals(ref[cols].reset_index(drop=True))
+    m = store.read_table(tmp_path / "two", store.METRICS)
+    assert len(m) and not m.duplicated([store.COL_CELL_ID, store.COL_METRIC, store.COL_CATEGORY]).any()
