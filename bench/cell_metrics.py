@@ -32,7 +32,7 @@ class MetricFns:
     """The metric functions the stage calls (injectable; defaults use bench.metrics and the shapes scorer)."""
 
     fid: object = None  # (images uint8 [N,H,W,3], fid spec dict, reference images or None) -> (name, value)
-    clip: object = None  # (images [N,H,W,3], prompts list[str], model str) -> (name, per-image scores [N])
+    clip: object = None  # (images [N,H,W,3], prompts list[str], clip spec {"model", "pretrained"}) -> (name, [N])
     alignment: object = None  # (image [H,W,3], facts JSON text) -> {fact_type: bool}
 
 
@@ -60,18 +60,18 @@ def make_default_clip(device: str = "cpu"):
     """bench.metrics.clip_score with the CLIP model loaded once per run."""
     state: dict = {}
 
-    def load(model):
+    def load(spec: dict):
         from bench.metrics import clip_score as C
 
         if "clip" not in state:
-            state["clip"] = C.load_clip(model, device=device)
+            state["clip"] = C.load_clip(spec["model"], spec.get("pretrained"), device=device)
         return state["clip"]
 
-    def clip_fn(images, prompts, model):
+    def clip_fn(images, prompts, spec: dict):
         from bench.metrics import clip_score as C
 
-        scores = C.clip_scores(load(model), list(images), list(prompts))
-        return C.clip_score_metric_name(model), np.asarray(scores)
+        clip = load(spec)
+        return clip.metric, np.asarray(C.clip_scores(clip, list(images), list(prompts)))
 
     clip_fn.load = load
     return clip_fn
@@ -177,7 +177,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         m = dataclasses.replace(m, clip_score=None)
     if m.clip_score and fns.clip is None:
         try:  # the CLIP model may not be installed yet: the other metrics still run, with a warning
-            clip_fn.load(m.clip_score["model"])
+            clip_fn.load(m.clip_score)
         except UserError as exc:
             log(f"warning: CLIP score skipped: {exc}")
             m = dataclasses.replace(m, clip_score=None)
@@ -236,7 +236,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         if m.clip_score:
             ihash = _inputs_hash("clip", m.clip_score, df[store.COL_SHA256])
             if (cell_id, ihash) not in have:
-                name, scores = clip_fn(images, list(df[store.COL_PROMPT]), m.clip_score["model"])
+                name, scores = clip_fn(images, list(df[store.COL_PROMPT]), m.clip_score)
                 rows += _mean_rows(cell_id, name, scores, cats, ihash)
         if m.alignment and store.COL_FACTS in df and df[store.COL_FACTS].notna().any():
             sel = df[store.COL_FACTS].notna().to_numpy()

@@ -71,16 +71,16 @@ def _axis(axes: dict, key: str, default: list | None) -> list | None:
     return values
 
 
-def _metric_table(value, key: str, defaults: dict) -> dict | None:
+def _metric_table(value, key: str, defaults: dict, optional: tuple[str, ...] = ()) -> dict | None:
     if value is False or value is None:
         return None
     if value is True:
         return dict(defaults)
     if not isinstance(value, dict):
         raise UserError(f"metrics.{key}: use true/false or a table such as {defaults}")
-    unknown = set(value) - set(defaults)
+    unknown = set(value) - set(defaults) - set(optional)
     if unknown:
-        raise UserError(f"metrics.{key}: unknown key(s) {sorted(unknown)}; known: {sorted(defaults)}")
+        raise UserError(f"metrics.{key}: unknown key(s) {sorted(unknown)}; known: {sorted({*defaults, *optional})}")
     return {**defaults, **value}
 
 
@@ -151,7 +151,17 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
     fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes"})
     if fid and fid["extractor"] not in ("effnet-lite0", "inception"):
         raise UserError(f"metrics.fid.extractor: {fid['extractor']!r}; choose effnet-lite0 or inception")
-    clip = _metric_table(metrics.get("clip_score"), "clip_score", {"model": "shapes-clip"})
+    clip = _metric_table(metrics.get("clip_score"), "clip_score", {"model": "shapes-clip"}, ("pretrained",))
+    if clip:
+        for k in ("model", "pretrained"):
+            if k in clip and (not isinstance(clip[k], str) or not clip[k].strip()):
+                raise UserError(f"metrics.clip_score.{k}: {clip[k]!r} must be a non-empty string")
+        from bench.metrics.clip_score import needs_weights
+
+        why = needs_weights(clip["model"], clip.get("pretrained"))
+        if why:
+            raise UserError(f"metrics.clip_score: {why}, e.g. clip_score = {{ model = \"{clip['model']}\", "
+                            f"pretrained = \"openai\" }}")
     align = metrics.get("alignment", False)
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")

@@ -95,11 +95,57 @@ def test_mismatched_counts_are_a_clear_error(clip, shapes):
         C.clip_score(clip, images, captions[:9])
 
 
-def test_metric_names():
-    assert C.clip_score_metric_name("ViT-L-14") == "clip_score_vit_l_14"
+def test_metric_names_carry_the_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+    assert C.clip_score_metric_name("ViT-L-14", "openai") == "clip_score_vit_l_14_openai"
+    assert C.clip_score_metric_name("ViT-L-14", "laion2b_s32b_b82k") == "clip_score_vit_l_14_laion2b_s32b_b82k"
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights two")
+    na, nb = C.clip_score_metric_name("ViT-B-32", str(a)), C.clip_score_metric_name("ViT-B-32", str(b))
+    assert na.startswith("clip_score_vit_b_32_file_") and na != nb  # two files never share a column
     assert C.clip_score_metric_name("shapes-clip") == C.KEY_CLIP_SCORE_SHAPES_CLIP
+    from bench.metrics.clip_train import WEIGHTS_FILE, shipped_dir
+
+    assert C.clip_score_metric_name("shapes-clip", str(shipped_dir() / WEIGHTS_FILE)) == C.KEY_CLIP_SCORE_SHAPES_CLIP
+    assert C.clip_score_metric_name("shapes-clip", str(a)).startswith("clip_score_shapes_clip_file_")
     assert C.clip_score_metric_name("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K") == \
         "clip_score_clip_vit_b_32_laion2b_s34b_b79k"
+
+
+def test_a_bare_architecture_is_refused_not_scored_with_random_weights(tmp_path, capsys):
+    from bench.cli import main
+    from bench.grid import parse_spec
+
+    with pytest.raises(UserError, match=r"'ViT-B-32' has no weights.*randomly initialised.*openai"):
+        C.load_clip("ViT-B-32")
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "c.csv").write_text("file,caption\na.png,a cat\n")
+    assert main(["clip-score", "--images", str(tmp_path / "imgs"), "--captions", str(tmp_path / "c.csv"),
+                 "--clip-model", "ViT-B-32"]) == 2
+    err = capsys.readouterr().err
+    assert "--clip-pretrained" in err and err.count("\n") == 1
+    spec = 'name = "x"\nmodel = "tiny"\nsuites = ["shapes:4"]\n[metrics]\nclip_score = { model = "ViT-L-14" }\n'
+    with pytest.raises(UserError, match=r"metrics.clip_score: .*no weights.*pretrained = \"openai\""):
+        parse_spec(spec)
+    ok = parse_spec(spec.replace('"ViT-L-14" }', '"ViT-L-14", pretrained = "openai" }'))
+    assert ok.metrics.clip_score == {"model": "ViT-L-14", "pretrained": "openai"}
+    from bench.grid import spec_to_toml
+
+    assert parse_spec(spec_to_toml(ok)) == ok
+
+
+def test_images_and_captions_must_pair_up(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for k in range(8):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / f"{k}.png")
+    (tmp_path / "c.csv").write_text("file,caption\n0.png,a cat\n")
+    with pytest.raises(UserError, match=r"7 image\(s\) in .* have no caption .*: 1.png, 2.png, 3.png, 4.png, 5.png"):
+        C.pairs_from_folder(tmp_path / "imgs", tmp_path / "c.csv")
+    (tmp_path / "c.csv").write_text("file,caption\n" + "".join(f"{k}.png,x\n" for k in range(8)) + "9.png,y\n")
+    with pytest.raises(UserError, match=r"1 caption\(s\) .* have no image .*: 9.png"):
+        C.pairs_from_folder(tmp_path / "imgs", tmp_path / "c.csv")
 
 
 def test_unknown_model_and_missing_weights_are_user_errors(tmp_path):

@@ -74,7 +74,10 @@ Inputs: --images DIR with --captions FILE.csv (columns file,caption), or a study
 prompts; --cell picks one grid cell). Any open_clip model: --clip-model ViT-L-14 --clip-pretrained openai (downloaded
 by open_clip, or read from the Hugging Face cache with HF_HUB_OFFLINE=1), --clip-pretrained /path/to/weights,
 hf-hub:ORG/NAME, local-dir:/path, or shapes-clip (the default: a small CLIP trained on the shapes world, shipped
-with the package, offline). The metric name carries the model: clip_score_shapes_clip, clip_score_vit_l_14."""
+with the package, offline). An architecture without weights is refused (it would score with a random network).
+The metric name carries the model and its weights: clip_score_shapes_clip, clip_score_vit_l_14_openai,
+clip_score_vit_b_32_file_1a2b3c4d (a weights file: its sha256). Every image of --images needs a caption row and
+every row an image."""
 
 CLIP_EPILOG = """examples:
   imagen-bench clip-score --images out/ --captions out/captions.csv --json

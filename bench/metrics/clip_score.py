@@ -29,11 +29,57 @@ SHAPES_CLIP = "shapes-clip"
 KEY_CLIP_SCORE_SHAPES_CLIP = "clip_score_shapes_clip"
 
 
-def clip_score_metric_name(model: str) -> str:
-    """'ViT-L-14' -> 'clip_score_vit_l_14'; 'hf-hub:org/name' -> 'clip_score_name'; a folder -> its name."""
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def weights_tag(pretrained: str | None) -> str | None:
+    """What names a model's weights in its metric name: a pretrained tag as it is ('openai', 'laion2b_s32b_b82k'),
+    a weights file as 'file_' + the first 8 hex digits of its sha256 (two files never share a name)."""
+    if not pretrained:
+        return None
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        from bench.filehash import HashMemo
+
+        memo = HashMemo()
+        digest = memo.sha256(path)
+        memo.save()
+        return f"file_{digest[:8]}"
+    return _slug(pretrained)
+
+
+def clip_score_metric_name(model: str, pretrained: str | None = None) -> str:
+    """The metric name carries the model AND its weights: 'ViT-L-14' + 'openai' -> 'clip_score_vit_l_14_openai';
+    'hf-hub:org/name' -> 'clip_score_name' (the repository is the weights); the shipped 'shapes-clip' ->
+    'clip_score_shapes_clip' (another shapes-clip weights file: '..._file_<sha8>')."""
     name = model.split(":", 1)[1] if model.startswith(("hf-hub:", "local-dir:")) else model
     name = Path(name.rstrip("/")).name or name
-    return "clip_score_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    tag = None if model.startswith(("hf-hub:", "local-dir:")) else weights_tag(pretrained)
+    if model == SHAPES_CLIP and pretrained is not None and Path(pretrained).resolve() == _shipped_shapes_clip():
+        tag = None
+    return "clip_score_" + _slug(name) + (f"_{tag}" if tag else "")
+
+
+def _shipped_shapes_clip() -> Path:
+    from bench.metrics.clip_train import WEIGHTS_FILE, shipped_dir
+
+    return (shipped_dir() / WEIGHTS_FILE).resolve()
+
+
+def needs_weights(model: str, pretrained: str | None) -> str | None:
+    """Why a CLIP model cannot score as given (a bare architecture is a randomly initialised network), or None."""
+    if model == SHAPES_CLIP or model.startswith(("hf-hub:", "local-dir:")) or pretrained:
+        return None
+    import open_clip
+
+    if model not in open_clip.list_models():
+        return None  # an unknown architecture: load_clip says so
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    shown = ", ".join(tags[:6]) + (" ..." if len(tags) > 6 else "")
+    return (f"CLIP model {model!r} has no weights: it would score with a randomly initialised network; give "
+            f"pretrained weights: a tag ({shown or 'see open_clip.list_pretrained()'}; offline, from the Hugging Face "
+            f"cache with HF_HUB_OFFLINE=1), a weights file, or an hf-hub:ORG/NAME model")
 
 
 @dataclass(frozen=True)
@@ -41,6 +87,7 @@ class ClipModel:
     """A loaded open_clip model with its eval preprocess and tokenizer."""
 
     name: str  # what the user asked for: "shapes-clip", "ViT-L-14", "hf-hub:..."
+    pretrained: str | None  # the weights: a tag, a file, or None (shapes-clip's shipped weights, an hf-hub model)
     model: torch.nn.Module
     preprocess: object  # PIL.Image -> [3, S, S]
     tokenizer: object  # list[str] -> [B, context_length] int64 (truncating)
@@ -48,14 +95,17 @@ class ClipModel:
 
     @property
     def metric(self) -> str:
-        return clip_score_metric_name(self.name)
+        return clip_score_metric_name(self.name, self.pretrained)
 
 
 def load_clip(model: str = SHAPES_CLIP, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipModel:
     """Load any open_clip model; a missing architecture or weights is a UserError saying what to do."""
     import open_clip
 
-    name = model
+    name, asked = model, pretrained
+    why = needs_weights(model, pretrained)
+    if why:
+        raise UserError(why + " (--clip-pretrained on the command line, pretrained = ... in a grid spec)")
     if model == SHAPES_CLIP:
         from bench.metrics.clip_train import CONFIG_FILE, WEIGHTS_FILE, register_shapes_clip, shipped_dir
 
@@ -87,7 +137,7 @@ def load_clip(model: str = SHAPES_CLIP, pretrained: str | None = None, device: s
             f"the weights in the Hugging Face cache; known tags for this model: {', '.join(hint) or 'none'}"
         ) from exc
     net.eval().requires_grad_(False)
-    return ClipModel(name, net, preprocess, tokenizer, torch.device(device))
+    return ClipModel(name, asked, net, preprocess, tokenizer, torch.device(device))
 
 
 # ----------------------------------------------------------------------------- embeddings and score
@@ -171,13 +221,28 @@ def read_captions_csv(path: Path | str) -> list[tuple[str, str]]:
 
 def pairs_from_folder(images_dir: Path | str, captions_csv: Path | str) -> tuple[list[Path], list[str]]:
     """(image paths, captions) from a folder and a file,caption CSV; a listed file that is missing is an error."""
+    from bench.metrics.features import IMAGE_EXTENSIONS
+
     images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise UserError(f"--images {images_dir} is not a folder")
     pairs = read_captions_csv(captions_csv)
     paths = [images_dir / f for f, _ in pairs]
-    missing = [p for p in paths if not p.is_file()]
+    missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise UserError(f"{len(missing)} image(s) listed in {captions_csv} are not in {images_dir}, "
-                        f"e.g. {missing[0].name}")
+        raise UserError(f"{len(missing)} caption(s) in {captions_csv} have no image in {images_dir}: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    files = [f for f, _ in pairs]
+    repeated = sorted({f for f in files if files.count(f) > 1})
+    if repeated:
+        raise UserError(f"{captions_csv} lists {len(repeated)} image(s) twice: {', '.join(repeated[:5])}; give one "
+                        f"caption per image")
+    listed = {Path(f).name for f in files}
+    extra = sorted(p.name for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and p.name not in listed)
+    if extra:
+        raise UserError(f"{len(extra)} image(s) in {images_dir} have no caption in {captions_csv}: "
+                        f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}; add their rows, or move them out")
     return paths, [c for _, c in pairs]
 
 
