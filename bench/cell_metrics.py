@@ -90,13 +90,21 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float | None, float | None]:
-    """Percentile 95% interval of the mean, resampling images with replacement."""
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, clusters=None) -> tuple[float | None, float | None]:
+    """Percentile 95% interval of the mean. Resamples images with replacement, or, with `clusters` (e.g. the prompt
+    of each image), whole clusters: the samples of one prompt are not independent, so they go in or out together
+    (the mean of a draw is its images' sum over its images' count). Fewer than 2 clusters: no interval."""
     v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
+    if clusters is None:
+        groups = np.arange(len(v))
+    else:
+        _, groups = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    k = int(groups.max()) + 1 if len(v) else 0
+    if k < 2:
         return None, None
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
-    means = v[idx].mean(axis=1)
+    sums, counts = np.bincount(groups, weights=v, minlength=k), np.bincount(groups, minlength=k)  # [k], [k]
+    idx = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
@@ -139,16 +147,16 @@ def _shapes_reference(spec: GridSpec, size: int):
     return np.stack([render(world.item(i)[0], size) for i in range(n)])
 
 
-def _mean_rows(cell_id, name, values, categories, ihash) -> list[dict]:
-    """An overall row and one row per category: mean with a bootstrap interval."""
+def _mean_rows(cell_id, name, values, categories, ihash, clusters) -> list[dict]:
+    """An overall row and one row per category: mean with a bootstrap interval clustered by prompt."""
     rows = []
     groups = [(None, np.arange(len(values)))]
-    cats = np.asarray([c if c is not None else "" for c in categories], dtype=object)
+    cats = np.asarray([c if isinstance(c, str) else "" for c in categories], dtype=object)
     for c in sorted(set(cats) - {""}):
         groups.append((c, np.flatnonzero(cats == c)))
     for cat, idx in groups:
         v = np.asarray(values, dtype=np.float64)[idx]
-        low, high = bootstrap_ci(v)
+        low, high = bootstrap_ci(v, clusters=np.asarray(clusters, dtype=object)[idx])
         rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: cat,
                      store.COL_VALUE: float(v.mean()), store.COL_LOW: low, store.COL_HIGH: high,
                      store.COL_N: int(len(v)), store.COL_INPUTS_HASH: ihash})
@@ -220,7 +228,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
             continue
         images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3] (object array: mixed sizes)
         rows: list[dict] = []
-        cats = list(df[store.COL_CATEGORY].where(df[store.COL_CATEGORY].notna(), None))
+        cats = [c if isinstance(c, str) and c else None for c in df[store.COL_CATEGORY]]  # NaN/None: no category
         if m.fid:
             sel = (df[store.COL_SUITE] == "shapes").to_numpy() if m.fid["reference"] == "shapes" else None
             shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
@@ -237,17 +245,21 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
             ihash = _inputs_hash("clip", m.clip_score, df[store.COL_SHA256])
             if (cell_id, ihash) not in have:
                 name, scores = clip_fn(images, list(df[store.COL_PROMPT]), m.clip_score)
-                rows += _mean_rows(cell_id, name, scores, cats, ihash)
+                rows += _mean_rows(cell_id, name, scores, cats, ihash, list(df[store.COL_PROMPT_ID]))
         if m.alignment and store.COL_FACTS in df and df[store.COL_FACTS].notna().any():
             sel = df[store.COL_FACTS].notna().to_numpy()
             ihash = _inputs_hash("alignment", True, df[store.COL_SHA256][sel])
             if (cell_id, ihash) not in have:
                 checks = [align_fn(img, f) for img, f in zip(images[sel], df[store.COL_FACTS][sel])]
                 sub_cats = [c for c, s in zip(cats, sel) if s]
-                rows += _mean_rows(cell_id, ALIGNMENT, [float(all(c.values())) for c in checks], sub_cats, ihash)
+                pids = list(df[store.COL_PROMPT_ID][sel])
+                rows += _mean_rows(cell_id, ALIGNMENT, [float(all(c.values())) for c in checks], sub_cats, ihash,
+                                   pids)
                 for fact in sorted({k for c in checks for k in c}):
+                    keep = [fact in c for c in checks]
                     vals = [float(c[fact]) for c in checks if fact in c]
-                    rows += _mean_rows(cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash)[:1]
+                    rows += _mean_rows(cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash,
+                                       [p for p, k in zip(pids, keep) if k])[:1]
         if rows:
             for r in rows:
                 r[store.COL_STUDY] = study.name

@@ -355,29 +355,34 @@ def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = T
                         f"or raise samples_per_prompt")
 
 
-def study_identity(spec: GridSpec, prompts: list[Prompt], model_hash: str) -> dict:
-    """What a study folder is of: the spec seed, the suites' prompt ids (a hash), the model's checkpoint hash."""
+def study_identity(spec: GridSpec, prompts: list[Prompt], model_hash: str | None = None) -> dict:
+    """What a study folder is of: the spec seed, the suites' prompt ids (a hash), the model's checkpoint hash
+    (None: not known yet, not checked)."""
     ids = sorted(p.prompt_id for p in prompts)
-    return {store.COL_SEED: int(spec.seed), store.COL_CHECKPOINT_HASH: model_hash,
-            store.COL_PROMPTS_HASH: hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    out = {store.COL_SEED: int(spec.seed), store.COL_PROMPTS_HASH: hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    if model_hash is not None:
+        out[store.COL_CHECKPOINT_HASH] = model_hash
+    return out
 
 
 def check_same_study(out: Path, identity: dict, extend: bool) -> None:
     """A study is exactly its spec: a rerun into a folder made with another seed, prompt set or model is refused
-    (its images would be reused or mixed into the metrics), unless `extend` asks to add to it on purpose."""
-    if extend or not (out / "tables" / store.STUDY).is_dir():
+    (its images would be reused or mixed into the metrics). `extend` adds other prompts or another model to it on
+    purpose; never another seed, since an image is keyed by (cell, prompt, sample index) and would be reused."""
+    if not (out / "tables" / store.STUDY).is_dir():
         return
     runs = store.read_table(out, store.STUDY)
     names = {store.COL_SEED: "seed", store.COL_PROMPTS_HASH: "prompt set (suites)",
              store.COL_CHECKPOINT_HASH: "model (checkpoint hash)"}
     for col, what in names.items():
-        if col not in runs or not len(runs):
+        if col not in identity or col not in runs or not len(runs) or (extend and col != store.COL_SEED):
             continue
         before = [v for v in runs[col].dropna().unique()]
         if before and any(str(v) != str(identity[col]) for v in before):
             was = str(before[-1])[:16]
+            fix = "" if col == store.COL_SEED else ", or pass --extend to add it to that study on purpose"
             raise UserError(f"{out} is a study of another {what} ({was}, now {str(identity[col])[:16]}); give another "
-                            f"--out for this spec, or pass --extend to add it to that study on purpose")
+                            f"--out for this spec{fix}")
 
 
 def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] = (0, 1), data_dir=None,
@@ -395,6 +400,7 @@ def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] =
         raise UserError(f"--out {out} is a file; give a folder for the study")
     prompts = load_suites(spec.suites, data_dir, spec.seed)  # suite errors surface here, before any work
     check_metric_inputs(spec, prompts, metrics)  # FID inputs: before the model is loaded
+    check_same_study(out, study_identity(spec, prompts), extend)  # seed and prompts: before the model is loaded
     device = rank_device(device)
     gen = contract(generator) if generator is not None else load_generator(spec.model, device)
     spec = fill_axes(spec, gen.sampler_defaults)  # the axes a diffusers spec left out: the pipeline's own

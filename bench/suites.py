@@ -1,7 +1,9 @@
 """Prompt suites: DrawBench, COCO captions (zero-shot protocol), the shapes world's held-out captions, any CSV.
 
-A suite is named by a string: `drawbench`, `coco`, `shapes`, or the path of a CSV file (columns `prompt` and an
-optional `category`). `NAME:N` takes a seeded subset of N prompts (stratified over categories where there are any,
+A suite is named by a string: `drawbench`, `coco`, `shapes`, or the path of a prompt file: CSV or TSV (by the
+extension, else sniffed from the header line), a `prompt` column and an optional `category`, header names matched
+without regard to case (`Prompt`, `Category`); any other columns are kept with each prompt as metadata (JSON) and
+land in its sample rows. `NAME:N` takes a seeded subset of N prompts (stratified over categories where there are any,
 so `drawbench:22` holds two prompts of each of its 11 categories). Every prompt gets a stable id: the suite name and
 a hash of its text, the same in every run.
 """
@@ -35,6 +37,7 @@ class Prompt:
     text: str
     category: str | None = None
     facts: str | None = None
+    meta: str | None = None  # JSON {column: value} of a prompt file's other columns
 
 
 def prompt_id(suite: str, text: str) -> str:
@@ -66,8 +69,22 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 # ----------------------------------------------------------------------------- readers
 
 
+def _delimiter(path: Path, first_line: str) -> str:
+    """Tab for .tsv/.tab, comma for .csv; otherwise sniffed from the header line (tab, comma, semicolon, pipe)."""
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".tab"):
+        return "\t"
+    if suffix == ".csv":
+        return ","
+    try:
+        return csv.Sniffer().sniff(first_line, delimiters="\t,;|").delimiter
+    except csv.Error:
+        return ","
+
+
 def read_prompt_csv(path: Path, suite: str, *, text_column: str = "prompt") -> list[Prompt]:
-    """A CSV with a `prompt` column (and an optional `category`); errors name the file and line."""
+    """A CSV/TSV with a `prompt` column (and an optional `category`; other columns kept as metadata); header names
+    matched without regard to case; errors name the file and line."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -81,16 +98,21 @@ def read_prompt_csv(path: Path, suite: str, *, text_column: str = "prompt") -> l
         raise UserError(f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
     if not text.strip():
         raise UserError(f"{path}: the file is empty; it needs a header line with a '{text_column}' column")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    delim = _delimiter(path, text.splitlines()[0])
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delim)
     try:
         header = [h.strip() for h in next(reader)]
     except csv.Error as exc:
         raise UserError(f"{path}:1: malformed CSV header ({exc})") from None
-    if text_column not in header:
+    lower = [h.lower() for h in header]
+    if text_column not in lower:
         raise UserError(f"{path}:1: no '{text_column}' column in the header {header}; "
                         f"name the prompt column '{text_column}' (and optionally add 'category')")
-    i_text = header.index(text_column)
-    i_cat = header.index("category") if "category" in header else None
+    if lower.count(text_column) > 1 or lower.count("category") > 1:
+        raise UserError(f"{path}:1: the header {header} names the prompt or category column twice")
+    i_text = lower.index(text_column)
+    i_cat = lower.index("category") if "category" in lower else None
+    extra = [(i, h) for i, h in enumerate(header) if i not in (i_text, i_cat) and h]
     prompts: list[Prompt] = []
     try:
         for row in reader:
@@ -104,7 +126,8 @@ def read_prompt_csv(path: Path, suite: str, *, text_column: str = "prompt") -> l
             if not prompt:
                 raise UserError(f"{path}:{line}: empty prompt")
             category = (row[i_cat].strip() or None) if i_cat is not None else None
-            prompts.append(Prompt(suite, prompt_id(suite, prompt), prompt, category))
+            meta = json.dumps({h: row[i] for i, h in extra}, ensure_ascii=False) if extra else None
+            prompts.append(Prompt(suite, prompt_id(suite, prompt), prompt, category, meta=meta))
     except csv.Error as exc:
         raise UserError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     if not prompts:
@@ -205,10 +228,10 @@ def load_suite(name: str, data_dir: str | os.PathLike | None = None, seed: int =
         prompts = _dedupe(coco(root, n, seed))
     elif base == "shapes":
         return (shapes_fn or shapes)(n, seed)  # the world draws exactly n captions from the seed
-    elif base.lower().endswith(".csv") or Path(base).is_file():
+    elif base.lower().endswith((".csv", ".tsv", ".tab")) or Path(base).is_file():
         prompts = _dedupe(read_prompt_csv(Path(base), suite_label(base)))
     else:
-        raise UserError(f"unknown suite {base!r}: use drawbench, coco, shapes, or the path of a CSV file "
+        raise UserError(f"unknown suite {base!r}: use drawbench, coco, shapes, or the path of a CSV/TSV file "
                         f"with a 'prompt' column (add ':N' for a seeded subset)")
     return prompts if n is None else subset(prompts, n, seed, base)
 

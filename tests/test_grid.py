@@ -130,6 +130,18 @@ def test_bootstrap_interval_matches_numpy():
     assert bootstrap_ci([1.0]) == (None, None)
 
 
+def test_bootstrap_is_clustered_by_prompt():
+    """Four samples of a prompt that agree are one observation, not four: the clustered interval is the interval
+    of the 10 prompt means (the same draws), and wider than the naive one over 40 'independent' images."""
+    means = np.random.default_rng(0).random(10)
+    v, prompts = np.repeat(means, 4), np.repeat([f"p{i}" for i in range(10)], 4)
+    clustered = bootstrap_ci(v, n_boot=400, seed=1, clusters=prompts)
+    assert clustered == pytest.approx(bootstrap_ci(means, n_boot=400, seed=1), abs=1e-12)
+    naive = bootstrap_ci(v, n_boot=400, seed=1)
+    assert clustered[1] - clustered[0] > 1.5 * (naive[1] - naive[0])
+    assert bootstrap_ci([0.0, 1.0], clusters=["a", "a"]) == (None, None)  # one prompt: no interval
+
+
 def _metric_fns(calls):
     def clip(images, prompts, model):
         calls.append("clip")
@@ -299,3 +311,53 @@ def test_fid_is_recomputed_when_the_reference_folder_changes(tmp_path, prompts_c
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(ref / "3.png")
     run_grid(spec, out, generator=FakeGenerator(), metric_fns=fns, progress=False, log=lambda m: None)
     assert calls == [3, 4]
+
+
+def test_a_study_is_exactly_its_spec(tmp_path, prompts_csv):
+    """Another seed, prompt set or model into the same folder is refused (nothing written) unless --extend; the
+    metrics of a cell use exactly the spec's work items, never other samples stored beside them."""
+    spec = replace(spec_for(prompts_csv), threshold=("none",), guidance=((1.0,),))
+    out = tmp_path / "study"
+    calls = []
+    run_grid(spec, out, generator=FakeGenerator(), metric_fns=_metric_fns(calls), progress=False, log=lambda m: None)
+    parts = {t: len(store.part_files(out, t)) for t in store.TABLES}
+    other_csv = tmp_path / "other.csv"
+    other_csv.write_text("prompt\na green frog\n", encoding="utf-8")
+    other_model = FakeGenerator()
+    other_model.checkpoint_hash = "e" * 64
+    for change, what in ((dict(seed=6), "seed"), (dict(suites=(str(other_csv),)), "prompt set"),
+                         ({}, "model")):
+        with pytest.raises(UserError, match=f"another {what}.*give another --out"):
+            run_grid(replace(spec, **change), out, generator=other_model if what == "model" else FakeGenerator(),
+                     progress=False, log=lambda m: None)
+        assert {t: len(store.part_files(out, t)) for t in store.TABLES} == parts  # nothing written
+    with pytest.raises(UserError, match="another seed"):  # a seed cannot be extended: images are keyed without it
+        run_grid(replace(spec, seed=6), out, generator=FakeGenerator(), extend=True, progress=False,
+                 log=lambda m: None)
+    # extending on purpose with other prompts: added, and each spec's metrics use only its own work items
+    calls.clear()
+    run_grid(replace(spec, suites=(str(other_csv),)), out, generator=FakeGenerator(), metric_fns=_metric_fns(calls),
+             extend=True, progress=False, log=lambda m: None)
+    samples = store.read_table(out, store.SAMPLES)
+    assert len(samples) == 8  # 3 prompts x 2 samples, then 1 prompt x 2 samples, in the same cell
+    metrics = store.read_table(out, store.METRICS)
+    clip = metrics[(metrics[store.COL_METRIC] == "clip_score_fake") & metrics[store.COL_CATEGORY].isna()]
+    assert list(clip[store.COL_N]) == [6, 2]  # never 8: the first spec's images are not this spec's
+
+
+def test_cli_refuses_another_seed_in_one_line(tmp_path, prompts_csv, capsys):
+    from bench.cli import main
+
+    spec = tmp_path / "s.toml"
+    text = SPEC.replace("PROMPTS", str(prompts_csv)).replace('model = "fake"', 'model = "tiny"').replace(
+        "[metrics]\nclip_score = { model = \"fake-clip\" }\nalignment = true", "")
+    spec.write_text(text.replace('guidance = [1.0, 4.0]', 'guidance = [1.0]').replace(
+        'threshold = ["none", "static", "dynamic:0.9"]', 'threshold = ["none"]').replace("steps = [2]", "steps = [1]"))
+    out = tmp_path / "study"
+    assert main(["grid", "run", str(spec), "--out", str(out), "--json"]) == 0
+    spec.write_text(spec.read_text().replace("seed = 5", "seed = 6"))
+    capsys.readouterr()
+    assert main(["grid", "run", str(spec), "--out", str(out), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another seed (5, now 6)" in err and "another --out" in err
+    assert main(["grid", "run", str(spec), "--out", str(tmp_path / "elsewhere"), "--json"]) == 0

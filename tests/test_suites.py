@@ -5,6 +5,8 @@ import hashlib
 import json
 from collections import Counter
 
+import numpy as np
+
 import pytest
 
 from bench.suites import load_suite, load_suites, parse_name, prompt_id, read_prompt_csv
@@ -86,3 +88,36 @@ def test_suite_errors(tmp_path, data_dir, monkeypatch):
     monkeypatch.delenv("IMAGEN_BENCH_DATA")
     with pytest.raises(UserError, match="data folder"):
         load_suite("drawbench", data_dir=None)
+
+
+def test_prompt_files_as_people_publish_them(tmp_path):
+    """PartiPrompts-style TSV (Prompt, Category, Challenge, Note), headers in any case, a sniffed delimiter, and
+    the extra columns kept as metadata in the sample rows."""
+    from bench import store
+    from bench.grid import parse_spec, run_grid
+
+    parti = tmp_path / "parti.tsv"
+    parti.write_text("Prompt\tCategory\tChallenge\tNote\nbond, james bond\tPeople\tBasic\t\n"
+                     "a red, round apple\tProduce & Plants\tColors\tfrom a paper\n", encoding="utf-8")
+    prompts = load_suite(str(parti))
+    assert [(p.text, p.category, p.suite) for p in prompts] == [("bond, james bond", "People", "parti"),
+                                                                 ("a red, round apple", "Produce & Plants", "parti")]
+    assert json.loads(prompts[1].meta) == {"Challenge": "Colors", "Note": "from a paper"}
+    semi = tmp_path / "prompts.dat"
+    semi.write_text("PROMPT;Category\na cat;animals\n", encoding="utf-8")
+    assert [(p.text, p.category) for p in load_suite(str(semi))] == [("a cat", "animals")]
+    twice = tmp_path / "twice.csv"
+    twice.write_text("prompt,Prompt\na,b\n", encoding="utf-8")
+    with pytest.raises(UserError, match="names the prompt or category column twice"):
+        load_suite(str(twice))
+
+    class Gen:
+        model_id, checkpoint_hash = "g", "0" * 64
+
+        def generate(self, prompts, seeds, settings):
+            return np.zeros((len(prompts), 4, 4, 3), np.uint8)
+
+    spec = parse_spec(f'name = "p"\nmodel = "tiny"\nsuites = ["{parti}"]\n[axes]\nsteps = [1]\n')
+    run_grid(spec, tmp_path / "study", generator=Gen(), metrics=False, progress=False, log=lambda m: None)
+    rows = store.read_table(tmp_path / "study", store.SAMPLES).sort_values(store.COL_PROMPT)
+    assert json.loads(rows[store.COL_META].iloc[0]) == {"Challenge": "Colors", "Note": "from a paper"}
