@@ -42,16 +42,19 @@ def make_default_fid(device: str = "cpu"):
 
     def fid_fn(images, fid_spec: dict, reference_images):
         from bench.metrics import fid as F
-        from bench.metrics.features import load_extractor
+        from bench.metrics.features import load_extractor, parse_protocol
 
         name = fid_spec["extractor"]
+        protocol = parse_protocol(fid_spec.get("protocol", "clean"))
         if "extractor" not in state:
             state["extractor"] = load_extractor(name, device)
         ext = state["extractor"]
         if "reference" not in state:
-            state["reference"] = (F.stats_from_images(list(reference_images), ext) if reference_images is not None
-                                  else F.resolve_stats(fid_spec["reference"], ext))
-        return F.fid_metric_name(name), float(F.fid_images(list(images), state["reference"], extractor=ext))
+            state["reference"] = (F.stats_from_images(list(reference_images), ext, protocol)
+                                  if reference_images is not None
+                                  else F.resolve_stats(fid_spec["reference"], ext, protocol))
+        value = F.fid_images(list(images), state["reference"], extractor=ext, protocol=protocol)
+        return F.fid_metric_name(name, protocol), float(value)
 
     return fid_fn
 

@@ -148,9 +148,20 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         aug = _maybe(_axis(axes, "aug_level", d and [_one(d.aug_level)]),
                      lambda v: _floats(v, "axes.aug_level", 0.0, 1.0))
     metrics = _subtable(raw, "metrics", METRIC_KEYS, source)
-    fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes"})
+    fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes",
+                                                    "protocol": "clean"})
     if fid and fid["extractor"] not in ("effnet-lite0", "inception"):
         raise UserError(f"metrics.fid.extractor: {fid['extractor']!r}; choose effnet-lite0 or inception")
+    if fid:
+        from bench.metrics.features import parse_protocol
+
+        if not isinstance(fid["protocol"], str):
+            raise UserError(f"metrics.fid.protocol: {fid['protocol']!r}; use clean, torch-fidelity, crop256+clean, "
+                            f"crop256+torch-fidelity or coco")
+        try:
+            fid["protocol"] = parse_protocol(fid["protocol"]).id
+        except UserError as exc:
+            raise UserError(f"metrics.fid.protocol: {exc}") from None
     clip = _metric_table(metrics.get("clip_score"), "clip_score", {"model": "shapes-clip"}, ("pretrained",))
     if clip:
         for k in ("model", "pretrained"):

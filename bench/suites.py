@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bench.ids import prompt_id
 from imagen.errors import UserError
 
 BUILTIN = ("drawbench", "coco", "shapes")
@@ -38,11 +38,6 @@ class Prompt:
     category: str | None = None
     facts: str | None = None
     meta: str | None = None  # JSON {column: value} of a prompt file's other columns
-
-
-def prompt_id(suite: str, text: str) -> str:
-    """Stable id: suite name + 12 hex digits of sha256(text)."""
-    return f"{suite}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
 
 
 def parse_name(name: str) -> tuple[str, int | None]:

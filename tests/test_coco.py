@@ -65,7 +65,7 @@ def test_sampling_matches_an_independent_reimplementation(data_dir):
 
 def test_reference_stats_from_folder_and_npz(fixture, tmp_path):
     ref = K.reference_stats(images_dir=fixture.images_dir)
-    assert ref.n == 10 and ref.protocol == "center-crop+pil-bicubic-256"
+    assert ref.n == 10 and ref.protocol == "crop256+torch-fidelity"
     F.save_stats(ref, tmp_path / "ref.npz")
     again = K.reference_stats(stats_file=tmp_path / "ref.npz")
     assert again.key == ref.key
@@ -80,12 +80,33 @@ def test_manifest_and_comparability(fixture):
     m1 = K.build_manifest(captions_file=fixture.captions_csv, sampled=K.sample_captions(caps, 5, 0), seed=0,
                           reference=ref, extractor="effnet-lite0", size=256)
     assert m1["n"] == 5 and len(m1["caption_ids"]) == 5 and m1["reference_stats"] == ref.key
-    assert m1["metric"] == "fid_effnet_lite0" and m1["resize"] == "center-crop+pil-bicubic-256"
+    assert m1["metric"] == "fid_effnet_lite0_crop256_torch_fidelity" and m1["fid_protocol"] == "crop256+torch-fidelity"
     assert not m1["comparable_with_fid30k"] and "not comparable" in m1["warning"]
+    assert m1["extractor_weights"] == ref.weights and len(ref.weights) == 64
+    assert m1["versions"]["torch-fidelity"] and m1["versions"]["clean-fid"]
     m2 = K.build_manifest(captions_file=fixture.captions_csv, sampled=K.sample_captions(caps, 5, 1), seed=1,
                           reference=ref, extractor="effnet-lite0", size=256)
     assert K.comparable(m1, m1) == []
     assert set(K.comparable(m1, m2)) == {"seed", "caption_ids"}
+    m3 = K.build_manifest(captions_file=fixture.captions_csv, sampled=K.sample_captions(caps, 5, 0), seed=0,
+                          reference=ref, extractor="effnet-lite0", size=256, kind="clean")
+    assert m3["metric"] == "fid_effnet_lite0_crop256_clean" and "fid_protocol" in K.comparable(m1, m3)
+
+
+def test_comparable_with_fid30k_only_for_inception_at_the_published_protocol(fixture, monkeypatch):
+    """N >= 30,000 alone is not enough: the extractor must be Inception and the protocol crop256+torch-fidelity."""
+    import dataclasses
+
+    caps = K.read_captions(fixture.captions_csv)
+    ref = K.reference_stats(images_dir=fixture.images_dir)
+    sampled = K.sample_captions(caps, 5, 0)
+    monkeypatch.setattr(K, "FID_30K", 5)  # the rule, on a fixture of 5 captions
+    inc = dataclasses.replace(ref, extractor="inception")
+    build = lambda **kw: K.build_manifest(captions_file=fixture.captions_csv, sampled=sampled, seed=0,  # noqa: E731
+                                          reference=inc, size=256, **kw)
+    assert build(extractor="inception")["comparable_with_fid30k"]
+    assert not build(extractor="inception", kind="clean")["comparable_with_fid30k"]
+    assert not build(extractor="effnet-lite0")["comparable_with_fid30k"]
 
 
 def test_small_n_warning():
@@ -111,8 +132,10 @@ def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
         K.read_captions(fixture.annotations), 4, 0)]
     assert json.loads((out / "result.json").read_text())["value"] == result["value"] > 0
     # the FID equals one computed by hand from the written images and the reference folder
-    by_hand = F.frechet_distance(F.stats_from_files(pngs, cache=False),
-                                 F.stats_from_folder(fixture.images_dir, cache=False))
+    from bench.metrics.features import COCO_PROTOCOL
+
+    by_hand = F.frechet_distance(F.stats_from_files(pngs, protocol=COCO_PROTOCOL, cache=False),
+                                 F.stats_from_folder(fixture.images_dir, protocol=COCO_PROTOCOL, cache=False))
     assert result["value"] == pytest.approx(by_hand, rel=1e-6)
     # resumable: a rerun keeps the images (same bytes, same mtime) and gives the same number
     mtimes = [p.stat().st_mtime_ns for p in pngs]

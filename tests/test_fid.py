@@ -14,12 +14,17 @@ from PIL import Image
 import bench.metrics  # noqa: F401  (registers effnet-lite0 with torch-fidelity)
 from bench.metrics import fid as F
 from bench.metrics.features import (
+    CLEAN,
     INCEPTION_FILE,
+    TORCH_FIDELITY,
+    Protocol,
     ResizeProtocol,
     apply_protocol,
+    crop_resize,
     extract_features,
     load_extractor,
     load_image,
+    parse_protocol,
 )
 from imagen.errors import UserError
 from fixtures_coco import photo_crops, write_pngs
@@ -32,7 +37,7 @@ def _cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Two folders of 256x256 PNGs (already at the protocol size, so torch-fidelity sees the same pixels)."""
+    """Two folders of 256x256 PNGs (neither at an extractor's input size: every protocol resizes them)."""
     root = tmp_path_factory.mktemp("fid")
     a = write_pngs(photo_crops(12, seed=1, size=256), root / "a")
     b = write_pngs(photo_crops(10, seed=2, size=256), root / "b")
@@ -61,25 +66,96 @@ def test_fid_of_a_set_with_itself_is_zero(folders):
     assert abs(F.frechet_distance(s1, s1)) < 1e-6
 
 
-def test_equals_torch_fidelity_called_directly(folders):
+@pytest.fixture(scope="module")
+def odd_folders(tmp_path_factory):
+    """Folders whose images are not 256 px and not square (180x140 and 150x200)."""
+    root = tmp_path_factory.mktemp("odd")
+    a = [crop_resize(im, 256)[:140, :180] for im in photo_crops(9, seed=11, size=256)]
+    b = [np.ascontiguousarray(crop_resize(im, 256)[:200, :150]) for im in photo_crops(8, seed=12, size=256)]
+    write_pngs(a, root / "a")
+    write_pngs(b, root / "b")
+    return root / "a", root / "b"
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+    """A randomly initialised Inception state dict in torch-fidelity's weight format (a .pth state dict), since the
+    real weights cannot be downloaded here: the code path is the real one, the number is not a real FID."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+    from unittest import mock
+
+    torch.manual_seed(0)
+    with mock.patch.object(inc, "load_state_dict_from_url", return_value={}), \
+            mock.patch.object(inc.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
+        net = inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+def _fidelity(a, b, **kw):
     import torch_fidelity
 
-    a_dir, b_dir, _, _ = folders
-    ours = F.fid(F.stats_from_folder(a_dir, cache=False), F.stats_from_folder(b_dir, cache=False))
-    ref = torch_fidelity.calculate_metrics(input1=str(a_dir), input2=str(b_dir), fid=True, cuda=False,
-                                           feature_extractor="effnet-lite0", cache=False, verbose=False,
-                                           save_cpu_ram=True, batch_size=8)
-    theirs = ref["frechet_inception_distance"]
-    assert ours.metric == "fid_effnet_lite0" and (ours.n_a, ours.n_b) == (12, 10)
+    out = torch_fidelity.calculate_metrics(input1=str(a), input2=str(b), fid=True, cuda=False, cache=False,
+                                           verbose=False, save_cpu_ram=True, batch_size=8, **kw)
+    return out["frechet_inception_distance"]
+
+
+def _clean_fid(a, b, ext):
+    from cleanfid import fid as cfid
+    from cleanfid.resize import make_resizer
+
+    size = ext.spec.input_size
+    return cfid.compute_fid(str(a), str(b), mode="clean", custom_feat_extractor=ext, num_workers=0, batch_size=8,
+                            device=torch.device("cpu"), verbose=False, use_dataparallel=False,
+                            custom_fn_resize=make_resizer("PIL", False, "bicubic", (size, size)))
+
+
+def test_torch_fidelity_protocol_equals_calculate_metrics_on_non_256_images(odd_folders):
+    a_dir, b_dir = odd_folders
+    tf = Protocol(TORCH_FIDELITY)
+    ours = F.fid(F.stats_from_folder(a_dir, protocol=tf, cache=False), F.stats_from_folder(b_dir, protocol=tf,
+                                                                                          cache=False))
+    theirs = _fidelity(a_dir, b_dir, feature_extractor="effnet-lite0")
+    assert ours.metric == "fid_effnet_lite0_torch_fidelity" and (ours.n_a, ours.n_b) == (9, 8)
     assert theirs > 1.0  # two different photo sets: a clearly non-zero distance
     assert ours.value == pytest.approx(theirs, rel=1e-4, abs=1e-3)
+
+
+def test_clean_protocol_equals_clean_fid_compute_fid_with_the_same_extractor(odd_folders):
+    a_dir, b_dir = odd_folders
+    ext = load_extractor("effnet-lite0")
+    ours = F.fid(F.stats_from_folder(a_dir, ext, cache=False), F.stats_from_folder(b_dir, ext, cache=False))
+    theirs = _clean_fid(a_dir, b_dir, ext)
+    assert ours.metric == "fid_effnet_lite0_clean" and theirs > 1.0
+    assert ours.value == pytest.approx(theirs, rel=1e-3, abs=1e-3)
+    tf = F.fid(F.stats_from_folder(a_dir, ext, Protocol(TORCH_FIDELITY), cache=False),
+               F.stats_from_folder(b_dir, ext, Protocol(TORCH_FIDELITY), cache=False))
+    assert abs(tf.value - ours.value) > 1e-3  # the protocols differ, and so do their numbers (and names)
+
+
+def test_inception_code_path_equals_torch_fidelity_and_clean_fid(odd_folders, random_inception):
+    """The Inception path end to end, with a random-weights file in torch-fidelity's format: ours equals
+    torch-fidelity's calculate_metrics (its protocol) and clean-fid's compute_fid (clean, float input at 299)."""
+    a_dir, b_dir = odd_folders
+    ext = load_extractor("inception", weights_path=random_inception)
+    assert ext.weights == F.weights_sha256("inception", random_inception)
+    tf = Protocol(TORCH_FIDELITY)
+    ours = F.fid(F.stats_from_folder(a_dir, ext, tf, cache=False), F.stats_from_folder(b_dir, ext, tf, cache=False))
+    theirs = _fidelity(a_dir, b_dir, feature_extractor="inception-v3-compat",
+                       feature_extractor_weights_path=random_inception)
+    assert ours.metric == "fid_inception_torch_fidelity" and ours.value == pytest.approx(theirs, rel=1e-4, abs=1e-6)
+    clean = F.fid(F.stats_from_folder(a_dir, ext, cache=False), F.stats_from_folder(b_dir, ext, cache=False))
+    assert clean.value == pytest.approx(_clean_fid(a_dir, b_dir, ext), rel=1e-3, abs=1e-6)
+    with pytest.raises(ValueError, match="299"):  # float input at another size is refused, not silently resized
+        ext(torch.zeros(1, 3, 64, 64))
 
 
 def test_equals_independent_numpy_scipy_computation(folders):
     _, _, a_paths, b_paths = folders
     ext = load_extractor("effnet-lite0")
-    fa = extract_features([load_image(p) for p in a_paths], ext, batch_size=5)
-    fb = extract_features([load_image(p) for p in b_paths], ext, batch_size=5)
+    fa = extract_features([apply_protocol(load_image(p), Protocol(CLEAN), 224) for p in a_paths], ext, batch_size=5)
+    fb = extract_features([apply_protocol(load_image(p), Protocol(CLEAN), 224) for p in b_paths], ext, batch_size=5)
     assert fa.shape == (12, 1280)
     ours = F.frechet_distance(F.stats_from_files(a_paths, cache=False), F.stats_from_files(b_paths, cache=False))
     assert ours == pytest.approx(_independent_fid(fa, fb), rel=1e-4, abs=1e-3)
@@ -157,6 +233,7 @@ def test_cache_key_depends_on_content_and_protocol(folders, tmp_path):
     s = F.stats_from_files(a_paths[:4])
     assert F.stats_from_files(a_paths[:4]).key == s.key
     assert F.stats_from_files(a_paths[:4], protocol=ResizeProtocol(128)).key != s.key
+    assert F.stats_from_files(a_paths[:4], protocol=Protocol(TORCH_FIDELITY)).key != s.key
     assert F.stats_from_files(a_paths[:5]).key != s.key
     changed = tmp_path / "x"
     changed.mkdir()
@@ -180,6 +257,17 @@ def test_protocol_center_crops_and_resizes_once():
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and out.min() == 255
     same = np.full((64, 64, 3), 7, np.uint8)
     assert apply_protocol(same, ResizeProtocol(64)) is same
+    clean = apply_protocol(img, Protocol(CLEAN, 64), input_size=224)
+    assert clean.shape == (224, 224, 3) and clean.dtype == np.float32  # clean-fid: no quantisation
+
+
+def test_protocol_names():
+    assert parse_protocol("clean") == Protocol(CLEAN) and parse_protocol("coco") == Protocol(TORCH_FIDELITY, 256)
+    assert parse_protocol("crop256+clean").slug == "crop256_clean"
+    assert parse_protocol("center-crop+pil-bicubic-256") == ResizeProtocol(256)  # files written before names
+    for bad in ("bilinear", "cropx+clean"):
+        with pytest.raises(UserError, match="protocol"):
+            parse_protocol(bad)
 
 
 def test_stats_file_round_trip_and_clean_fid_format(folders, tmp_path):
@@ -194,12 +282,15 @@ def test_stats_file_round_trip_and_clean_fid_format(folders, tmp_path):
     with pytest.raises(UserError, match="inception"):
         F.load_stats(tmp_path / "plain.npz")  # such files are Inception statistics by default: 1280-d does not fit
     with pytest.raises(UserError, match="different extractors"):
-        F.frechet_distance(a, F.FidStats(np.zeros(2048), np.eye(2048), 3, "inception", "p", "h"))
+        F.frechet_distance(a, F.FidStats(np.zeros(2048), np.eye(2048), 3, "inception", "clean", "h"))
+    with pytest.raises(UserError, match="different protocols"):
+        F.frechet_distance(a, F.FidStats(a.mu, a.sigma, 3, "effnet-lite0", "torch-fidelity", "h"))
 
 
-def test_metric_names_carry_the_extractor():
-    assert F.fid_metric_name("effnet-lite0") == bench.metrics.KEY_FID_EFFNET_LITE0 == "fid_effnet_lite0"
-    assert F.fid_metric_name("inception") == bench.metrics.KEY_FID_INCEPTION == "fid_inception"
+def test_metric_names_carry_the_extractor_and_protocol():
+    assert F.fid_metric_name("effnet-lite0") == bench.metrics.KEY_FID_EFFNET_LITE0 == "fid_effnet_lite0_clean"
+    assert F.fid_metric_name("inception") == bench.metrics.KEY_FID_INCEPTION == "fid_inception_clean"
+    assert F.fid_metric_name("inception", "coco") == "fid_inception_crop256_torch_fidelity"
     with pytest.raises(UserError, match="unknown feature extractor"):
         F.fid_metric_name("vgg")
 
@@ -273,7 +364,7 @@ def test_cli_fid_json(folders, tmp_path, capsys):
     a_dir, b_dir, _, _ = folders
     assert main(["fid", str(a_dir), str(b_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["metric"] == "fid_effnet_lite0" and (out["n_a"], out["n_b"]) == (12, 10)
+    assert out["metric"] == "fid_effnet_lite0_clean" and (out["n_a"], out["n_b"]) == (12, 10)
     direct = F.fid(F.stats_from_folder(a_dir), F.stats_from_folder(b_dir)).value
     assert out["value"] == pytest.approx(direct, rel=1e-9)
     assert main(["fid", str(a_dir), str(b_dir), "--save-stats-b", str(tmp_path / "b.npz"), "--json"]) == 0

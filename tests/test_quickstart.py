@@ -46,7 +46,7 @@ def test_quickstart_reduced_end_to_end(tmp_path, capsys, monkeypatch):
     summary = json.loads(capsys.readouterr().out)
     assert summary["complete"] and summary["cells"] == cells and summary["images"] == 2 * cells
     table = pd.read_csv(out / "report" / "summary.csv")
-    assert len(table) == cells and table["clip_score_shapes_clip"].notna().all() and table["fid_effnet_lite0"].notna().all() and table["align_overall"].between(0, 1).all()
+    assert len(table) == cells and table["clip_score_shapes_clip"].notna().all() and table["fid_effnet_lite0_clean"].notna().all() and table["align_overall"].between(0, 1).all()
     assert Path(summary["report"]).is_file()
     assert main(["grid", "status", str(out), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)

