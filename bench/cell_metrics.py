@@ -25,6 +25,7 @@ from imagen.errors import UserError
 
 ALIGNMENT = "align_overall"  # = bench.metrics.alignment.ALIGN_OVERALL: images whose every tested fact holds
 ALIGN_PREFIX = "align_"  # + fact type: accuracy of one fact type (color, shape, count, position)
+FLAGGED = "flagged_share"  # the share of a cell's images its model's safety checker blacked out (n: all of them)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,15 @@ def _mean_rows(cell_id, name, values, categories, ihash, clusters) -> list[dict]
     return rows
 
 
+def _store_rows(study: Path, rows: list[dict], n_flagged: int, prefix: str) -> None:
+    if rows:
+        for r in rows:
+            r[store.COL_STUDY] = study.name
+            r[store.COL_N_FLAGGED] = n_flagged
+            r[store.COL_CREATED] = now()
+        store.write_part(study, store.METRICS, rows, prefix=prefix)
+
+
 def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, items=None, metric_fns: MetricFns | None = None,
                     device: str = "cpu", progress: bool = True, prefix: str = "metrics", log=print) -> int:
     """The spec's metrics for every cell; a metric already stored for the same images is skipped. Rows written.
@@ -218,19 +228,26 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
     for cell_id in cells:
         df = samples[samples[store.COL_CELL_ID] == cell_id].sort_values(store.COL_SAMPLE_ID)
         n_flagged = 0
+        rows: list[dict] = []
         if store.COL_FLAGGED in df:
             bad = df[store.COL_FLAGGED].fillna(False).astype(bool)
             n_flagged = int(bad.sum())
             if n_flagged:
                 log(f"warning: cell {cell_id}: {n_flagged} of {len(df)} images were blacked out by the model's "
                     f"safety checker; its metrics leave them out (n_flagged in the metric rows)")
+                ihash = _inputs_hash("flagged", None, df[store.COL_SHA256])
+                if (cell_id, ihash) not in have:  # the share itself, stored even when no image is left to score
+                    rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: FLAGGED, store.COL_CATEGORY: None,
+                                 store.COL_VALUE: n_flagged / len(df), store.COL_LOW: None, store.COL_HIGH: None,
+                                 store.COL_N: int(len(df)), store.COL_INPUTS_HASH: ihash})
             df = df[~bad.to_numpy()]
         if not len(df):
+            _store_rows(study, rows, n_flagged, prefix)
+            written += len(rows)
             if bar is not None:
                 bar.update(1)
             continue
         images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3] (object array: mixed sizes)
-        rows: list[dict] = []
         cats = [c if isinstance(c, str) and c else None for c in df[store.COL_CATEGORY]]  # NaN/None: no category
         if m.fid:
             sel = (df[store.COL_SUITE] == "shapes").to_numpy() if m.fid["reference"] == "shapes" else None
@@ -263,13 +280,8 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                     vals = [float(c[fact]) for c in checks if fact in c]
                     rows += _mean_rows(cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash,
                                        [p for p, k in zip(pids, keep) if k])[:1]
-        if rows:
-            for r in rows:
-                r[store.COL_STUDY] = study.name
-                r[store.COL_N_FLAGGED] = n_flagged
-                r[store.COL_CREATED] = now()
-            store.write_part(study, store.METRICS, rows, prefix=prefix)
-            written += len(rows)
+        _store_rows(study, rows, n_flagged, prefix)
+        written += len(rows)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -203,14 +203,16 @@ def _steps(s) -> int:
 
 
 def fill_axes(spec: GridSpec, defaults: SamplerConfig | None) -> GridSpec:
-    """The spec with every axis it left out (None) set to the loaded model's own setting."""
+    """The spec with every axis it left out (None) set to the loaded model's own setting. A default that is itself
+    None (a diffusers cascade's sampler, threshold and steps: each stage's own) leaves the axis None."""
     missing = [k for k in ("guidance", "threshold", "sampler", "steps", "aug_level") if getattr(spec, k) is None]
-    if not missing:
+    if not missing or not spec.has_axes:
         return spec
     d = defaults or SamplerConfig()
-    own = {"guidance": (tuple(d.guidance),), "threshold": (d.threshold,), "sampler": (d.sampler,),
-           "steps": (int(d.steps),), "aug_level": (tuple(d.aug_level),)}
-    return dataclasses.replace(spec, **{k: own[k] for k in missing})
+    own = {"guidance": d.guidance and (tuple(d.guidance),), "threshold": d.threshold and (d.threshold,),
+           "sampler": d.sampler and (d.sampler,), "steps": d.steps and (int(d.steps),),
+           "aug_level": d.aug_level and (tuple(d.aug_level),)}
+    return dataclasses.replace(spec, **{k: own[k] or None for k in missing})
 
 
 def load_spec(path: str | os.PathLike, model: str | None = None) -> GridSpec:
@@ -242,10 +244,13 @@ def spec_to_toml(spec: GridSpec) -> str:
     lines = [f"name = {_toml_value(spec.name)}", f"model = {_toml_value(spec.model)}",
              f"suites = {_toml_value(list(spec.suites))}", f"samples_per_prompt = {spec.samples_per_prompt}",
              f"seed = {spec.seed}", f"batch_size = {spec.batch_size}", "", "[axes]"]
-    if spec.has_axes:
-        lines += [f"guidance = {_toml_value(stage_list(spec.guidance))}",
-                  f"threshold = {_toml_value(list(spec.threshold))}", f"sampler = {_toml_value(list(spec.sampler))}",
-                  f"steps = {_toml_value(list(spec.steps))}", f"aug_level = {_toml_value(stage_list(spec.aug_level))}"]
+    if spec.has_axes:  # an axis that is None is the model's own setting, and is left out as the user left it
+        for key, value in (("guidance", spec.guidance and stage_list(spec.guidance)),
+                           ("threshold", spec.threshold and list(spec.threshold)),
+                           ("sampler", spec.sampler and list(spec.sampler)), ("steps", spec.steps and list(spec.steps)),
+                           ("aug_level", spec.aug_level and stage_list(spec.aug_level))):
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
     lines += ["", "[metrics]"]
     m = spec.metrics
     lines.append(f"fid = {_toml_value(m.fid) if m.fid else 'false'}")
@@ -388,9 +393,11 @@ def check_same_study(out: Path, identity: dict, extend: bool) -> None:
     for col, what in names.items():
         if col not in identity or col not in runs or not len(runs) or (extend and col != store.COL_SEED):
             continue
-        before = [v for v in runs[col].dropna().unique()]
-        if before and any(str(v) != str(identity[col]) for v in before):
-            was = str(before[-1])[:16]
+        # rows of runs made before this column existed are null (and make an integer column float): skipped
+        norm = (lambda v: str(int(v))) if col == store.COL_SEED else str
+        before = [norm(v) for v in runs[col].dropna().unique()]
+        if before and any(v != norm(identity[col]) for v in before):
+            was = before[-1][:16]
             fix = "" if col == store.COL_SEED else ", or pass --extend to add it to that study on purpose"
             raise UserError(f"{out} is a study of another {what} ({was}, now {str(identity[col])[:16]}); give another "
                             f"--out for this spec{fix}")

@@ -50,7 +50,9 @@ class GridSpec:
 
     @property
     def has_axes(self) -> bool:
-        return bool(self.sampler)
+        """False for a model without sampling settings (an image set: every axis empty). An axis that is None is
+        the model's own setting (a diffusers pipeline's sampler, threshold or steps, each stage's own)."""
+        return any(v != () for v in (self.guidance, self.threshold, self.sampler, self.steps, self.aug_level))
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,10 @@ class Cell:
     """One grid cell: every sampling setting of one model (all None for a model that has none)."""
 
     model_hash: str
-    sampler: str | None
-    steps: int | None
+    sampler: str | None  # None: each stage's own (a diffusers pipeline's scheduler as it ships)
+    steps: int | None  # None: each stage's own default
     guidance: tuple[float, ...]  # per stage (one value = all stages); () when the model has no settings
-    threshold: str | None
+    threshold: str | None  # None: each stage's own scheduler setting
     aug_level: tuple[float, ...]
 
     @property
@@ -70,7 +72,8 @@ class Cell:
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
     def sampler_config(self) -> SamplerConfig | None:
-        if self.sampler is None:
+        """The cell's settings (None for a model that has none; a None field is the model's own)."""
+        if not self.guidance and not self.aug_level and self.sampler is None and self.steps is None:
             return None
         return SamplerConfig(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
                              threshold=self.threshold, aug_level=self.aug_level)
@@ -93,8 +96,9 @@ def expand(spec: GridSpec, model_hash: str) -> list[Cell]:
     """The cartesian product of the axes, thresholding outermost (one curve per thresholding in the report)."""
     if not spec.has_axes:
         return [Cell(model_hash, None, None, (), None, ())]
-    return [Cell(model_hash, s, n, g, t, a) for t, g, s, n, a in
-            itertools.product(spec.threshold, spec.guidance, spec.sampler, spec.steps, spec.aug_level)]
+    axes = [v if v is not None else (None,) for v in (spec.threshold, spec.guidance, spec.sampler, spec.steps,
+                                                      spec.aug_level)]
+    return [Cell(model_hash, s, n, g, t, a) for t, g, s, n, a in itertools.product(*axes)]
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,11 @@ def load_system_samples(folder: Path, cell: str | None):
     df = df[df[store.COL_CELL_ID].astype(str) == cell]
     # A re-run appends rows: keep the last row per work item.
     df = df.drop_duplicates(subset=[store.COL_PROMPT_ID, store.COL_SAMPLE_INDEX], keep="last")
+    if store.COL_FLAGGED in df:  # blacked out by the model's safety checker: never shown to raters as its image
+        df = df[~df[store.COL_FLAGGED].fillna(False).astype(bool).to_numpy()]
+        if not len(df):
+            raise UserError(f"every image of cell {cell} in study {folder} was blacked out by the model's safety "
+                            f"checker; rerun it with the checker off (?safety_checker=off) or pick another cell")
     return cell, df.reset_index(drop=True)
 
 

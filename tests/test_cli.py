@@ -48,3 +48,19 @@ def test_user_mistakes_are_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("imagen-bench: error: ")
+
+
+def test_readme_grid_specs_parse():
+    """Every TOML block of the README that is a grid spec parses as it stands (a user copies them)."""
+    import re
+    from pathlib import Path
+
+    from bench.grid import parse_spec
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    specs = [b for b in blocks if "suites" in b and "model" in b]
+    assert len(specs) >= 2
+    for text in specs:
+        spec = parse_spec(text, source="README")
+        assert spec.name and spec.suites

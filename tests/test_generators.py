@@ -1,6 +1,7 @@
 """The generator contract on real libraries: tiny random-weight diffusers pipelines saved with save_pretrained and
 loaded through `diffusers:<folder>` (an IF-style pixel cascade, an SD-style latent pipeline), and `images:` sets."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bench import store
@@ -88,10 +90,40 @@ def test_if_cascade_every_axis_lands_in_the_call_or_the_scheduler(if_gen):
     assert not cfg.thresholding and not cfg.clip_sample and cfg.variance_type == "learned_range"
 
 
-def test_if_defaults_are_the_pipelines_own(if_gen):
+def test_axes_left_out_are_each_stages_own(if_gen, pipes):
+    """IF stage I samples at 100 steps, w = 7, dynamic:0.95:1.5; its stage II at 50 steps, w = 4, noise level 250
+    and its own cap 1.0: left-out axes keep each stage's own scheduler, config and call defaults."""
     d = if_gen.sampler_defaults
-    assert (d.sampler, d.steps, d.guidance, d.threshold, d.aug_level) == (
-        "DDPMScheduler", 100, (7.0, 4.0), "dynamic:0.95:1.5", (0.25,))
+    assert (d.sampler, d.steps, d.guidance, d.threshold, d.aug_level) == (None, None, (7.0, 4.0), None, (0.25,))
+    s1, s2 = if_gen.describe(d)["stages"]
+    assert (s1["call"]["num_inference_steps"], s2["call"]["num_inference_steps"]) == (100, 50)
+    assert s1["scheduler_config"]["sample_max_value"] == 1.5 and s2["scheduler_config"]["sample_max_value"] == 1.0
+    assert s2["call"]["noise_level"] == 250
+    spec = parse_spec(f'name = "d"\nmodel = "diffusers:{pipes["if1"]}+{pipes["if2"]}"\nsuites = ["shapes:2"]\n')
+    assert (spec.sampler, spec.threshold, spec.steps, spec.guidance) == (None, None, None, None)
+    from bench.grid import fill_axes, spec_to_toml
+
+    filled = fill_axes(spec, d)
+    assert filled.guidance == ((7.0, 4.0),) and filled.sampler is None
+    assert parse_spec(spec_to_toml(filled)) == dataclasses.replace(filled, guidance=((7.0, 4.0),))
+    # the upscaler keeps its own DDIM scheduler and 75 steps behind an SD base (PNDM, 50)
+    up = load_generator(f"diffusers:{pipes['sd']}+{pipes['up']}")
+    a, b = up.describe(up.sampler_defaults)["stages"]
+    assert (a["scheduler"], b["scheduler"]) == ("PNDMScheduler", "DDIMScheduler")
+    assert (a["call"]["num_inference_steps"], b["call"]["num_inference_steps"]) == (50, 75)
+
+
+def test_stage_two_gets_stage_ones_image_and_text(if_gen):
+    s = SamplerConfig(sampler="ddim", steps=2, guidance=(3.0, 2.0), threshold="static", aug_level=(0.0,))
+    _, (c1, c2) = _calls_of(if_gen, s)
+    assert c1["output_type"] == "pt" and c2["output_type"] == "np"
+    assert tuple(c2["image"].shape) == (2, 3, 16, 16) and float(c2["image"].abs().max()) <= 1.0
+    assert torch.equal(c1["prompt_embeds"], c2["prompt_embeds"])
+    stage1 = if_gen.impl.pipes[0]
+    alone = stage1(prompt_embeds=c1["prompt_embeds"], negative_prompt_embeds=c1["negative_prompt_embeds"],
+                   num_inference_steps=2, guidance_scale=3.0, output_type="pt",
+                   generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+    assert torch.equal(alone, c2["image"])  # exactly stage I's output, with the image's own seed
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -141,6 +173,55 @@ def test_upscaler_stage_takes_the_aug_level_as_its_noise_level(pipes):
         gen.check([SamplerConfig(sampler="ddim", steps=2, guidance=(2.0,), threshold="none", aug_level=(0.5,))], [])
 
 
+def test_safety_checker_of_an_earlier_stage_judges_a_cascades_final_images(pipes):
+    """SD (with a checker) + the x4 upscaler (none): the base's checker runs on the upscaled images."""
+    gen = load_generator(f"diffusers:{pipes['sd-flag']}+{pipes['up']}")
+    s = SamplerConfig(sampler="ddim", steps=2, guidance=(2.0, 2.0), threshold="none", aug_level=(0.02,))
+    assert gen.describe(s)["safety_checker_stage"] == "1 (StableDiffusionPipeline)"
+    made = gen.generate([Request("a red circle", 1), Request("a cat", 2)], s)
+    assert made.flagged == [True, True] and all(im.max() == 0 for im in made.images)
+    assert [im.shape for im in made.images] == [(128, 128, 3)] * 2  # 32 px base, x4
+    clean = load_generator(f"diffusers:{pipes['sd']}+{pipes['up']}")
+    assert clean.describe(s)["safety_checker"] is False
+
+
+def test_rank_device_and_a_minimal_generator(monkeypatch):
+    from bench.generators import contract, rank_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert rank_device("cuda") == "cuda:3" and rank_device("cpu") == "cpu" and rank_device("cuda:1") == "cuda:1"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert rank_device("cuda") == "cuda"
+
+    class Mine:  # a user's own: generate(prompts, seeds, settings, keys=None), no batch_size
+        model_id, checkpoint_hash = "mine", "m" * 64
+
+        def generate(self, prompts, seeds, settings, keys=None):
+            return [np.full((4, 4, 3), k[1], np.uint8) for k in keys]
+
+    out = contract(Mine()).generate([Request("a", 1, "p", 3)], None, batch_size=4)
+    assert out.images[0][0, 0, 0] == 3 and out.flagged == [False]
+
+
+def test_checkpoint_hash_covers_what_is_loaded_not_other_variants(pipes, tmp_path):
+    """A full `huggingface-cli download` also fetches other variants and READMEs: the hash is of what loads."""
+    import shutil
+
+    from bench.generators.diffusers_pipeline import folder_hash
+    from bench.filehash import HashMemo
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pipes["sd"], copy)
+    memo = HashMemo(tmp_path / "memo.json")
+    before = folder_hash(copy, memo)
+    (copy / "README.md").write_text("a model card")
+    (copy / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"other variant")
+    assert folder_hash(copy, memo) == before
+    assert folder_hash(copy, memo, "fp16") != before  # that variant is what loads then
+    (copy / "unet" / "config.json").write_text((copy / "unet" / "config.json").read_text() + " ")
+    assert folder_hash(copy, memo) != before
+
+
 def test_missing_hub_model_is_one_line_saying_what_to_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match=r"huggingface-cli download nobody-here/no-such-pipeline") as exc:
@@ -185,8 +266,17 @@ def test_safety_checker_flags_are_kept_and_left_out_of_metrics(pipes, tmp_path):
     run_grid(_spec(f"diffusers:{pipes['sd-flag']}", prompts), out, progress=False, log=logs.append)
     samples = store.read_table(out, store.SAMPLES)
     assert len(samples) == 8 and samples[store.COL_FLAGGED].all()
-    assert not store.read_table(out, store.METRICS).shape[0]  # every image blacked out: no score from black images
+    metrics = store.read_table(out, store.METRICS)  # every image blacked out: no score from black images ...
+    assert set(metrics[store.COL_METRIC]) == {"flagged_share"} and (metrics[store.COL_VALUE] == 1.0).all()
+    assert (metrics[store.COL_N_FLAGGED] == 4).all()  # ... but the share is stored, per cell
     assert any("safety checker" in m for m in logs)
+    from drawbench.pairs import load_system_samples
+    from reports.build import build_report
+
+    with pytest.raises(UserError, match="blacked out by the model's safety checker"):  # never shown to raters
+        load_system_samples(out, samples[store.COL_CELL_ID].iloc[0])
+    html = Path(build_report(out)).read_text()
+    assert "flagged" in html
     gen_info = json.loads(samples[store.COL_GENERATION].iloc[0])
     assert gen_info["safety_checker"] is True and gen_info["stages"][0]["pipeline"] == "StableDiffusionPipeline"
     off = load_generator(f"diffusers:{pipes['sd-flag']}?safety_checker=off")
@@ -204,7 +294,9 @@ def test_grid_report_and_rating_session_on_a_diffusers_model_and_an_image_set(pi
     summary = run_grid(_spec(f"diffusers:{pipes['sd']}", prompts), a, progress=False, log=lambda m: None)
     assert summary["complete"] and summary["images"] == 12
     samples = store.read_table(a, store.SAMPLES)
-    assert set(samples[store.COL_GUIDANCE]) == {1.0, 4.0} and set(samples[store.COL_SAMPLER]) == {"PNDMScheduler"}
+    assert set(samples[store.COL_GUIDANCE]) == {1.0, 4.0} and samples[store.COL_SAMPLER].isna().all()
+    used = json.loads(samples[store.COL_GENERATION].iloc[0])  # the sampler left out: the pipeline's own, recorded
+    assert used["stages"][0]["scheduler"] == "PNDMScheduler" and used["stages"][0]["call"]["num_inference_steps"] == 2
     metrics = store.read_table(a, store.METRICS)
     assert set(metrics[store.COL_METRIC]) == {"clip_score_shapes_clip"}
     # the images of one cell, exported as a CSV set, benchmark as a model of their own

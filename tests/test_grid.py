@@ -361,3 +361,22 @@ def test_cli_refuses_another_seed_in_one_line(tmp_path, prompts_csv, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "another seed (5, now 6)" in err and "another --out" in err
     assert main(["grid", "run", str(spec), "--out", str(tmp_path / "elsewhere"), "--json"]) == 0
+
+
+def test_a_study_made_before_the_identity_columns_keeps_resuming(tmp_path, prompts_csv):
+    """Study rows written before seed/prompts_hash existed are null there (and turn seed into floats once a new row
+    is added): reruns of the same spec must keep working, twice and more."""
+    import pyarrow.parquet as pq
+
+    spec = replace(spec_for(prompts_csv), threshold=("none",), guidance=((1.0,),))
+    out = tmp_path / "old"
+    run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
+    for part in store.part_files(out, store.STUDY):  # as the older code wrote them
+        t = pq.read_table(part)
+        pq.write_table(t.drop_columns([store.COL_SEED, store.COL_PROMPTS_HASH]), part)
+    for _ in range(2):
+        summary = run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
+        assert summary["generated"] == 0 and summary["complete"]
+    with pytest.raises(UserError, match="another seed"):
+        run_grid(replace(spec, seed=9), out, generator=FakeGenerator(), metrics=False, progress=False,
+                 log=lambda m: None)

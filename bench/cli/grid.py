@@ -42,7 +42,8 @@ def register(subparsers) -> None:
                "  torchrun --nproc-per-node 4 -m bench grid run my.toml --out runs/a --device cuda   # cuda:LOCAL_RANK\n"
                "  imagen-bench grid run if.toml --out runs/if --model 'diffusers:DeepFloyd/IF-I-XL-v1.0+"
                "DeepFloyd/IF-II-L-v1.0?dtype=float16' --device cuda\n"
-               "  imagen-bench grid run my.toml --out runs/api --model images:api_images.csv   # images made elsewhere\n",
+               "  imagen-bench grid run no-axes.toml --out runs/api --model images:api_images.csv   # made elsewhere; "
+               "a spec without [axes]\n",
     )
     run.add_argument("spec", help="grid spec TOML file")
     run.add_argument("--out", required=True, help="study folder (created; reused to resume)")
@@ -54,7 +55,8 @@ def register(subparsers) -> None:
                           "images:<folder or CSV>; the axes the spec leaves out are that model's own settings")
     run.add_argument("--extend", action="store_true",
                      help="add this spec to a study made with another seed, prompt set or model (refused otherwise)")
-    run.add_argument("--device", default="cpu", help="torch device for generation")
+    run.add_argument("--device", default="cpu",
+                     help="torch device for generation; under torchrun/accelerate, cuda means cuda:LOCAL_RANK")
     run.add_argument("--no-metrics", action="store_true", help="only generate images")
     run.add_argument("--json", action="store_true", help="print a JSON summary only")
     add_data_dir(run)

@@ -9,16 +9,18 @@ import os
 import tempfile
 from pathlib import Path
 
-DESCRIPTION = """Generate images from text prompts with an Imagen cascade and write them as PNG files.
+DESCRIPTION = """Generate images from text prompts and write them as PNG files.
 
 The model is a preset (untrained, deterministic weights from seed 0: useful to check the plumbing), a checkpoint
-folder written by `imagen-bench train`, or a shipped model name. Each prompt gets the same --seed, so any image can be
-reproduced alone. With one prompt the image goes to --out; with several, prompt k goes to OUT-k.png
-(a.png -> a-0.png, a-1.png, ...).
+folder written by `imagen-bench train`, a shipped model name, or any diffusers pipeline or cascade
+(--model diffusers:<hub id or folder>[+stage II], see the README's "Benchmark your own model"). Each prompt
+gets the same --seed, so any image can be reproduced alone. With one prompt the image goes to --out; with
+several, prompt k goes to OUT-k.png (a.png -> a-0.png, a-1.png, ...).
 
 A sampling setting left off the command line is the model's own: a checkpoint folder (or shipped model) may hold
-sampler.toml with the settings it is meant to be sampled at; otherwise the global defaults (DDPM, 50 steps,
-guidance 5, dynamic:0.995) apply. --json prints the settings used."""
+sampler.toml with the settings it is meant to be sampled at, a diffusers pipeline samples with each stage's own
+scheduler, steps and weight; otherwise the global defaults (DDPM, 50 steps, guidance 5, dynamic:0.995) apply.
+--json prints the settings used and, for a diffusers model, each stage's scheduler and call."""
 
 EPILOG = """examples:
   imagen-bench sample --preset tiny --prompt "a red circle" --out circle.png
@@ -26,11 +28,14 @@ EPILOG = """examples:
       --threshold dynamic:0.995 --sampler dpmpp-2m --steps 25 --seed 7 --out shapes.png   # shapes-0.png, shapes-1.png
   imagen-bench sample --checkpoint runs/shapes --prompt "a green triangle" --aug-level 0.1 --out tri.png
   imagen-bench sample --model shapes --prompt "a red circle" --threshold static --sampler ddim --out c.png --json
+  imagen-bench sample --model "diffusers:DeepFloyd/IF-I-XL-v1.0+DeepFloyd/IF-II-L-v1.0?dtype=float16" \
+      --prompt "a corgi in a field" --guidance 7 4 --device cuda --out corgi.png
 """
 
 
-# a sampling flag left out takes the model's own setting (sampler.toml in its folder), else the global default
-_DEFAULT = " (default: the model's sampler.toml, else {})"
+# a sampling flag left out takes the model's own setting (sampler.toml in its folder, a diffusers pipeline's own),
+# else the global default
+_DEFAULT = " (default: the model's own setting, else {})"
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -136,9 +141,11 @@ def register(subparsers) -> None:
                    help="classifier-free guidance weight, one value or one per stage (1 = no guidance)"
                         f"{_DEFAULT.format(d.guidance[0])}")
     p.add_argument("--threshold", default=None,
-                   help=f"x0 thresholding: none, static, or dynamic:P with P in (0, 1]{_DEFAULT.format(d.threshold)}")
+                   help=f"x0 thresholding: none, static, dynamic:P with P in (0, 1], or dynamic:P:M with the scale "
+                        f"capped at M{_DEFAULT.format(d.threshold)}")
     p.add_argument("--sampler", default=None,
-                   help=f"ddpm (ancestral), ddim (eta=0) or dpmpp-2m{_DEFAULT.format(d.sampler)}")
+                   help=f"ddpm (ancestral), ddim (eta=0), dpmpp-2m, or a diffusers scheduler class name for a "
+                        f"diffusers: model{_DEFAULT.format(d.sampler)}")
     p.add_argument("--steps", type=int, default=None, help=f"denoiser calls per stage{_DEFAULT.format(d.steps)}")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the same for every prompt)")
     p.add_argument("--aug-level", type=float, nargs="+", default=None, metavar="L",

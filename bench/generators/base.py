@@ -68,7 +68,8 @@ class Contract:
     n_stages: int | None
     sampler_defaults: SamplerConfig | None
     uses_seeds: bool
-    takes_keys: bool = True  # generate() accepts keys= and batch_size=
+    takes_keys: bool = True  # generate() accepts keys=
+    takes_batch_size: bool = True  # generate() accepts batch_size=
 
     def check(self, settings: list, requests: list[Request]) -> None:
         fn = getattr(self.impl, "check", None)
@@ -84,11 +85,12 @@ class Contract:
 
     def generate(self, requests: list[Request], settings, batch_size: int = 8) -> Generated:
         prompts, seeds = [r.prompt for r in requests], [r.seed for r in requests]
+        kw = {}  # a minimal generate(prompts, seeds, settings) gets neither
         if self.takes_keys:
-            keys = [(r.prompt_id, r.sample_index) for r in requests]
-            out = self.impl.generate(prompts, seeds, settings, keys=keys, batch_size=batch_size)
-        else:  # a minimal generate(prompts, seeds, settings)
-            out = self.impl.generate(prompts, seeds, settings)
+            kw["keys"] = [(r.prompt_id, r.sample_index) for r in requests]
+        if self.takes_batch_size:
+            kw["batch_size"] = batch_size
+        out = self.impl.generate(prompts, seeds, settings, **kw)
         return as_generated(out, len(requests))
 
 
@@ -104,7 +106,8 @@ def contract(generator) -> Contract:
         model_id=str(generator.model_id), checkpoint_hash=str(generator.checkpoint_hash),
         axes=frozenset(getattr(generator, "axes", AXES)), n_stages=_n_stages(generator),
         sampler_defaults=getattr(generator, "sampler_defaults", SamplerConfig()),
-        uses_seeds=bool(getattr(generator, "uses_seeds", True)), takes_keys=_takes(generator.generate, "keys"))
+        uses_seeds=bool(getattr(generator, "uses_seeds", True)), takes_keys=_takes(generator.generate, "keys"),
+        takes_batch_size=_takes(generator.generate, "batch_size"))
 
 
 def check_stage_lists(settings: SamplerConfig | None, n_stages: int, model_id: str) -> None:

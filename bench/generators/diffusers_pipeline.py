@@ -23,8 +23,10 @@ Seeds: one CPU `torch.Generator` per image and stage, so an image does not depen
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -48,7 +50,7 @@ try:  # diffusers renamed from_pretrained's torch_dtype to dtype (the old name w
     _DTYPE_KW = "dtype" if hasattr(_dep, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
 except ImportError:  # pragma: no cover - diffusers missing: the generator's load says so
     _DTYPE_KW = "torch_dtype"
-EMBED_MEMO = 2048  # prompts whose text embeddings a cascade keeps (encoded once, reused by every cell)
+EMBED_MEMO = 1024  # prompts whose text embeddings a cascade keeps (encoded once, reused by every cell)
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,9 @@ def _missing(source: str, exc: Exception) -> UserError:
     gated = "gated" in type(exc).__name__.lower() or "gated" in str(exc).lower()
     how = (f"accept its licence at https://huggingface.co/{source} and run `huggingface-cli login`, then "
            if gated else "")
-    return UserError(f"diffusers model {source!r} could not be loaded ({type(exc).__name__}): it is not a local "
-                     f"folder and not in the Hugging Face cache ({_hf_cache()}){' and HF_HUB_OFFLINE is set' if _offline() else ''}; "
+    where = (f"it is not a local folder and not in the Hugging Face cache ({_hf_cache()}) and HF_HUB_OFFLINE is set"
+             if _offline() else f"it is not a local folder, and the hub did not give it")
+    return UserError(f"diffusers model {source!r} could not be loaded ({type(exc).__name__}): {where}; "
                      f"{how}run `huggingface-cli download {source}` on a machine with network and copy the cache "
                      f"here (or set HF_HOME), or give a local folder: diffusers:/path/to/pipeline")
 
@@ -124,11 +127,41 @@ def resolve_folder(source: str, variant: str | None) -> Path:
         raise _missing(source, exc) from None
 
 
-def folder_hash(folder: Path, memo: HashMemo) -> str:
-    """A content hash of a pipeline folder: every file's sha256 (in the Hugging Face cache, a weight file is a link
-    to a blob named by its content hash, so nothing is read)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".onnx", ".h5")
+VARIANT_INFIX = re.compile(r"\.(fp16|bf16|fp32|non_ema|ema|flax)\.")
+
+
+def loaded_files(folder: Path, variant: str | None) -> list[Path]:
+    """The files of a pipeline folder that loading it reads: model_index.json and, in each component's folder,
+    its configs and the weights of the chosen variant (safetensors where there are any), not the other variants
+    or formats a full `huggingface-cli download` also fetched, nor READMEs and sample images."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"diffusers model {folder}: unreadable model_index.json ({exc})") from None
+    out = [folder / "model_index.json"]
+    for name, value in sorted(index.items()):
+        sub = folder / name
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None or not sub.is_dir():
+            continue
+        files = sorted(p for p in sub.rglob("*") if p.is_file() and not p.name.startswith("."))
+        weighty = [f for f in files if f.name.endswith(WEIGHT_SUFFIXES) or ".index" in f.name]
+        chosen = [f for f in weighty if variant and f".{variant}." in f.name]
+        if not chosen:  # no variant asked, or none of this component: the plain files, as diffusers falls back
+            chosen = [f for f in weighty if not VARIANT_INFIX.search(f.name)]
+        if any(f.name.endswith(".safetensors") for f in chosen):
+            chosen = [f for f in chosen if f.name.endswith(".safetensors") or ".index" in f.name]
+        out += [f for f in files if f not in weighty] + chosen
+    return out
+
+
+def folder_hash(folder: Path, memo: HashMemo, variant: str | None = None) -> str:
+    """A content hash of what loading a pipeline folder reads (`loaded_files`), so the same weights hash the same
+    on every machine however much of the repository was downloaded. In the Hugging Face cache a file is a link to
+    a blob named by its content hash, so nothing is read; other files are hashed once (remembered by path, size,
+    mtime)."""
     entries = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for f in loaded_files(folder, variant):
         real = Path(os.path.realpath(f))
         sha = real.name if real.parent.name == "blobs" else memo.sha256(real)
         entries.append([f.relative_to(folder).as_posix(), sha])
@@ -171,13 +204,15 @@ class DiffusersGenerator:
         self.pixel = [getattr(p, "vae", None) is None for p in pipes]  # no VAE: the scheduler works on pixels
         self.base_schedulers = [p.scheduler for p in pipes]
         self._embeds: dict[str, tuple] = {}
-        d = [_defaults(p) for p in pipes]
-        aug = tuple(self._level_of(p, d[i].get("noise_level", 0)) for i, p in enumerate(pipes) if i > 0)
+        self.call_defaults = [_defaults(p) for p in pipes]
+        d = self.call_defaults
+        aug = tuple(int(d[i].get("noise_level", 0)) / self._timesteps(i) for i in range(1, len(pipes)))
+        # sampler, steps and thresholding left out: each stage's own (its scheduler as it ships, its __call__'s
+        # num_inference_steps), so an IF stage II keeps its 50 steps and its own sample_max_value; the weights and
+        # noise levels are per stage anyway
         self.sampler_defaults = SamplerConfig(
-            sampler=type(pipes[0].scheduler).__name__, steps=int(d[0].get("num_inference_steps", 50)),
-            guidance=tuple(float(x.get("guidance_scale", 1.0)) for x in d),
-            threshold=self._own_threshold(pipes[0].scheduler) if self.pixel[0] else "none",
-            aug_level=aug or (0.0,))
+            sampler=None, steps=None, guidance=tuple(float(x.get("guidance_scale", 1.0)) for x in d),
+            threshold=None, aug_level=aug or (0.0,))
 
     @classmethod
     def load(cls, model: str, device: str = "cpu") -> "DiffusersGenerator":
@@ -190,7 +225,7 @@ class DiffusersGenerator:
         pipes, hashes = [], []
         for i, source in enumerate(spec.sources):
             folder = resolve_folder(source, spec.variant)
-            hashes.append(folder_hash(folder, memo))
+            hashes.append(folder_hash(folder, memo, spec.variant))
             kwargs = {_DTYPE_KW: dtype}
             if spec.variant:
                 kwargs["variant"] = spec.variant
@@ -202,8 +237,12 @@ class DiffusersGenerator:
                 kwargs["text_encoder"] = None  # stage II takes stage I's text embeddings: no second T5 in memory
             try:
                 pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"diffusers model {source}: cannot load the pipeline from {folder} ({exc})") from None
+            except ImportError as exc:  # e.g. a T5 tokenizer that needs sentencepiece
+                raise UserError(f"diffusers model {source}: loading it needs a package that is not installed "
+                                f"({exc}); pip install it and rerun") from None
+            except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                raise UserError(f"diffusers model {source}: cannot load the pipeline from {folder} "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
             pipe.set_progress_bar_config(disable=True)
             pipes.append(pipe.to(device))
         memo.save()
@@ -220,30 +259,19 @@ class DiffusersGenerator:
 
     # ------------------------------------------------------------------------- settings -> pipeline arguments
 
-    @staticmethod
-    def _own_threshold(scheduler) -> str:
-        c = scheduler.config
-        if c.get("thresholding"):
-            cap = c.get("sample_max_value", 1.0)
-            if cap is not None and float(cap) <= 1.0:
-                return "static"
-            return f"dynamic:{float(c.get('dynamic_thresholding_ratio', 0.995))!r}" + (
-                f":{float(cap)!r}" if cap is not None and math.isfinite(float(cap)) else "")
-        if c.get("clip_sample") and float(c.get("clip_sample_range", 1.0)) == 1.0:
-            return "static"
-        return "none"
-
-    @staticmethod
-    def _level_of(pipe, noise_level) -> float:
-        sch = _noising_scheduler(pipe)
-        total = int(sch.config.num_train_timesteps) if sch is not None else 1000
-        return float(noise_level) / total
+    def _timesteps(self, stage: int) -> int:
+        """The training timesteps of an SR stage's noising scheduler (noise_level's scale)."""
+        sch = _noising_scheduler(self.pipes[stage])
+        return int(sch.config.num_train_timesteps) if sch is not None else 1000
 
     def _scheduler(self, stage: int, settings: SamplerConfig):
         """The stage's scheduler for these settings: from its own config, the sampler's class, the thresholding."""
         import diffusers
 
-        name = settings.sampler
+        base = self.base_schedulers[stage]
+        if settings.sampler is None and settings.threshold is None:
+            return base  # the stage's own scheduler, as it ships
+        name = settings.sampler or type(base).__name__
         cls_name, extra = SAMPLERS.get(name, (name, {}))
         cls = getattr(diffusers, cls_name, None)
         if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
@@ -251,9 +279,11 @@ class DiffusersGenerator:
                             f"(e.g. EulerDiscreteScheduler, UniPCMultistepScheduler)")
         params = inspect.signature(cls.__init__).parameters
         over = dict(extra)
-        kind, p, cap = threshold_parts(settings.threshold)
+        kind, p, cap = threshold_parts(settings.threshold) if settings.threshold is not None else (None, None, None)
         where = f"stage {stage + 1} ({type(self.pipes[stage]).__name__}) with {cls_name}"
-        if not self.pixel[stage] or kind == "none":
+        if kind is None:
+            pass  # thresholding left out: the stage's own config says
+        elif not self.pixel[stage] or kind == "none":
             over.update({k: False for k in ("thresholding", "clip_sample") if k in params})
         elif kind == "static":
             if "clip_sample" in params:
@@ -273,7 +303,7 @@ class DiffusersGenerator:
                         sample_max_value=cap if cap is not None else float("inf"))
             if "clip_sample" in params:
                 over["clip_sample"] = False
-        config = dict(self.base_schedulers[stage].config)
+        config = dict(base.config)
         if "variance_type" not in params and config.get("variance_type") in ("learned", "learned_range"):
             # IF's stage I/II predict a variance too; a scheduler that cannot use it must say so in its config, or
             # the pipeline hands it the 6-channel output (the pipeline reads scheduler.config.variance_type)
@@ -282,8 +312,7 @@ class DiffusersGenerator:
 
     def _noise_level(self, stage: int, level: float) -> int:
         pipe = self.pipes[stage]
-        sch = _noising_scheduler(pipe)
-        total = int(sch.config.num_train_timesteps) if sch is not None else 1000
+        total = self._timesteps(stage)
         nl = int(round(level * total))
         top = int(getattr(pipe.config, "max_noise_level", total - 1) or total - 1)
         if nl > min(top, total - 1):
@@ -301,10 +330,10 @@ class DiffusersGenerator:
         if n == 1 and any(a != 0 for a in settings.aug_level):
             raise UserError(f"axes.aug_level: {list(settings.aug_level)} cannot be honoured: model {self.model_id!r} "
                             f"has no super-resolution stage (add one, e.g. +DeepFloyd/IF-II-L-v1.0, or drop the axis)")
-        if settings.threshold != "none" and not any(self.pixel):
+        if settings.threshold not in (None, "none") and not any(self.pixel):
             raise UserError(f"axes.threshold: {settings.threshold!r} cannot be honoured: model {self.model_id!r} is a "
                             f"latent-space pipeline (thresholding applies to pixel-space x0 only); use none")
-        if settings.steps < 1:
+        if settings.steps is not None and settings.steps < 1:
             raise UserError(f"axes.steps: {settings.steps} must be at least 1")
         out = []
         for i, pipe in enumerate(self.pipes):
@@ -312,7 +341,8 @@ class DiffusersGenerator:
                 raise UserError(f"axes.guidance: {guidance[i]:g} on stage {i + 1} cannot be honoured: diffusers "
                                 f"pipelines run no guidance for guidance_scale <= 1 (1 = the conditional model); "
                                 f"use weights >= 1")
-            call = {"num_inference_steps": int(settings.steps), "guidance_scale": float(guidance[i])}
+            steps = settings.steps if settings.steps is not None else self.call_defaults[i].get("num_inference_steps")
+            call = {"num_inference_steps": int(steps), "guidance_scale": float(guidance[i])}
             if i > 0:
                 call["noise_level"] = self._noise_level(i, aug[i - 1])
             out.append({"scheduler": self._scheduler(i, settings), "call": call})
@@ -324,15 +354,28 @@ class DiffusersGenerator:
                 raise UserError(f"model {self.model_id!r} needs sampling settings; give the spec its [axes]")
             self.calls(s)
 
+    def checker_stage(self) -> int | None:
+        """The stage whose safety checker judges the final images: the last stage's own, else the first earlier
+        stage that has one (an IF cascade's stages I and II hand tensors on unchecked, and the x4 upscaler has
+        none: stage I's checker is run on the final images, as DeepFloyd's own example does)."""
+        have = [i for i, p in enumerate(self.pipes) if getattr(p, "safety_checker", None) is not None]
+        if not have:
+            return None
+        return have[-1] if have[-1] == len(self.pipes) - 1 else have[0]
+
     def describe(self, settings: SamplerConfig) -> dict:
         stages = []
         for pipe, c in zip(self.pipes, self.calls(settings)):
             sch = c["scheduler"]
             stages.append({"pipeline": type(pipe).__name__, "scheduler": type(sch).__name__,
-                           "scheduler_config": {k: v for k, v in dict(sch.config).items() if not k.startswith("_")},
+                           "scheduler_config": {k: _jsonable(v) for k, v in dict(sch.config).items()
+                                                if not k.startswith("_")},
                            "call": c["call"]})
+        judge = self.checker_stage()
         return {"kind": self.kind, "dtype": self.spec.dtype, "variant": self.spec.variant,
-                "safety_checker": self.spec.safety_checker, "stages": stages}
+                "safety_checker": judge is not None,
+                "safety_checker_stage": None if judge is None else f"{judge + 1} ({type(self.pipes[judge]).__name__})",
+                "stages": stages}
 
     # ------------------------------------------------------------------------- generation
 
@@ -341,15 +384,16 @@ class DiffusersGenerator:
         import torch
 
         todo = [p for p in dict.fromkeys(prompts) if p not in self._embeds]
+        device = self.pipes[0]._execution_device
         if todo:
             pe, ne = self.pipes[0].encode_prompt(todo, do_classifier_free_guidance=True, num_images_per_prompt=1,
-                                                 device=self.pipes[0]._execution_device)
+                                                 device=device)
             if len(self._embeds) + len(todo) > EMBED_MEMO:
                 self._embeds.clear()
-            for k, p in enumerate(todo):
-                self._embeds[p] = (pe[k], ne[k])
-        return (torch.stack([self._embeds[p][0] for p in prompts]),
-                torch.stack([self._embeds[p][1] for p in prompts]))
+            for k, p in enumerate(todo):  # kept in host memory: T5-XXL embeddings are 0.6 MB a prompt in fp16
+                self._embeds[p] = (pe[k].cpu(), ne[k].cpu())
+        return (torch.stack([self._embeds[p][0] for p in prompts]).to(device),
+                torch.stack([self._embeds[p][1] for p in prompts]).to(device))
 
     def generate(self, prompts, seeds, settings, *, keys=None, batch_size: int = 8) -> Generated:
         prompts, seeds = list(prompts), list(seeds)
@@ -387,8 +431,24 @@ class DiffusersGenerator:
                     flagged = [a or bool(b) for a, b in zip(flagged, flags)]
                 if not last and self.roles[i + 1] == "upscale" and isinstance(image, torch.Tensor):
                     image = image.float().clamp(-1, 1)  # the upscaler takes [-1, 1] tensors as they come
+            judge = self.checker_stage()
+            if judge is not None and judge != len(self.pipes) - 1:  # the final images, by an earlier stage's checker
+                pipe = self.pipes[judge]
+                checked = pipe.run_safety_checker(image, pipe._execution_device, pipe.unet.dtype)
+                image, flags = checked[0], checked[1]
+                if flags is not None:
+                    flagged = [a or bool(b) for a, b in zip(flagged, flags)]
         arr = np.asarray(image, dtype=np.float32)  # [B, H, W, 3] in [0, 1]
         return Generated(list((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)), flagged)
+
+
+def _jsonable(v):
+    """A scheduler config value as strict JSON takes it: inf/nan as strings (dynamic:P has no cap: "inf")."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
 
 
 def _stage_seed(seed: int, stage: int) -> int:
