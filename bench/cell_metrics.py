@@ -35,6 +35,8 @@ class MetricFns:
     fid: object = None  # (images uint8 [N,H,W,3], fid spec dict, reference images or None) -> (name, value)
     clip: object = None  # (images [N,H,W,3], prompts list[str], clip spec {"model", "pretrained"}) -> (name, [N])
     alignment: object = None  # (image [H,W,3], facts JSON text) -> {fact_type: bool}
+    # (images, metric key "kid" | "prc" | "cmmd" | "fd_clip", its table, reference images or None) -> fidelity.Values
+    distribution: object = None
 
 
 def make_default_fid(device: str = "cpu"):
@@ -79,6 +81,47 @@ def make_default_clip(device: str = "cpu"):
 
     clip_fn.load = load
     return clip_fn
+
+
+def make_default_distribution(device: str = "cpu"):
+    """KID, precision/recall (the FID extractor's features) and CMMD, FD-CLIP (CLIP embeddings) of a cell against
+    its reference; each network and each reference's features computed once per run."""
+    state: dict = {}
+
+    def reference_images(table: dict, given):
+        from bench.metrics import fid as F
+        from bench.metrics.features import load_image
+
+        if given is not None:
+            return list(given)
+        return [load_image(p) for p in F.image_paths(table["reference"])]
+
+    def fn(images, key: str, table: dict, given_reference):
+        from bench.metrics import fid as F
+        from bench.metrics import fidelity as M
+        from bench.metrics.features import load_extractor, parse_protocol
+
+        ref_key = (key in M.CLIP_METRICS, json.dumps(table, sort_keys=True, default=str), given_reference is None)
+        if key in M.CLIP_METRICS:
+            from bench.metrics import clip_score as C
+
+            ck = (table["model"], table.get("pretrained"))
+            if ck not in state:
+                state[ck] = C.load_clip(table["model"], table.get("pretrained"), device=device)
+            clip = state[ck]
+            if ref_key not in state:
+                state[ref_key] = M.clip_embeddings(clip, reference_images(table, given_reference))
+            return M.clip_values(M.clip_embeddings(clip, images), state[ref_key], clip.metric, {key})
+        name, protocol = table["extractor"], parse_protocol(table["protocol"])
+        if ("ext", name) not in state:
+            state[("ext", name)] = load_extractor(name, device)
+        ext = state[("ext", name)]
+        if ref_key not in state:
+            state[ref_key] = F.features_from_images(reference_images(table, given_reference), ext, protocol)
+        fa = F.features_from_images(list(images), ext, protocol)
+        return M.feature_values(fa, state[ref_key], name, protocol, {key}, table.get("subset_size"))
+
+    return fn
 
 
 def default_alignment(image, facts_json: str) -> dict:
@@ -170,6 +213,7 @@ def _mean_rows(cell_id, name, values, categories, ihash, clusters) -> list[dict]
 def _store_rows(study: Path, rows: list[dict], n_flagged: int, prefix: str) -> None:
     if rows:
         for r in rows:
+            r.setdefault(store.COL_DETAILS, None)  # every row has every column (from_pylist reads the first's keys)
             r[store.COL_STUDY] = study.name
             r[store.COL_N_FLAGGED] = n_flagged
             r[store.COL_CREATED] = now()
@@ -208,8 +252,11 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         samples = samples[samples[store.COL_SAMPLE_ID].isin(wanted)]
         order = {c: k for k, c in enumerate(dict.fromkeys(it.cell.id for it in items))}
         samples = samples.assign(_o=samples[store.COL_CELL_ID].map(order)).sort_values("_o", kind="stable")
-    if not len(samples) or not (m.fid or m.clip_score or m.alignment):
+    if not len(samples) or not (m.fid or m.clip_score or m.alignment or m.distribution()):
         return 0
+    dist_fn = fns.distribution or make_default_distribution(device)
+    dist_settings = {k: ({**t, "reference_content": _reference_fingerprint(t["reference"])}
+                         if t["reference"] != "shapes" else t) for k, t in m.distribution().items()}
     stored = store.read_table(study, store.METRICS)
     have = set()
     if len(stored) and store.COL_INPUTS_HASH in stored:
@@ -261,6 +308,21 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                 rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None,
                              store.COL_VALUE: float(value), store.COL_LOW: None, store.COL_HIGH: None,
                              store.COL_N: int(len(shas)), store.COL_INPUTS_HASH: ihash})
+        for key, table in m.distribution().items():  # KID, precision/recall, CMMD, FD-CLIP against the reference
+            sel = (df[store.COL_SUITE] == "shapes").to_numpy() if table["reference"] == "shapes" else None
+            shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
+            ihash = _inputs_hash(key, dist_settings[key], shas)
+            if (cell_id, ihash) not in have:
+                if table["reference"] == "shapes" and reference is None:
+                    reference = _shapes_reference(spec, images[0].shape[0])
+                got = dist_fn(images[sel] if sel is not None else images, key, table,
+                              reference if sel is not None else None)
+                for name, value in got.metrics.items():
+                    extra = got.details.get(name, {})
+                    rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None,
+                                 store.COL_VALUE: float(value), store.COL_LOW: None, store.COL_HIGH: None,
+                                 store.COL_N: int(len(shas)), store.COL_INPUTS_HASH: ihash,
+                                 store.COL_DETAILS: json.dumps(extra, sort_keys=True)})
         if m.clip_score:
             ihash = _inputs_hash("clip", m.clip_score, df[store.COL_SHA256])
             if (cell_id, ihash) not in have:
@@ -290,4 +352,5 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
 
 
 __all__ = ["MetricFns", "compute_metrics", "bootstrap_ci", "make_default_fid", "make_default_clip",
+           "make_default_distribution",
            "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]

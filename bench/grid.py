@@ -25,7 +25,7 @@ from imagen.errors import UserError
 KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
 TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size", "axes", "metrics"}
 AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level"}
-METRIC_KEYS = {"fid", "clip_score", "alignment"}
+METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip"}
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -173,6 +173,35 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         if why:
             raise UserError(f"metrics.clip_score: {why}, e.g. clip_score = {{ model = \"{clip['model']}\", "
                             f"pretrained = \"openai\" }}")
+    # KID and precision/recall: on the FID table's extractor, protocol and reference unless they name their own;
+    # CMMD and FD-CLIP: on the CLIP score's model (else shapes-clip) and the same reference
+    feat = {k: (fid or {"extractor": "effnet-lite0", "reference": "shapes", "protocol": "clean"})[k]
+            for k in ("extractor", "reference", "protocol")}
+    clip_model = {"model": clip["model"]} if clip else {"model": "shapes-clip"}
+    if clip and clip.get("pretrained"):
+        clip_model["pretrained"] = clip["pretrained"]
+    kid = _metric_table(metrics.get("kid"), "kid", feat, ("subset_size",))
+    prc = _metric_table(metrics.get("prc"), "prc", feat)
+    cmmd = _metric_table(metrics.get("cmmd"), "cmmd", {**clip_model, "reference": feat["reference"]}, ("pretrained",))
+    fd_clip = _metric_table(metrics.get("fd_clip"), "fd_clip", {**clip_model, "reference": feat["reference"]},
+                            ("pretrained",))
+    for key, table in (("kid", kid), ("prc", prc)):
+        if table:
+            from bench.metrics.features import parse_protocol
+
+            if table["extractor"] not in ("effnet-lite0", "inception"):
+                raise UserError(f"metrics.{key}.extractor: {table['extractor']!r}; choose effnet-lite0 or inception")
+            table["protocol"] = parse_protocol(str(table["protocol"])).id
+    if kid and "subset_size" in kid and (isinstance(kid["subset_size"], bool) or not isinstance(
+            kid["subset_size"], int) or kid["subset_size"] < 2):
+        raise UserError(f"metrics.kid.subset_size: {kid['subset_size']!r} must be an integer >= 2")
+    for key, table in (("cmmd", cmmd), ("fd_clip", fd_clip)):
+        if table:
+            from bench.metrics.clip_score import needs_weights
+
+            why = needs_weights(table["model"], table.get("pretrained"))
+            if why:
+                raise UserError(f"metrics.{key}: {why}")
     align = metrics.get("alignment", False)
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")
@@ -180,7 +209,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         name=raw["name"].strip(), model=model, suites=tuple(s.strip() for s in suites),
         samples_per_prompt=ints["samples_per_prompt"], seed=ints["seed"], batch_size=ints["batch_size"],
         guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
-        metrics=MetricsSpec(fid=fid, clip_score=clip, alignment=align),
+        metrics=MetricsSpec(fid=fid, clip_score=clip, alignment=align, kid=kid, prc=prc, cmmd=cmmd, fd_clip=fd_clip),
     )
 
 
@@ -256,6 +285,8 @@ def spec_to_toml(spec: GridSpec) -> str:
     lines.append(f"fid = {_toml_value(m.fid) if m.fid else 'false'}")
     lines.append(f"clip_score = {_toml_value(m.clip_score) if m.clip_score else 'false'}")
     lines.append(f"alignment = {_toml_value(m.alignment)}")
+    for key, table in m.distribution().items():
+        lines.append(f"{key} = {_toml_value(table)}")
     return "\n".join(lines) + "\n"
 
 
@@ -336,38 +367,65 @@ def environment(device: str) -> tuple[dict, dict]:
 
     versions = {"python": platform.python_version()}
     for pkg in ("imagen-bench", "torch", "numpy", "pyarrow", "transformers", "diffusers", "torch-fidelity",
-                "open-clip-torch"):
+                "clean-fid", "open-clip-torch"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     hardware = {"device": device, "machine": platform.machine(), "processor": platform.processor(),
                 "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+                "cuda": torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda"
+                else None}
     return versions, hardware
 
 
+def provenance(spec: GridSpec) -> dict:
+    """What made the study's metrics besides the images: each feature extractor's weights sha256 (None: not on this
+    machine yet) and protocol, each CLIP model's weights."""
+    m = spec.metrics
+    feats = [t for t in (m.fid, m.kid, m.prc) if t]
+    clips = [t for t in (m.clip_score, m.cmmd, m.fd_clip) if t]
+    out: dict = {}
+    if feats:
+        from bench.metrics.features import weights_sha256
+
+        out["extractors"] = {t["extractor"]: weights_sha256(t["extractor"]) for t in feats}
+        out["protocols"] = sorted({t.get("protocol", "clean") for t in feats})
+    if clips:
+        out["clip"] = sorted({f"{t['model']}:{t.get('pretrained') or 'shipped'}" for t in clips})
+    return out
+
+
 def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = True) -> None:
-    """What the spec alone cannot check about its metrics: the FID reference and the number of images per cell."""
-    fid = spec.metrics.fid
-    if not (metrics and fid):
+    """What the spec alone cannot check about its metrics: the references and the number of images per cell."""
+    if not metrics:
         return
-    ref = fid["reference"]
+    for key, table in spec.metrics.distribution().items():
+        check_reference(spec, prompts, table["reference"], f"metrics.{key}", need_images=True)
+    if spec.metrics.fid:
+        check_reference(spec, prompts, spec.metrics.fid["reference"], "metrics.fid")
+
+
+def check_reference(spec: GridSpec, prompts: list[Prompt], ref, key: str, need_images: bool = False) -> None:
+    """A metric's reference exists and the grid makes at least 2 images per cell to compare with it."""
+    if need_images and isinstance(ref, str) and ref.endswith(".npz"):
+        raise UserError(f"{key}.reference: {ref} is a statistics file; this metric needs the reference images "
+                        f"(\"shapes\", a folder of images or a study folder)")
     if not isinstance(ref, str) or not ref.strip():
-        raise UserError(f"metrics.fid.reference: {ref!r}; use \"shapes\", a folder of images, a study folder or a "
+        raise UserError(f"{key}.reference: {ref!r}; use \"shapes\", a folder of images, a study folder or a "
                         f"statistics .npz file")
     if ref == "shapes":
         if not any(parse_name(s)[0] == "shapes" for s in spec.suites):
-            raise UserError("metrics.fid.reference = \"shapes\" needs the shapes suite in suites, e.g. "
+            raise UserError(f"{key}.reference = \"shapes\" needs the shapes suite in suites, e.g. "
                             "\"shapes:64\"; or give a folder of reference images")
         n_images = sum(p.suite == "shapes" for p in prompts) * spec.samples_per_prompt
     else:
         if not Path(ref).exists():
-            raise UserError(f"metrics.fid.reference: {ref} not found; give \"shapes\", a folder of images, a study "
+            raise UserError(f"{key}.reference: {ref} not found; give \"shapes\", a folder of images, a study "
                             f"folder or a statistics .npz file")
         n_images = len(prompts) * spec.samples_per_prompt
     if n_images < 2:
-        raise UserError(f"metrics.fid: FID needs at least 2 images per cell, this grid makes {n_images}; add prompts "
+        raise UserError(f"{key}: needs at least 2 images per cell, this grid makes {n_images}; add prompts "
                         f"or raise samples_per_prompt")
 
 
@@ -442,6 +500,7 @@ def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] =
         store.COL_STUDY: out.name, store.COL_NAME: spec.name, store.COL_MODEL: spec.model, **identity,
         store.COL_SPEC: spec_to_toml(spec), store.COL_VERSIONS: json.dumps(versions),
         store.COL_HARDWARE: json.dumps(hardware), store.COL_PLAN: json.dumps(plan(cells, items, used)),
+        store.COL_PROVENANCE: json.dumps(provenance(spec) if metrics else {}),
         store.COL_SHARD: f"{shard[0]}/{shard[1]}", store.COL_CREATED: now(),
     }], prefix=prefix)
     log(f"grid {spec.name!r}: {len(cells)} cells x {len(prompts)} prompts x {spec.samples_per_prompt} samples "

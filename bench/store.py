@@ -192,7 +192,9 @@ def locked(study: Path | str, name: str):
 # ----------------------------------------------------------------------------- added for other models (issue 12)
 COL_FLAGGED = "flagged"  # samples: True when the generator's safety checker replaced the image (left out of metrics)
 COL_GENERATION = "generation"  # samples: JSON of what the generator used for the cell (scheduler class and config...)
+COL_PROVENANCE = "provenance"  # study: JSON of the metrics' extractor weights (sha256), protocols, CLIP weights
 COL_PROMPTS_HASH = "prompts_hash"  # study: sha256 of the sorted prompt ids of the spec's suites
 COL_META = "meta"  # samples: JSON of the prompt file's other columns for this prompt (null when none)
+COL_DETAILS = "details"  # metrics: JSON of what else made a value (KID's std and subset size, k, sigma, ...)
 COL_N_FLAGGED = "n_flagged"  # metrics: images of the cell left out because a safety checker flagged them
 

@@ -29,6 +29,15 @@ class MetricsSpec:
     fid: dict | None = None  # {"extractor": "effnet-lite0" | "inception", "reference": "shapes" | folder | .npz}
     clip_score: dict | None = None  # {"model": "shapes-clip" | an open_clip name}
     alignment: bool = False  # the shapes scorer, per cell and per category (shapes suite only)
+    kid: dict | None = None  # {"extractor", "protocol", "reference", "subset_size"?} (torch-fidelity's KID)
+    prc: dict | None = None  # {"extractor", "protocol", "reference"} (precision and recall, k = 3)
+    cmmd: dict | None = None  # {"model", "pretrained"?, "reference"} (CMMD on CLIP embeddings)
+    fd_clip: dict | None = None  # {"model", "pretrained"?, "reference"} (Frechet distance on CLIP embeddings)
+
+    def distribution(self) -> dict:
+        """The metrics that compare a cell's images with a reference set, by key."""
+        return {k: v for k, v in (("kid", self.kid), ("prc", self.prc), ("cmmd", self.cmmd),
+                                  ("fd_clip", self.fd_clip)) if v}
 
 
 @dataclass(frozen=True)

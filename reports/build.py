@@ -119,7 +119,8 @@ def pareto_plot(summary: pd.DataFrame, path: Path) -> bool:
         fid = fid if not fid.endswith(("_n", "_ci_low", "_ci_high")) else None
     if not xs and not fid:
         return False
-    panels = [(x, fid) for x in xs] if fid else [(x, None) for x in xs] or [(None, fid)]
+    # FID against each score (FID against guidance when there is no score); a score against guidance without FID
+    panels = ([(x, fid) for x in xs] or [(None, fid)]) if fid else [(x, None) for x in xs]
     if store.COL_GUIDANCE not in summary or summary[store.COL_GUIDANCE].isna().all():
         panels = [(x, y) for x, y in panels if x and y]  # no guidance weights (an image set): metric pairs only
         if not panels:

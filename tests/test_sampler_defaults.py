@@ -226,7 +226,7 @@ def test_help_shows_no_empty_default(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     text = capsys.readouterr().out
-    assert "(default: None)" not in text and "(default: the model's sampler.toml, else 5.0)" in " ".join(text.split())
+    assert "(default: None)" not in text and "(default: the model's own setting, else 5.0)" in " ".join(text.split())
 
 
 def test_grid_resume_with_another_spec_says_so(tiny_folder, tmp_path, monkeypatch):

@@ -92,6 +92,94 @@ def run_fid(args: argparse.Namespace) -> int:
     return 0
 
 
+FIDELITY_DESCRIPTION = """Several distances between two image sets at once, from one feature pass per network
+(in the style of torch-fidelity's `fidelity` command).
+
+A is the generated set, B the reference; each a folder of images or a study directory (--cell picks a grid cell).
+--fid, --kid (polynomial-kernel MMD, torch-fidelity's; subset size min(1000, the smaller set) unless
+--kid-subset-size, recorded in details) and --prc (precision and recall, k = 3, torch-fidelity's) use --extractor
+under --protocol (see `imagen-bench fid --help`; features cached as FID's statistics are); --cmmd (MMD^2 with a
+Gaussian RBF kernel, sigma 10, on CLIP image embeddings, x 1000: Jayasumana et al. 2024) and --fd-clip (Frechet
+distance of the same embeddings) use --clip-model with its weights (--clip-pretrained). Every name carries what
+made it: fid_effnet_lite0_clean, kid_inception_torch_fidelity, precision_..., recall_..., cmmd_vit_l_14_openai,
+fd_clip_shapes_clip."""
+
+FIDELITY_EPILOG = """examples:
+  imagen-bench fidelity generated/ reference/ --fid --kid --prc --json
+  imagen-bench fidelity runs/qs reference/ --cell a1b2c3 --fid --cmmd --clip-model shapes-clip --json
+  imagen-bench fidelity gen/ coco_val/ --fid --kid --extractor inception --protocol coco \
+      --cmmd --fd-clip --clip-model ViT-L-14 --clip-pretrained openai --json
+"""
+
+
+def _add_fidelity(sub, formatter) -> None:
+    p = sub.add_parser("fidelity", help="FID, KID, precision/recall, CMMD and FD-CLIP between two image sets at once",
+                       description=FIDELITY_DESCRIPTION, epilog=FIDELITY_EPILOG, formatter_class=formatter)
+    p.add_argument("a", help="generated images: a folder or a study directory")
+    p.add_argument("b", help="reference images: a folder or a study directory")
+    for flag, what in (("--fid", "Frechet distance on the extractor's features"),
+                       ("--kid", "kernel inception distance (torch-fidelity)"),
+                       ("--prc", "precision and recall (torch-fidelity, k = 3)"),
+                       ("--cmmd", "CMMD on CLIP image embeddings"), ("--fd-clip", "Frechet distance on CLIP embeddings")):
+        p.add_argument(flag, action="store_true", help=what)
+    p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0], help="feature network")
+    p.add_argument("--protocol", default="clean", help="clean | torch-fidelity | crop256+clean | coco")
+    p.add_argument("--size", type=int, default=None, help="the COCO crop step before the protocol (0: none)")
+    p.add_argument("--kid-subset-size", type=int, default=None, help="default: min(1000, the smaller set)")
+    p.add_argument("--clip-model", default="shapes-clip", help="open_clip model for --cmmd / --fd-clip")
+    p.add_argument("--clip-pretrained", default=None, help="its weights: a tag (openai, ...) or a file")
+    p.add_argument("--cell", default=None, help="with a study directory: only this grid cell's images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    p.add_argument("--verify", action="store_true", help="re-hash every image file")
+    p.add_argument("--json", action="store_true", help='print only {"metrics": {...}, "n_a", "n_b", "details"}')
+    p.set_defaults(func=run_fidelity)
+
+
+def run_fidelity(args: argparse.Namespace) -> int:
+    from bench.metrics import fid as F
+    from bench.metrics import fidelity as M
+    from bench.metrics.features import LazyExtractor, load_image
+    from imagen.errors import UserError
+
+    wanted = {m for m in ("fid", "kid", "prc", "cmmd", "fd_clip") if getattr(args, m)}
+    if not wanted:
+        raise UserError("choose at least one metric: --fid, --kid, --prc, --cmmd, --fd-clip")
+    if args.kid_subset_size is not None and args.kid_subset_size < 2:
+        raise UserError(f"--kid-subset-size must be at least 2, got {args.kid_subset_size}")
+    paths = [F.image_paths(src, args.cell) for src in (args.a, args.b)]
+    out, info = M.Values(), {}
+    if wanted & set(M.FEATURE_METRICS):
+        protocol = _protocol(args)
+        ext = LazyExtractor(args.extractor, args.device)  # loaded once, on a features-cache miss only
+        (fa, weights), (fb, _) = [F.features_from_files(p, ext, protocol, args.batch_size, not args.no_cache,
+                                                        not args.json, args.verify) for p in paths]
+        part = M.feature_values(fa, fb, args.extractor, protocol, wanted, args.kid_subset_size)
+        out.metrics.update(part.metrics)
+        out.details.update(part.details)
+        info.update(extractor=args.extractor, extractor_weights=weights, protocol=protocol.id)
+    if wanted & set(M.CLIP_METRICS):
+        from bench.metrics.clip_score import load_clip
+
+        clip = load_clip(args.clip_model, args.clip_pretrained, args.device)
+        ea, eb = [M.clip_embeddings(clip, [load_image(x) for x in p]) for p in paths]
+        part = M.clip_values(ea, eb, clip.metric, wanted)
+        out.metrics.update(part.metrics)
+        out.details.update(part.details)
+        info.update(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained)
+    result = {"metrics": out.metrics, "n_a": len(paths[0]), "n_b": len(paths[1]), "details": out.details, **info}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in out.metrics.items():
+            extra = out.details.get(name, {})
+            note = f"  (std {extra['std']:.4g}, subset size {extra['subset_size']})" if "std" in extra else ""
+            print(f"{name} = {value:.6g}{note}")
+        print(f"n_a={result['n_a']}, n_b={result['n_b']}")
+    return 0
+
+
 CLIP_DESCRIPTION = """CLIP score of images against their captions: 100 * max(cos(image, text), 0), per image and averaged.
 
 Inputs: --images DIR with --captions FILE.csv (columns file,caption), or a study directory (its samples and their
@@ -297,4 +385,5 @@ def register(subparsers) -> None:
     _add_fid(subparsers, HelpFormatter)
     _add_clip_score(subparsers, HelpFormatter)
     _add_coco(subparsers, HelpFormatter)
+    _add_fidelity(subparsers, HelpFormatter)
     _add_train_clip(subparsers, HelpFormatter)

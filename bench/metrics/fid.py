@@ -283,6 +283,48 @@ def stats_from_files(paths: Sequence[Path | str], extractor: ExtractorLike = DEF
     return _cached(files_hash(paths, verify), extractor, protocol, compute, cache)
 
 
+def features_from_files(paths: Sequence[Path | str], extractor: ExtractorLike = DEFAULT_EXTRACTOR,
+                        protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
+                        progress: bool = False, verify: bool = False) -> tuple[np.ndarray, str | None]:
+    """Image files -> (features [N, D], the extractor weights' sha256), cached like the statistics (KID and
+    precision/recall need the features themselves)."""
+    paths = [Path(p) for p in paths]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"image file {missing[0]} does not exist ({len(missing)} missing)")
+
+    def compute(ext: Extractor) -> np.ndarray:
+        feed = _feed((load_image(p) for p in paths), protocol, ext)
+        return extract_features(feed, ext, batch_size, total=len(paths), progress=progress)
+
+    return cached_features(files_hash(paths, verify), extractor, protocol, compute, cache)
+
+
+def features_from_images(images: Sequence[np.ndarray], extractor: ExtractorLike = DEFAULT_EXTRACTOR,
+                         protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32,
+                         cache: bool = True) -> np.ndarray:
+    """uint8 [H,W,3] arrays -> features [N, D], cached by the arrays' content (a cell's FID computed them)."""
+    images = list(images)
+
+    def compute(ext: Extractor) -> np.ndarray:
+        return extract_features(_feed(images, protocol, ext), ext, batch_size, total=len(images))
+
+    return cached_features(arrays_hash(images), extractor, protocol, compute, cache)[0]
+
+
+def image_paths(source: Path | str, cell: str | None = None) -> list[Path]:
+    """A folder of images or a study directory (optionally one cell) -> its image files."""
+    from bench.store import is_study
+
+    path = Path(source)
+    if path.is_dir() and is_study(path):
+        return study_image_paths(path, cell)
+    if path.is_dir():
+        return list_images(path)
+    raise UserError(f"{source}: expected a folder of images or a study directory (a statistics file holds only "
+                    f"mu and sigma: give it to `imagen-bench fid`)")
+
+
 def stats_from_folder(folder: Path | str, extractor: ExtractorLike = DEFAULT_EXTRACTOR,
                       protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
                       progress: bool = False, verify: bool = False) -> FidStats:
