@@ -369,3 +369,37 @@ def test_two_ranks_equal_one_process(pipes, tmp_path):
     assert two[cols].reset_index(drop=True).equals(ref[cols].reset_index(drop=True))
     m = store.read_table(tmp_path / "two", store.METRICS)
     assert len(m) and not m.duplicated([store.COL_CELL_ID, store.COL_METRIC, store.COL_CATEGORY]).any()
+
+
+def test_a_hub_id_loads_from_the_hugging_face_cache(pipes, tmp_path):
+    """`diffusers:<hub id>` with the weights in the Hugging Face cache (laid out as huggingface_hub writes it:
+    blobs named by content hash, a snapshot of links, refs/main), HF_HUB_OFFLINE=1: found and run, through the
+    CLI; its checkpoint hash is read from the blob names."""
+    import hashlib
+
+    repo = tmp_path / "hub" / "models--tester--tiny-sd"
+    commit = "a" * 40
+    for f in Path(pipes["sd"]).rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            link = repo / "snapshots" / commit / f.relative_to(pipes["sd"])
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(blob, link.parent), link)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "IMAGEN_BENCH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "bench", "sample", "--model", "diffusers:tester/tiny-sd", "--prompt", "a red circle",
+           "--steps", "2", "--out", str(tmp_path / "a.png"), "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] == "diffusers:tester/tiny-sd" and out["resolution"] == 32 and len(out["checkpoint_hash"]) == 64
+    assert out["generation"]["stages"][0]["call"]["num_inference_steps"] == 2
+    missing = subprocess.run(cmd[:5] + ["diffusers:tester/not-there"] + cmd[6:], capture_output=True, text=True,
+                             cwd=ROOT, env=env)
+    assert missing.returncode == 2 and "huggingface-cli download tester/not-there" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0 and not (tmp_path / "b.png").exists()
