@@ -116,8 +116,10 @@ def make_default_distribution(device: str = "cpu"):
         if ("ext", name) not in state:
             state[("ext", name)] = load_extractor(name, device)
         ext = state[("ext", name)]
-        if ref_key not in state:
-            state[ref_key] = F.features_from_images(reference_images(table, given_reference), ext, protocol)
+        if ref_key not in state:  # a folder or study: its features cached by the files' remembered hashes
+            state[ref_key] = (F.features_from_images(list(given_reference), ext, protocol)
+                              if given_reference is not None
+                              else F.features_from_files(F.image_paths(table["reference"]), ext, protocol)[0])
         fa = F.features_from_images(list(images), ext, protocol)
         return M.feature_values(fa, state[ref_key], name, protocol, {key}, table.get("subset_size"))
 
@@ -181,6 +183,25 @@ def _reference_fingerprint(ref: str) -> str | None:
         files = [(f.name, st.st_size, st.st_mtime_ns) for f in list_images(path) for st in [f.stat()]]
         return hashlib.sha256(json.dumps(files).encode()).hexdigest()
     return None
+
+
+def _with_inputs(table: dict | None) -> dict | None:
+    """A metric's table with what else its value depends on: the reference's content (a path), the extractor's
+    weights sha256, the CLIP weights file's hash; so a stored row never looks current once any of them changed."""
+    if not table:
+        return table
+    out = dict(table)
+    if table.get("reference") not in (None, "shapes"):
+        out["reference_content"] = _reference_fingerprint(table["reference"])
+    if "extractor" in table:
+        from bench.metrics.features import weights_sha256
+
+        out["extractor_weights"] = weights_sha256(table["extractor"])
+    if table.get("pretrained"):
+        from bench.metrics.clip_score import weights_tag
+
+        out["clip_weights"] = weights_tag(table["pretrained"])
+    return out
 
 
 def _shapes_reference(spec: GridSpec, size: int):
@@ -255,16 +276,14 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
     if not len(samples) or not (m.fid or m.clip_score or m.alignment or m.distribution()):
         return 0
     dist_fn = fns.distribution or make_default_distribution(device)
-    dist_settings = {k: ({**t, "reference_content": _reference_fingerprint(t["reference"])}
-                         if t["reference"] != "shapes" else t) for k, t in m.distribution().items()}
+    dist_settings = {k: _with_inputs(t) for k, t in m.distribution().items()}
     stored = store.read_table(study, store.METRICS)
     have = set()
     if len(stored) and store.COL_INPUTS_HASH in stored:
         have = set(zip(stored[store.COL_CELL_ID], stored[store.COL_INPUTS_HASH]))
     reference = None
-    fid_settings = m.fid  # what the FID depends on besides the images: a reference path's content too
-    if m.fid and m.fid["reference"] != "shapes":
-        fid_settings = {**m.fid, "reference_content": _reference_fingerprint(m.fid["reference"])}
+    # what a metric depends on besides the images: a reference path's content, the network's weights
+    fid_settings = _with_inputs(m.fid)
     written = 0
     cells = list(dict.fromkeys(samples[store.COL_CELL_ID]))
     bar = None
@@ -324,7 +343,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                                  store.COL_N: int(len(shas)), store.COL_INPUTS_HASH: ihash,
                                  store.COL_DETAILS: json.dumps(extra, sort_keys=True)})
         if m.clip_score:
-            ihash = _inputs_hash("clip", m.clip_score, df[store.COL_SHA256])
+            ihash = _inputs_hash("clip", _with_inputs(m.clip_score), df[store.COL_SHA256])
             if (cell_id, ihash) not in have:
                 name, scores = clip_fn(images, list(df[store.COL_PROMPT]), m.clip_score)
                 rows += _mean_rows(cell_id, name, scores, cats, ihash, list(df[store.COL_PROMPT_ID]))

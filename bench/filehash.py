@@ -54,3 +54,21 @@ class HashMemo:
 def digest_of(items) -> str:
     """sha256 of a canonical JSON of `items` (e.g. [(key, file sha256), ...])."""
     return hashlib.sha256(json.dumps(items, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+PACKAGES = ("imagen-bench", "torch", "numpy", "scipy", "pyarrow", "pillow", "transformers", "diffusers",
+            "torch-fidelity", "clean-fid", "open-clip-torch")
+
+
+def package_versions() -> dict:
+    """The versions of the packages a number depends on (None: not installed), recorded with results."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out

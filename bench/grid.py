@@ -361,17 +361,12 @@ def format_status(st: dict) -> str:
 def environment(device: str) -> tuple[dict, dict]:
     """(package versions, hardware) recorded with every run."""
     import platform
-    from importlib import metadata
 
     import torch
 
-    versions = {"python": platform.python_version()}
-    for pkg in ("imagen-bench", "torch", "numpy", "pyarrow", "transformers", "diffusers", "torch-fidelity",
-                "clean-fid", "open-clip-torch"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
+    from bench.filehash import package_versions
+
+    versions = package_versions()
     hardware = {"device": device, "machine": platform.machine(), "processor": platform.processor(),
                 "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                 "cuda": torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda"
@@ -446,19 +441,39 @@ def check_same_study(out: Path, identity: dict, extend: bool) -> None:
     if not (out / "tables" / store.STUDY).is_dir():
         return
     runs = store.read_table(out, store.STUDY)
+    if not len(runs):
+        return
+    stored = {store.COL_SEED: _stored_seeds(runs),
+              store.COL_PROMPTS_HASH: set(runs[store.COL_PROMPTS_HASH].dropna()) if store.COL_PROMPTS_HASH in runs
+              else set(),
+              store.COL_CHECKPOINT_HASH: set(runs[store.COL_CHECKPOINT_HASH].dropna())
+              if store.COL_CHECKPOINT_HASH in runs else set()}
     names = {store.COL_SEED: "seed", store.COL_PROMPTS_HASH: "prompt set (suites)",
              store.COL_CHECKPOINT_HASH: "model (checkpoint hash)"}
     for col, what in names.items():
-        if col not in identity or col not in runs or not len(runs) or (extend and col != store.COL_SEED):
+        if col not in identity or (extend and col != store.COL_SEED):
             continue
-        # rows of runs made before this column existed are null (and make an integer column float): skipped
-        norm = (lambda v: str(int(v))) if col == store.COL_SEED else str
-        before = [norm(v) for v in runs[col].dropna().unique()]
-        if before and any(v != norm(identity[col]) for v in before):
-            was = before[-1][:16]
+        now_value = str(identity[col])
+        before = sorted(str(v) for v in stored[col])
+        if before and now_value not in before:  # a spec the study ran (or was extended with) resumes as before
             fix = "" if col == store.COL_SEED else ", or pass --extend to add it to that study on purpose"
-            raise UserError(f"{out} is a study of another {what} ({was}, now {str(identity[col])[:16]}); give another "
-                            f"--out for this spec{fix}")
+            raise UserError(f"{out} is a study of another {what} ({before[-1][:16]}, now {now_value[:16]}); give "
+                            f"another --out for this spec{fix}")
+
+
+def _stored_seeds(runs) -> set[str]:
+    """The spec seeds a study ran: its seed column, or, for rows written before that column, the stored spec's."""
+    seeds = set()
+    for k in range(len(runs)):
+        v = runs[store.COL_SEED].iloc[k] if store.COL_SEED in runs else None
+        if v is not None and v == v:  # not null / NaN
+            seeds.add(str(int(v)))
+        elif store.COL_SPEC in runs and isinstance(runs[store.COL_SPEC].iloc[k], str):
+            try:
+                seeds.add(str(int(tomllib.loads(runs[store.COL_SPEC].iloc[k]).get("seed", 0))))
+            except (tomllib.TOMLDecodeError, TypeError, ValueError):
+                pass
+    return seeds
 
 
 def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] = (0, 1), data_dir=None,

@@ -64,17 +64,21 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 # ----------------------------------------------------------------------------- readers
 
 
-def _delimiter(path: Path, first_line: str) -> str:
-    """Tab for .tsv/.tab, comma for .csv; otherwise sniffed from the header line (tab, comma, semicolon, pipe)."""
+def _dialect(path: Path, first_line: str) -> dict:
+    """csv.reader options: TSV (.tsv/.tab, or a tab in the header) has no quoting (PartiPrompts has prompts that
+    start with a quote character); CSV quotes as usual; otherwise the delimiter is sniffed from the header line,
+    and a header without any (one column) reads each line whole."""
     suffix = path.suffix.lower()
-    if suffix in (".tsv", ".tab"):
-        return "\t"
+    if suffix in (".tsv", ".tab") or (suffix != ".csv" and "\t" in first_line):
+        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     if suffix == ".csv":
-        return ","
+        return {"delimiter": ","}
+    if not any(c in first_line for c in ",;|"):
+        return {"delimiter": "\x1f", "quoting": csv.QUOTE_NONE}  # one column: a unit separator never in text
     try:
-        return csv.Sniffer().sniff(first_line, delimiters="\t,;|").delimiter
+        return {"delimiter": csv.Sniffer().sniff(first_line, delimiters=",;|").delimiter}
     except csv.Error:
-        return ","
+        return {"delimiter": ","}
 
 
 def read_prompt_csv(path: Path, suite: str, *, text_column: str = "prompt") -> list[Prompt]:
@@ -93,8 +97,7 @@ def read_prompt_csv(path: Path, suite: str, *, text_column: str = "prompt") -> l
         raise UserError(f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
     if not text.strip():
         raise UserError(f"{path}: the file is empty; it needs a header line with a '{text_column}' column")
-    delim = _delimiter(path, text.splitlines()[0])
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delim)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, **_dialect(path, text.splitlines()[0]))
     try:
         header = [h.strip() for h in next(reader)]
     except csv.Error as exc:

@@ -105,6 +105,10 @@ def test_comparable_with_fid30k_only_for_inception_at_the_published_protocol(fix
     build = lambda **kw: K.build_manifest(captions_file=fixture.captions_csv, sampled=sampled, seed=0,  # noqa: E731
                                           reference=inc, size=256, **kw)
     assert build(extractor="inception")["comparable_with_fid30k"]
+    unknown = dataclasses.replace(inc, protocol="unknown")  # a clean-fid / pytorch-fid file: mu and sigma only
+    m = K.build_manifest(captions_file=fixture.captions_csv, sampled=sampled, seed=0, reference=unknown, size=256,
+                         extractor="inception")
+    assert not m["comparable_with_fid30k"] and m["reference_protocol"] == "unknown"
     assert not build(extractor="inception", kind="clean")["comparable_with_fid30k"]
     assert not build(extractor="effnet-lite0")["comparable_with_fid30k"]
 

@@ -102,13 +102,15 @@ def _fidelity(a, b, **kw):
 
 
 def _clean_fid(a, b, ext):
+    """clean-fid's compute_fid in clean mode with our extractor: its own resizer (299) for Inception; for
+    EfficientNet-Lite0, clean-fid's resizer function at the network's 224."""
     from cleanfid import fid as cfid
     from cleanfid.resize import make_resizer
 
     size = ext.spec.input_size
+    own = {} if size == 299 else {"custom_fn_resize": make_resizer("PIL", False, "bicubic", (size, size))}
     return cfid.compute_fid(str(a), str(b), mode="clean", custom_feat_extractor=ext, num_workers=0, batch_size=8,
-                            device=torch.device("cpu"), verbose=False, use_dataparallel=False,
-                            custom_fn_resize=make_resizer("PIL", False, "bicubic", (size, size)))
+                            device=torch.device("cpu"), verbose=False, use_dataparallel=False, **own)
 
 
 def test_torch_fidelity_protocol_equals_calculate_metrics_on_non_256_images(odd_folders):
@@ -261,10 +263,18 @@ def test_protocol_center_crops_and_resizes_once():
     assert clean.shape == (224, 224, 3) and clean.dtype == np.float32  # clean-fid: no quantisation
 
 
+def test_mixed_sizes_under_the_torch_fidelity_protocol_are_one_line(tmp_path):
+    write_pngs(photo_crops(2, seed=3, size=64) + photo_crops(2, seed=4, size=48), tmp_path / "mixed")
+    with pytest.raises(UserError, match="different sizes.*--protocol clean or a crop step"):
+        F.stats_from_folder(tmp_path / "mixed", protocol=Protocol(TORCH_FIDELITY), cache=False)
+    assert F.stats_from_folder(tmp_path / "mixed", cache=False).n == 4  # clean resizes each image itself
+
+
 def test_protocol_names():
     assert parse_protocol("clean") == Protocol(CLEAN) and parse_protocol("coco") == Protocol(TORCH_FIDELITY, 256)
     assert parse_protocol("crop256+clean").slug == "crop256_clean"
     assert parse_protocol("center-crop+pil-bicubic-256") == ResizeProtocol(256)  # files written before names
+    assert parse_protocol("center-crop+pil-bicubic-64") == ResizeProtocol(64)
     for bad in ("bilinear", "cropx+clean"):
         with pytest.raises(UserError, match="protocol"):
             parse_protocol(bad)
@@ -285,6 +295,10 @@ def test_stats_file_round_trip_and_clean_fid_format(folders, tmp_path):
         F.frechet_distance(a, F.FidStats(np.zeros(2048), np.eye(2048), 3, "inception", "clean", "h"))
     with pytest.raises(UserError, match="different protocols"):
         F.frechet_distance(a, F.FidStats(a.mu, a.sigma, 3, "effnet-lite0", "torch-fidelity", "h"))
+    with pytest.raises(UserError, match="different effnet-lite0 weights"):
+        F.frechet_distance(a, F.FidStats(a.mu, a.sigma, 3, "effnet-lite0", a.protocol, "h", weights="f" * 64))
+    plain = F.load_stats(tmp_path / "plain.npz", "effnet-lite0")
+    assert F.fid(plain, plain, protocol=Protocol(TORCH_FIDELITY)).metric == "fid_effnet_lite0_torch_fidelity"
 
 
 def test_metric_names_carry_the_extractor_and_protocol():

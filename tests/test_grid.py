@@ -343,6 +343,10 @@ def test_a_study_is_exactly_its_spec(tmp_path, prompts_csv):
     metrics = store.read_table(out, store.METRICS)
     clip = metrics[(metrics[store.COL_METRIC] == "clip_score_fake") & metrics[store.COL_CATEGORY].isna()]
     assert list(clip[store.COL_N]) == [6, 2]  # never 8: the first spec's images are not this spec's
+    for suites in ((str(prompts_csv),), (str(other_csv),)):  # both specs of the extended study resume as before
+        again = run_grid(replace(spec, suites=suites), out, generator=FakeGenerator(), metric_fns=_metric_fns(calls),
+                         progress=False, log=lambda m: None)
+        assert again["generated"] == 0 and again["metric_rows"] == 0
 
 
 def test_cli_refuses_another_seed_in_one_line(tmp_path, prompts_csv, capsys):
@@ -374,6 +378,9 @@ def test_a_study_made_before_the_identity_columns_keeps_resuming(tmp_path, promp
     for part in store.part_files(out, store.STUDY):  # as the older code wrote them
         t = pq.read_table(part)
         pq.write_table(t.drop_columns([store.COL_SEED, store.COL_PROMPTS_HASH]), part)
+    with pytest.raises(UserError, match="another seed"):  # the old rows' seed is read from their stored spec
+        run_grid(replace(spec, seed=9), out, generator=FakeGenerator(), metrics=False, progress=False,
+                 log=lambda m: None)
     for _ in range(2):
         summary = run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
         assert summary["generated"] == 0 and summary["complete"]

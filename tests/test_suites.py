@@ -103,6 +103,13 @@ def test_prompt_files_as_people_publish_them(tmp_path):
     assert [(p.text, p.category, p.suite) for p in prompts] == [("bond, james bond", "People", "parti"),
                                                                  ("a red, round apple", "Produce & Plants", "parti")]
     assert json.loads(prompts[1].meta) == {"Challenge": "Colors", "Note": "from a paper"}
+    quoted = tmp_path / "PartiPrompts.tsv"  # as the file itself has it: a prompt that starts with a quote
+    quoted.write_text('Prompt\tCategory\tChallenge\tNote\n"G I G G L E" painted in thick colorful lettering as '
+                      'graffiti on a faded red brick wall\tArts\tWriting & Symbols\t\n', encoding="utf-8")
+    assert load_suite(str(quoted))[0].text.startswith('"G I G G L E" painted')
+    single = tmp_path / "prompts"  # one column, no extension: read whole, commas and all
+    single.write_text("prompt\na cat, sitting\n", encoding="utf-8")
+    assert [p.text for p in load_suite(str(single))] == ["a cat, sitting"]
     semi = tmp_path / "prompts.dat"
     semi.write_text("PROMPT;Category\na cat;animals\n", encoding="utf-8")
     assert [(p.text, p.category) for p in load_suite(str(semi))] == [("a cat", "animals")]

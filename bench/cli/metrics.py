@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-FID_DESCRIPTION = """Fréchet Inception Distance between two image sets, through torch-fidelity.
+FID_DESCRIPTION = """Fréchet distance between two image sets' features (FID; Inception or EfficientNet-Lite0 features,
+through torch-fidelity).
 
 A and B are each a folder of PNG/JPEG images, a study directory (its generated images; --cell picks one grid cell)
 or a statistics .npz file (saved with --save-stats-a/-b, or a clean-fid / pytorch-fid file with mu and sigma,
@@ -84,7 +85,7 @@ def run_fid(args: argparse.Namespace) -> int:
     for stats, out in zip(sides, (args.save_stats_a, args.save_stats_b)):
         if out:
             F.save_stats(stats, out)
-    result = F.fid(*sides)
+    result = F.fid(*sides, protocol=protocol)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -107,7 +108,7 @@ fd_clip_shapes_clip."""
 FIDELITY_EPILOG = """examples:
   imagen-bench fidelity generated/ reference/ --fid --kid --prc --json
   imagen-bench fidelity runs/qs reference/ --cell a1b2c3 --fid --cmmd --clip-model shapes-clip --json
-  imagen-bench fidelity gen/ coco_val/ --fid --kid --extractor inception --protocol coco \
+  imagen-bench fidelity gen/ coco_val/ --fid --kid --extractor inception --protocol coco \\
       --cmmd --fd-clip --clip-model ViT-L-14 --clip-pretrained openai --json
 """
 
@@ -123,7 +124,8 @@ def _add_fidelity(sub, formatter) -> None:
                        ("--cmmd", "CMMD on CLIP image embeddings"), ("--fd-clip", "Frechet distance on CLIP embeddings")):
         p.add_argument(flag, action="store_true", help=what)
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0], help="feature network")
-    p.add_argument("--protocol", default="clean", help="clean | torch-fidelity | crop256+clean | coco")
+    p.add_argument("--protocol", default="clean",
+                   help="clean | torch-fidelity | crop256+clean | crop256+torch-fidelity | coco (see fid --help)")
     p.add_argument("--size", type=int, default=None, help="the COCO crop step before the protocol (0: none)")
     p.add_argument("--kid-subset-size", type=int, default=None, help="default: min(1000, the smaller set)")
     p.add_argument("--clip-model", default="shapes-clip", help="open_clip model for --cmmd / --fd-clip")

@@ -151,7 +151,7 @@ def build_manifest(*, captions_file: Path | str, sampled: Sequence[Caption], see
                    size: int, model: dict | None = None, sampler: dict | None = None, kind: str = "torch-fidelity",
                    extractor_weights: str | None = None) -> dict:
     """Everything needed to reproduce a number, and to refuse comparing two numbers that differ in any of it."""
-    from bench.metrics.features import COCO_PROTOCOL, INCEPTION, Protocol
+    from bench.metrics.features import COCO_PROTOCOL, INCEPTION, Protocol, canonical_id
     from bench.metrics.fid import fid_metric_name
 
     n = len(sampled)
@@ -168,10 +168,14 @@ def build_manifest(*, captions_file: Path | str, sampled: Sequence[Caption], see
         "reference_n": int(reference.n),
         "extractor": extractor,
         "extractor_weights": extractor_weights or getattr(reference, "weights", None),
+        "reference_weights": getattr(reference, "weights", None),
         "metric": fid_metric_name(extractor, protocol),
         "fid_protocol": protocol.id,
-        # published FID-30K figures: Inception features, the 256 px step then the network's own resize, N >= 30k
-        "comparable_with_fid30k": n >= FID_30K and extractor == INCEPTION and protocol == COCO_PROTOCOL,
+        "reference_protocol": canonical_id(reference.protocol),
+        # published FID-30K figures: Inception features, the 256 px step then the network's own resize, N >= 30k;
+        # a reference statistics file that does not record its protocol cannot be shown to be at it
+        "comparable_with_fid30k": (n >= FID_30K and extractor == INCEPTION and protocol == COCO_PROTOCOL
+                                   and canonical_id(reference.protocol) == COCO_PROTOCOL.id),
         "versions": _versions(),
         "warning": small_n_warning(n),
         "model": model or {},
@@ -180,15 +184,9 @@ def build_manifest(*, captions_file: Path | str, sampled: Sequence[Caption], see
 
 
 def _versions() -> dict:
-    from importlib import metadata
+    from bench.filehash import package_versions
 
-    out = {}
-    for pkg in ("imagen-bench", "torch", "torch-fidelity", "clean-fid", "numpy", "scipy", "diffusers", "open-clip-torch"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions()
 
 
 def _stats_digest(stats) -> str:

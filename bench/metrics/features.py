@@ -31,6 +31,8 @@ import contextlib
 import hashlib
 import io
 import os
+import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,12 +190,16 @@ def _float_input(spec: ExtractorSpec, x: torch.Tensor):
 
     if tuple(x.shape[-2:]) != (spec.input_size, spec.input_size):
         raise ValueError(f"float input to the Inception extractor must be {spec.input_size}x{spec.input_size}")
-    strict = inc.vassert
-    inc.vassert = lambda cond, message: strict(cond or "dtype=torch.uint8" in message, message)
-    try:
-        yield
-    finally:
-        inc.vassert = strict
+    with _RELAX_LOCK:  # one relaxed call at a time: the module-level name is restored before another begins
+        strict = inc.vassert
+        inc.vassert = lambda cond, message: strict(cond or "dtype=torch.uint8" in message, message)
+        try:
+            yield
+        finally:
+            inc.vassert = strict
+
+
+_RELAX_LOCK = threading.Lock()
 
 
 def weights_file(name: str, weights_path: str | None = None) -> Path | None:
@@ -290,7 +296,13 @@ def as_extractor(extractor: "str | Extractor | LazyExtractor") -> Extractor:
 
 CLEAN, TORCH_FIDELITY = "clean", "torch-fidelity"
 PROTOCOL_KINDS = (CLEAN, TORCH_FIDELITY)
-LEGACY_IDS = {"center-crop+pil-bicubic-256": "crop256+torch-fidelity"}  # statistics files written before names
+LEGACY_ID = re.compile(r"^center-crop\+pil-bicubic-(\d+)$")  # statistics files written before protocols had names
+
+
+def canonical_id(text: str) -> str:
+    """A recorded protocol id in today's spelling ('center-crop+pil-bicubic-N' -> 'cropN+torch-fidelity')."""
+    m = LEGACY_ID.match(str(text).strip())
+    return f"crop{m.group(1)}+torch-fidelity" if m else str(text).strip()
 
 
 @dataclass(frozen=True)
@@ -332,7 +344,7 @@ DEFAULT_PROTOCOL = Protocol(CLEAN)
 def parse_protocol(text: str, size: int | None = None) -> Protocol:
     """'clean' | 'torch-fidelity' | 'crop256+clean' | 'crop256+torch-fidelity' | 'coco' (-> crop256+torch-fidelity);
     `size` (e.g. --size) adds or replaces the crop step."""
-    t = LEGACY_IDS.get(str(text).strip(), str(text).strip().lower())
+    t = canonical_id(text).lower()
     if t == "coco":
         t = COCO_PROTOCOL.id
     crop = None
@@ -445,6 +457,10 @@ def extract_features(images: Iterable[np.ndarray], extractor: Extractor, batch_s
     out = []
     with tqdm(total=total, disable=not progress, desc=f"features ({extractor.name})", unit="img") as bar:
         for batch in _batches(images, batch_size):
+            if len({im.shape for im in batch}) > 1:
+                raise UserError(f"images of different sizes ({sorted({im.shape[:2] for im in batch})[:3]} ...) cannot "
+                                f"go through the torch-fidelity protocol as they are; use --protocol clean or a crop "
+                                f"step (crop256+torch-fidelity, --size 256)")
             x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()  # [B,3,H,W] uint8 or float
             out.append(extractor(x).cpu().numpy())  # [B, D]
             bar.update(len(batch))

@@ -28,7 +28,7 @@ import numpy as np
 from bench.metrics.features import (
     DEFAULT_EXTRACTOR,
     DEFAULT_PROTOCOL,
-    LEGACY_IDS,
+    canonical_id,
     Extractor,
     LazyExtractor,
     Protocol,
@@ -139,8 +139,10 @@ def frechet_distance(a: FidStats, b: FidStats) -> float:
     if a.extractor != b.extractor:
         raise UserError(f"cannot compare FID statistics from different extractors ({a.extractor} vs {b.extractor}); "
                         "recompute one side with --extractor " + a.extractor)
-    if "unknown" not in (a.protocol, b.protocol) and LEGACY_IDS.get(a.protocol, a.protocol) != \
-            LEGACY_IDS.get(b.protocol, b.protocol):
+    if a.weights and b.weights and a.weights != b.weights:
+        raise UserError(f"cannot compare FID statistics made with different {a.extractor} weights (sha256 "
+                        f"{a.weights[:12]} vs {b.weights[:12]}); recompute one side with the same weights file")
+    if "unknown" not in (a.protocol, b.protocol) and canonical_id(a.protocol) != canonical_id(b.protocol):
         raise UserError(f"cannot compare FID statistics made under different protocols ({a.protocol} vs "
                         f"{b.protocol}); recompute one side with --protocol {a.protocol}")
     if a.mu.shape != b.mu.shape:
@@ -385,11 +387,11 @@ class FidResult:
         return {"metric": self.metric, "value": self.value, "n_a": self.n_a, "n_b": self.n_b}
 
 
-def fid(a: FidStats, b: FidStats) -> FidResult:
+def fid(a: FidStats, b: FidStats, protocol: Protocol | None = None) -> FidResult:
     """The FID between two statistics, named by its extractor and protocol (a side whose protocol is unknown, a
-    user's statistics file, is taken to be the other side's)."""
+    user's statistics file, is taken to be the other side's; both unknown: `protocol`, the one the user named)."""
     proto = a.protocol if a.protocol != "unknown" else b.protocol
-    proto = proto if proto != "unknown" else DEFAULT_PROTOCOL.id
+    proto = proto if proto != "unknown" else (protocol or DEFAULT_PROTOCOL).id
     return FidResult(fid_metric_name(a.extractor, proto), frechet_distance(a, b), a.n, b.n)
 
 
