@@ -277,6 +277,10 @@ def test_safety_checker_flags_are_kept_and_left_out_of_metrics(pipes, tmp_path):
         load_system_samples(out, samples[store.COL_CELL_ID].iloc[0])
     html = Path(build_report(out)).read_text()
     assert "flagged" in html
+    from bench.metrics import fid as FID
+
+    with pytest.raises(UserError, match="FID needs at least 2 images, got 0"):  # `fid STUDY` skips them too
+        FID.stats_from_study(out)
     gen_info = json.loads(samples[store.COL_GENERATION].iloc[0])
     assert gen_info["safety_checker"] is True and gen_info["stages"][0]["pipeline"] == "StableDiffusionPipeline"
     off = load_generator(f"diffusers:{pipes['sd-flag']}?safety_checker=off")

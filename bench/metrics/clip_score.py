@@ -248,11 +248,14 @@ def pairs_from_folder(images_dir: Path | str, captions_csv: Path | str) -> tuple
 
 def pairs_from_study(study: Path | str, cell: str | None = None) -> tuple[list[Path], list[str]]:
     """(image paths, prompts) of a study's samples (optionally one cell)."""
-    from bench.store import COL_CELL_ID, COL_IMAGE_PATH, COL_PROMPT, COL_SAMPLE_ID, SAMPLES, is_study, read_table
+    from bench.store import (COL_CELL_ID, COL_FLAGGED, COL_IMAGE_PATH, COL_PROMPT, COL_SAMPLE_ID, SAMPLES, is_study,
+                             read_table)
 
     if not is_study(study):
         raise UserError(f"{study} is not a study directory (no tables/samples); give --images and --captions")
     df = read_table(study, SAMPLES, key=COL_SAMPLE_ID)
+    if COL_FLAGGED in df:  # blacked out by a safety checker: never scored
+        df = df[~df[COL_FLAGGED].fillna(False).astype(bool).to_numpy()]
     if cell is not None:
         df = df[df[COL_CELL_ID] == cell]
     if not len(df):

@@ -336,11 +336,13 @@ def stats_from_folder(folder: Path | str, extractor: ExtractorLike = DEFAULT_EXT
 
 def study_image_paths(study: Path | str, cell: str | None = None) -> list[Path]:
     """The image files a study's samples table lists (optionally one cell's), as absolute paths."""
-    from bench.store import COL_CELL_ID, COL_IMAGE_PATH, COL_SAMPLE_ID, SAMPLES, read_table
+    from bench.store import COL_CELL_ID, COL_FLAGGED, COL_IMAGE_PATH, COL_SAMPLE_ID, SAMPLES, read_table
 
     df = read_table(study, SAMPLES, key=COL_SAMPLE_ID)
     if not len(df):
         raise UserError(f"study {study} has no samples yet; run the grid first")
+    if COL_FLAGGED in df:  # blacked out by a safety checker: never fed into a metric
+        df = df[~df[COL_FLAGGED].fillna(False).astype(bool).to_numpy()]
     if cell is not None:
         cells = sorted(df[COL_CELL_ID].unique())
         df = df[df[COL_CELL_ID] == cell]
