@@ -85,16 +85,9 @@ def make_default_clip(device: str = "cpu"):
 
 def make_default_distribution(device: str = "cpu"):
     """KID, precision/recall (the FID extractor's features) and CMMD, FD-CLIP (CLIP embeddings) of a cell against
-    its reference; each network and each reference's features computed once per run."""
+    its reference; each network loaded once per run, a reference's features and embeddings cached by its files'
+    remembered hashes (rendered shapes references: by their pixels)."""
     state: dict = {}
-
-    def reference_images(table: dict, given):
-        from bench.metrics import fid as F
-        from bench.metrics.features import load_image
-
-        if given is not None:
-            return list(given)
-        return [load_image(p) for p in F.image_paths(table["reference"])]
 
     def fn(images, key: str, table: dict, given_reference):
         from bench.metrics import fid as F
@@ -109,8 +102,9 @@ def make_default_distribution(device: str = "cpu"):
             if ck not in state:
                 state[ck] = C.load_clip(table["model"], table.get("pretrained"), device=device)
             clip = state[ck]
-            if ref_key not in state:
-                state[ref_key] = M.clip_embeddings(clip, reference_images(table, given_reference))
+            if ref_key not in state:  # a folder or study: embedded once, cached by the files' remembered hashes
+                state[ref_key] = (M.clip_embeddings(clip, list(given_reference)) if given_reference is not None
+                                  else M.clip_embeddings_of_files(clip, F.image_paths(table["reference"])))
             return M.clip_values(M.clip_embeddings(clip, images), state[ref_key], clip.metric, {key})
         name, protocol = table["extractor"], parse_protocol(table["protocol"])
         if ("ext", name) not in state:

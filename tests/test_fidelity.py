@@ -158,3 +158,15 @@ def test_grid_metrics_take_kid_prc_cmmd_and_fd_clip(tmp_path):
         npz.write_bytes(b"x")
         run_grid(parse_spec(text.replace("prc = true", f'prc = {{ reference = "{npz}" }}')), tmp_path / "n",
                  generator=Gen(), progress=False, log=lambda m: None)
+
+
+def test_reference_clip_embeddings_are_cached(sets, monkeypatch):
+    from bench.metrics import clip_score as C
+
+    a, _ = sets
+    clip = C.load_clip("shapes-clip")
+    paths = F.image_paths(a)
+    first = M.clip_embeddings_of_files(clip, paths, chunk=4)  # read in chunks
+    monkeypatch.setattr(M, "clip_embeddings", lambda *x, **k: pytest.fail("embedded again"))
+    again = M.clip_embeddings_of_files(clip, paths)
+    assert first.shape == (10, again.shape[1]) and np.allclose(first, again, atol=1e-6)

@@ -142,7 +142,7 @@ def _add_fidelity(sub, formatter) -> None:
 def run_fidelity(args: argparse.Namespace) -> int:
     from bench.metrics import fid as F
     from bench.metrics import fidelity as M
-    from bench.metrics.features import LazyExtractor, load_image
+    from bench.metrics.features import LazyExtractor
     from imagen.errors import UserError
 
     wanted = {m for m in ("fid", "kid", "prc", "cmmd", "fd_clip") if getattr(args, m)}
@@ -165,7 +165,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
         from bench.metrics.clip_score import load_clip
 
         clip = load_clip(args.clip_model, args.clip_pretrained, args.device)
-        ea, eb = [M.clip_embeddings(clip, [load_image(x) for x in p]) for p in paths]
+        ea, eb = [M.clip_embeddings_of_files(clip, p, not args.no_cache, args.verify) for p in paths]
         part = M.clip_values(ea, eb, clip.metric, wanted)
         out.metrics.update(part.metrics)
         out.details.update(part.details)

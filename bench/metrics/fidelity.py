@@ -130,5 +130,34 @@ def clip_embeddings(clip, images) -> np.ndarray:
     return image_embeddings(clip, list(images)).double().numpy()
 
 
+def clip_embeddings_of_files(clip, paths, cache: bool = True, verify: bool = False, chunk: int = 256) -> np.ndarray:
+    """CLIP embeddings [N, E] of image files, read a chunk at a time and cached under (the files' content hash, the
+    CLIP model and its weights), so a reference set is embedded once."""
+    import hashlib
+    import json
+    import os
+
+    from bench.metrics.features import files_hash, load_image
+    from bench.metrics.fid import cache_root
+
+    key = hashlib.sha256(json.dumps([files_hash(paths, verify), clip.metric]).encode()).hexdigest()
+    path = cache_root() / "clip-embeddings" / f"{key}.npy"
+    if cache and path.is_file():
+        try:
+            return np.load(path, allow_pickle=False).astype(np.float64)
+        except (OSError, ValueError):
+            pass  # a damaged cache file is recomputed
+    parts = [clip_embeddings(clip, [load_image(p) for p in paths[k:k + chunk]]) for k in range(0, len(paths), chunk)]
+    emb = np.concatenate(parts)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, emb.astype(np.float32))
+        os.replace(tmp, path)
+    return emb
+
+
 __all__ = ["Values", "kid", "prc", "cmmd", "fd", "feature_values", "clip_values", "clip_embeddings",
+           "clip_embeddings_of_files",
            "FEATURE_METRICS", "CLIP_METRICS"]
