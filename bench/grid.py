@@ -148,60 +148,23 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         aug = _maybe(_axis(axes, "aug_level", d and [_one(d.aug_level)]),
                      lambda v: _floats(v, "axes.aug_level", 0.0, 1.0))
     metrics = _subtable(raw, "metrics", METRIC_KEYS, source)
-    fid = _metric_table(metrics.get("fid"), "fid", {"extractor": "effnet-lite0", "reference": "shapes",
-                                                    "protocol": "clean"})
-    if fid and fid["extractor"] not in ("effnet-lite0", "inception"):
-        raise UserError(f"metrics.fid.extractor: {fid['extractor']!r}; choose effnet-lite0 or inception")
-    if fid:
-        from bench.metrics.features import parse_protocol
-
-        if not isinstance(fid["protocol"], str):
-            raise UserError(f"metrics.fid.protocol: {fid['protocol']!r}; use clean, torch-fidelity, crop256+clean, "
-                            f"crop256+torch-fidelity or coco")
-        try:
-            fid["protocol"] = parse_protocol(fid["protocol"]).id
-        except UserError as exc:
-            raise UserError(f"metrics.fid.protocol: {exc}") from None
-    clip = _metric_table(metrics.get("clip_score"), "clip_score", {"model": "shapes-clip"}, ("pretrained",))
-    if clip:
-        for k in ("model", "pretrained"):
-            if k in clip and (not isinstance(clip[k], str) or not clip[k].strip()):
-                raise UserError(f"metrics.clip_score.{k}: {clip[k]!r} must be a non-empty string")
-        from bench.metrics.clip_score import needs_weights
-
-        why = needs_weights(clip["model"], clip.get("pretrained"))
-        if why:
-            raise UserError(f"metrics.clip_score: {why}, e.g. clip_score = {{ model = \"{clip['model']}\", "
-                            f"pretrained = \"openai\" }}")
+    feat_defaults = {"extractor": "effnet-lite0", "reference": "shapes", "protocol": "clean"}
+    fid = _feature_table(_metric_table(metrics.get("fid"), "fid", feat_defaults), "fid")
+    clip = _clip_table(_metric_table(metrics.get("clip_score"), "clip_score", {"model": "shapes-clip"},
+                                     ("pretrained",)), "clip_score")
     # KID and precision/recall: on the FID table's extractor, protocol and reference unless they name their own;
     # CMMD and FD-CLIP: on the CLIP score's model (else shapes-clip) and the same reference
-    feat = {k: (fid or {"extractor": "effnet-lite0", "reference": "shapes", "protocol": "clean"})[k]
-            for k in ("extractor", "reference", "protocol")}
-    clip_model = {"model": clip["model"]} if clip else {"model": "shapes-clip"}
-    if clip and clip.get("pretrained"):
-        clip_model["pretrained"] = clip["pretrained"]
-    kid = _metric_table(metrics.get("kid"), "kid", feat, ("subset_size",))
-    prc = _metric_table(metrics.get("prc"), "prc", feat)
-    cmmd = _metric_table(metrics.get("cmmd"), "cmmd", {**clip_model, "reference": feat["reference"]}, ("pretrained",))
-    fd_clip = _metric_table(metrics.get("fd_clip"), "fd_clip", {**clip_model, "reference": feat["reference"]},
-                            ("pretrained",))
-    for key, table in (("kid", kid), ("prc", prc)):
-        if table:
-            from bench.metrics.features import parse_protocol
-
-            if table["extractor"] not in ("effnet-lite0", "inception"):
-                raise UserError(f"metrics.{key}.extractor: {table['extractor']!r}; choose effnet-lite0 or inception")
-            table["protocol"] = parse_protocol(str(table["protocol"])).id
+    feat = {k: (fid or feat_defaults)[k] for k in ("extractor", "reference", "protocol")}
+    clip_model = {k: v for k, v in (clip or {"model": "shapes-clip"}).items() if k in ("model", "pretrained")}
+    kid = _feature_table(_metric_table(metrics.get("kid"), "kid", feat, ("subset_size",)), "kid")
+    prc = _feature_table(_metric_table(metrics.get("prc"), "prc", feat), "prc")
+    cmmd = _clip_table(_metric_table(metrics.get("cmmd"), "cmmd", {**clip_model, "reference": feat["reference"]},
+                                     ("pretrained",)), "cmmd")
+    fd_clip = _clip_table(_metric_table(metrics.get("fd_clip"), "fd_clip",
+                                        {**clip_model, "reference": feat["reference"]}, ("pretrained",)), "fd_clip")
     if kid and "subset_size" in kid and (isinstance(kid["subset_size"], bool) or not isinstance(
             kid["subset_size"], int) or kid["subset_size"] < 2):
         raise UserError(f"metrics.kid.subset_size: {kid['subset_size']!r} must be an integer >= 2")
-    for key, table in (("cmmd", cmmd), ("fd_clip", fd_clip)):
-        if table:
-            from bench.metrics.clip_score import needs_weights
-
-            why = needs_weights(table["model"], table.get("pretrained"))
-            if why:
-                raise UserError(f"metrics.{key}: {why}")
     align = metrics.get("alignment", False)
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")
@@ -211,6 +174,40 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
         metrics=MetricsSpec(fid=fid, clip_score=clip, alignment=align, kid=kid, prc=prc, cmmd=cmmd, fd_clip=fd_clip),
     )
+
+
+def _feature_table(table: dict | None, key: str) -> dict | None:
+    """A metric table on an image-feature network: a known extractor, a protocol in its canonical spelling."""
+    if not table:
+        return table
+    from bench.metrics.features import parse_protocol
+
+    if table["extractor"] not in ("effnet-lite0", "inception"):
+        raise UserError(f"metrics.{key}.extractor: {table['extractor']!r}; choose effnet-lite0 or inception")
+    if not isinstance(table["protocol"], str):
+        raise UserError(f"metrics.{key}.protocol: {table['protocol']!r}; use clean, torch-fidelity, crop256+clean, "
+                        f"crop256+torch-fidelity or coco")
+    try:
+        table["protocol"] = parse_protocol(table["protocol"]).id
+    except UserError as exc:
+        raise UserError(f"metrics.{key}.protocol: {exc}") from None
+    return table
+
+
+def _clip_table(table: dict | None, key: str) -> dict | None:
+    """A metric table on a CLIP model: strings, and weights (a bare architecture would be a random network)."""
+    if not table:
+        return table
+    for k in ("model", "pretrained"):
+        if k in table and (not isinstance(table[k], str) or not table[k].strip()):
+            raise UserError(f"metrics.{key}.{k}: {table[k]!r} must be a non-empty string")
+    from bench.metrics.clip_score import needs_weights
+
+    why = needs_weights(table["model"], table.get("pretrained"))
+    if why:
+        raise UserError(f"metrics.{key}: {why}, e.g. {key} = {{ model = \"{table['model']}\", "
+                        f"pretrained = \"openai\" }}")
+    return table
 
 
 def _maybe(values: list | None, fn) -> tuple | None:
