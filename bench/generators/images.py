@@ -33,8 +33,9 @@ def _csv_entries(path: Path) -> list[tuple[str, str, int, Path]]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"images:{path}: cannot read it as UTF-8 text ({exc})") from None
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
+    tsv = path.suffix.lower() in (".tsv", ".tab")  # no quoting in TSV, as in the suites' prompt files
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
     header = [h.strip().lower() for h in next(reader, [])]
     key = "prompt" if "prompt" in header else "prompt_id" if "prompt_id" in header else None
     if key is None or "file" not in header:
