@@ -225,10 +225,11 @@ def _mean_rows(cell_id, name, values, categories, ihash, clusters) -> list[dict]
     return rows
 
 
-def _store_rows(study: Path, rows: list[dict], n_flagged: int, prefix: str) -> None:
+def _store_rows(study: Path, rows: list[dict], n_flagged: int, prefix: str, prompts_hash: str | None) -> None:
     if rows:
         for r in rows:
             r.setdefault(store.COL_DETAILS, None)  # every row has every column (from_pylist reads the first's keys)
+            r[store.COL_PROMPTS_HASH] = prompts_hash  # which spec's prompt set (an extended study holds several)
             r[store.COL_STUDY] = study.name
             r[store.COL_N_FLAGGED] = n_flagged
             r[store.COL_CREATED] = now()
@@ -270,6 +271,12 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
     if not len(samples) or not (m.fid or m.clip_score or m.alignment or m.distribution()):
         return 0
     dist_fn = fns.distribution or make_default_distribution(device)
+    prompts_hash = None
+    if items is not None:
+        import hashlib
+
+        ids = sorted({it.prompt.prompt_id for it in items})
+        prompts_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()  # = the study table's prompts_hash
     dist_settings = {k: _with_inputs(t) for k, t in m.distribution().items()}
     stored = store.read_table(study, store.METRICS)
     have = set()
@@ -302,7 +309,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                                  store.COL_N: int(len(df)), store.COL_INPUTS_HASH: ihash})
             df = df[~bad.to_numpy()]
         if not len(df):
-            _store_rows(study, rows, n_flagged, prefix)
+            _store_rows(study, rows, n_flagged, prefix, prompts_hash)
             written += len(rows)
             if bar is not None:
                 bar.update(1)
@@ -355,7 +362,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                     vals = [float(c[fact]) for c in checks if fact in c]
                     rows += _mean_rows(cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash,
                                        [p for p, k in zip(pids, keep) if k])[:1]
-        _store_rows(study, rows, n_flagged, prefix)
+        _store_rows(study, rows, n_flagged, prefix, prompts_hash)
         written += len(rows)
         if bar is not None:
             bar.update(1)

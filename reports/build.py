@@ -43,6 +43,16 @@ def category_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     return m.drop_duplicates([store.COL_CELL_ID, store.COL_METRIC, store.COL_CATEGORY], keep="last")
 
 
+def latest_spec_metrics(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The metric rows of the spec the study ran last (a study extended with other prompts holds rows of each
+    spec for the same cells); rows written before specs were told apart are kept."""
+    col = store.COL_PROMPTS_HASH
+    if not len(metrics) or col not in metrics or col not in runs or not runs[col].notna().any():
+        return metrics
+    last = runs[col].dropna().iloc[-1]
+    return metrics[metrics[col].isna() | (metrics[col] == last)]
+
+
 def summary_table(samples: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: its settings, images, seconds per image, and every overall metric with its interval."""
     if not len(samples):
@@ -239,6 +249,7 @@ def build_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
     samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
     metrics = store.read_table(study, store.METRICS)
     runs = store.read_table(study, store.STUDY)
+    metrics = latest_spec_metrics(metrics, runs)
     summary = summary_table(samples, metrics)
 
     buf = io.BytesIO()

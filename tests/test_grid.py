@@ -343,10 +343,17 @@ def test_a_study_is_exactly_its_spec(tmp_path, prompts_csv):
     metrics = store.read_table(out, store.METRICS)
     clip = metrics[(metrics[store.COL_METRIC] == "clip_score_fake") & metrics[store.COL_CATEGORY].isna()]
     assert list(clip[store.COL_N]) == [6, 2]  # never 8: the first spec's images are not this spec's
-    for suites in ((str(prompts_csv),), (str(other_csv),)):  # both specs of the extended study resume as before
+    from reports.build import latest_spec_metrics
+
+    def shown():  # the CLIP rows the report would use: those of the spec that ran last
+        m = latest_spec_metrics(store.read_table(out, store.METRICS), store.read_table(out, store.STUDY))
+        return list(m[(m[store.COL_METRIC] == "clip_score_fake") & m[store.COL_CATEGORY].isna()][store.COL_N])
+
+    assert shown() == [2]
+    for suites, n in (((str(prompts_csv),), [6]), ((str(other_csv),), [2])):  # both specs resume as before
         again = run_grid(replace(spec, suites=suites), out, generator=FakeGenerator(), metric_fns=_metric_fns(calls),
                          progress=False, log=lambda m: None)
-        assert again["generated"] == 0 and again["metric_rows"] == 0
+        assert again["generated"] == 0 and again["metric_rows"] == 0 and shown() == n
 
 
 def test_cli_refuses_another_seed_in_one_line(tmp_path, prompts_csv, capsys):
