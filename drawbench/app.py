@@ -13,6 +13,7 @@ first script argument: `streamlit run drawbench/app.py -- SESSION`).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -79,11 +80,37 @@ def image_bytes(session: Session, rel: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------- sign-in
+MAX_TRIES = 5  # wrong codes (or passwords) allowed per browser session before a wait
+LOCK_BASE_S, LOCK_MAX_S = 2.0, 300.0  # the wait doubles with each further wrong try, up to five minutes
+
+
+def _wait_left(kind: str) -> float:
+    """Seconds this browser session must still wait before another try of `kind` ("code" | "password")."""
+    return max(0.0, st.session_state.get(f"lock::{kind}", 0.0) - time.time())
+
+
+def _failed(kind: str) -> None:
+    n = st.session_state.get(f"fails::{kind}", 0) + 1
+    st.session_state[f"fails::{kind}"] = n
+    if n >= MAX_TRIES:
+        st.session_state[f"lock::{kind}"] = time.time() + min(LOCK_MAX_S, LOCK_BASE_S * 2 ** (n - MAX_TRIES))
+
+
+def _too_many(kind: str) -> bool:
+    left = _wait_left(kind)
+    if left > 0:
+        st.error(f"Too many wrong tries. Wait {math.ceil(left)} s before the next one.")
+    return left > 0
+
+
 def sign_in(session: Session, store: VoteStore) -> None:
     st.title("DrawBench image comparison")
     st.write("You will see a text prompt and two sets of images made from it. For each comparison, answer two "
              "questions: which set has higher image quality, and which set better represents the text. "
              "There are no right answers; go with your first impression.")
+    if not session.has_codes:
+        st.warning("This is an open session: anyone with this link can rate, under any name. Your name is only "
+                   "used to let you continue where you stopped.")
     with st.form("sign-in", border=True):
         name = st.text_input("Your name", key="name", max_chars=80)
         code = st.text_input("Access code", key="code", type="password", max_chars=64) if session.has_codes else ""
@@ -91,8 +118,11 @@ def sign_in(session: Session, store: VoteStore) -> None:
     if not ok:
         return
     if session.has_codes:
+        if _too_many("code"):
+            return
         rater = rater_for_code(session, code or "")
         if rater is None:
+            _failed("code")
             st.error("That access code is not valid. Check it with the organiser of the study.")
             return
     else:
@@ -201,17 +231,19 @@ def rate(session: Session, store: VoteStore, rater: str) -> None:
 def organiser(session: Session, store: VoteStore) -> None:
     st.title("Organiser view")
     if not session.organiser:
-        st.info("This session has no organiser password. Recreate it with --organiser-password to use this view, "
+        st.info("This session has no organiser password. Recreate it with DRAWBENCH_ORGANISER_PASSWORD set (or "
+                "answer the password prompt of `drawbench pairs`) to use this view, "
                 "or run `imagen-bench drawbench stats SESSION`.")
         return
     if not st.session_state.get("organiser_ok"):
         with st.form("organiser-sign-in"):
             pw = st.text_input("Organiser password", type="password", key="organiser_password")
             ok = st.form_submit_button("Open", type="primary")
-        if ok:
+        if ok and not _too_many("password"):
             if check_password(session, pw):
                 st.session_state["organiser_ok"] = True
                 st.rerun()
+            _failed("password")
             st.error("Wrong password.")
         return
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import secrets
 import shutil
@@ -84,6 +85,7 @@ class Session:
     created: float = 0.0
     attention_rate: float = 0.0
     dropped_prompts: int = 0
+    open_access: bool = False  # made with --open: no codes, anyone with the URL rates under any name
 
     @property
     def has_codes(self) -> bool:
@@ -129,9 +131,19 @@ def check_password(session: Session, password: str) -> bool:
     return secrets.compare_digest(got, org["hash"])
 
 
-def new_codes(n: int, rng: np.random.Generator, length: int = 10) -> list[str]:
-    idx = rng.integers(0, len(CODE_ALPHABET), size=(n, length))
-    return ["".join(CODE_ALPHABET[i] for i in row) for row in idx]
+CODE_LENGTH = 10
+CODE_BITS = CODE_LENGTH * math.log2(len(CODE_ALPHABET))  # 49.5 bits: 31 letters, 10 of them
+
+
+def new_codes(n: int, length: int = CODE_LENGTH) -> list[str]:
+    """n distinct access codes from the operating system's randomness (`secrets`), never from the session seed:
+    rebuilding a session from the same studies and seed gives new codes, so nobody can recompute them."""
+    codes: list[str] = []
+    while len(codes) < n:
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(length))
+        if code not in codes:
+            codes.append(code)
+    return codes
 
 
 # ----------------------------------------------------------------------------- reading studies
@@ -225,8 +237,10 @@ def build_session(
     organiser_password: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    open_access: bool = False,
 ) -> tuple[Session, list[str]]:
-    """Write a rating session folder; returns (session, the plain access codes, to hand out once)."""
+    """Write a rating session folder; returns (session, the plain access codes, to hand out once). A session
+    without codes must be asked for (`open_access`, --open): anyone with its URL can then rate under any name."""
     out = Path(out)
     if len(studies) < 2:
         raise UserError("a rating session needs at least two systems: pass --study twice or more")
@@ -241,6 +255,11 @@ def build_session(
         raise UserError("--attention-rate must be in [0, 1), e.g. 0.05 for one check in twenty comparisons")
     if n_codes and codes_file:
         raise UserError("give either --codes N or --codes-file F, not both")
+    if not n_codes and not codes_file and not open_access:
+        raise UserError("a session without access codes lets anyone with its URL rate under any name; give --codes N "
+                        "(or --codes-file F), or pass --open to run it open on purpose")
+    if open_access and (n_codes or codes_file):
+        raise UserError("--open is for a session without access codes; drop it, or drop --codes/--codes-file")
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder (a session is never overwritten)")
 
@@ -272,7 +291,7 @@ def build_session(
     images.mkdir(parents=True)
     try:
         comparisons = _make_comparisons(plan, systems, images, rng, attention_rate, progress)
-        plain_codes = _read_codes_file(Path(codes_file)) if codes_file else new_codes(n_codes, rng)
+        plain_codes = _read_codes_file(Path(codes_file)) if codes_file else new_codes(n_codes)
         code_salt = secrets.token_hex(16)
         codes = {"salt": code_salt,
                  "raters": {hash_code(c, code_salt): f"rater-{i + 1:02d}" for i, c in enumerate(plain_codes)}}
@@ -283,7 +302,7 @@ def build_session(
                          "iterations": PBKDF2_ITERATIONS}
         session = Session(path=out, seed=seed, per_set=per_set, systems=tuple(systems),
                           comparisons=tuple(comparisons), codes=codes, organiser=organiser, created=time.time(),
-                          attention_rate=attention_rate, dropped_prompts=dropped)
+                          attention_rate=attention_rate, dropped_prompts=dropped, open_access=bool(open_access))
         (tmp / SESSION_FILE).write_text(json.dumps(session_to_dict(session), indent=1))
         from drawbench.votes import VoteStore  # the store's schema lists the session's comparisons
 
@@ -349,7 +368,7 @@ def session_to_dict(s: Session) -> dict:
         "questions": [{"id": q, "text": t} for q, t in QUESTIONS],
         "systems": [asdict(x) for x in s.systems],
         "comparisons": [asdict(c) for c in s.comparisons],
-        "codes": s.codes, "organiser": s.organiser,
+        "codes": s.codes, "organiser": s.organiser, "open": s.open_access,
     }
 
 
@@ -371,7 +390,8 @@ def load_session(path: Path | str) -> Session:
     return Session(path=path, seed=d["seed"], per_set=d["per_set"], systems=tuple(System(**x) for x in d["systems"]),
                    comparisons=comps, codes=d.get("codes") or {}, organiser=d.get("organiser"),
                    created=d.get("created", 0.0), attention_rate=d.get("attention_rate", 0.0),
-                   dropped_prompts=d.get("dropped_prompts", 0))
+                   dropped_prompts=d.get("dropped_prompts", 0),
+                   open_access=bool(d.get("open", not (d.get("codes") or {}).get("raters"))))
 
 
 def rater_order(session: Session, rater: str) -> list[str]:

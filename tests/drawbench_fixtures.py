@@ -64,4 +64,5 @@ def make_session(tmp: Path, data_dir: Path, *, n_prompts=6, n_codes=2, attention
     prompts = drawbench_prompts(data_dir, n_prompts)
     studies = [str(make_study(tmp / f"study{i}", prompts, hue=1.7 * i, n_samples=per_set)) for i in range(n_systems)]
     return build_session(studies, tmp / "session", names=[f"sys{i}" for i in range(n_systems)], per_set=per_set,
-                         attention_rate=attention_rate, n_codes=n_codes, organiser_password=password, seed=seed)
+                         attention_rate=attention_rate, n_codes=n_codes, organiser_password=password, seed=seed,
+                         open_access=not n_codes)

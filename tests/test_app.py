@@ -117,7 +117,7 @@ def test_prompt_is_plain_text(tmp_path, data_dir, monkeypatch):
     prompts = pd.DataFrame([{"prompt_id": "p-evil", "prompt": evil, "category": "Text"}])
     a = make_study(tmp_path / "a", prompts, n_samples=2)
     b = make_study(tmp_path / "b", prompts, n_samples=2, hue=2.0)
-    s, _ = build_session([str(a), str(b)], tmp_path / "s", per_set=2)
+    s, _ = build_session([str(a), str(b)], tmp_path / "s", per_set=2, open_access=True)
     monkeypatch.setenv(SESSION_ENV, str(s.path))
     at = sign_in(start(), "Cy", None)  # no codes: a name is enough
     assert shown_prompt(at) == evil
@@ -143,3 +143,33 @@ def test_organiser_view(session):
     progress = org.dataframe[0].value
     assert progress.set_index("rater").loc["rater-01", "done"] == 1
     assert len(org.dataframe) >= 2  # progress and live results
+
+
+def test_wrong_codes_and_passwords_are_rate_limited_per_browser_session(session):
+    """Five wrong codes, then a wait (2 s, doubling, up to 5 min) during which even the right code is not tried; the
+    organiser password the same. A new browser session starts with a clean count."""
+    from drawbench import app
+
+    s, codes = session
+    at = start()
+    for k in range(app.MAX_TRIES):
+        sign_in(at, "Ann", f"wrong-{k}")
+        assert "not valid" in at.error[0].value
+    sign_in(at, "Ann", codes[0])  # the right code, inside the wait: refused without being checked
+    assert "Too many wrong tries" in at.error[0].value and "rater" not in at.session_state
+    assert sign_in(start(), "Ann", codes[0]).session_state["rater"] == "rater-01"  # another browser session
+    org = start()
+    org.sidebar.radio(key="view").set_value("Organiser").run()
+    for _ in range(app.MAX_TRIES):
+        org.text_input(key="organiser_password").input("wrong")
+        org.button[0].click().run()
+    org.text_input(key="organiser_password").input("org-pass")
+    org.button[0].click().run()
+    assert "Too many wrong tries" in org.error[0].value and "organiser_ok" not in org.session_state
+
+
+def test_an_open_session_says_so_on_its_sign_in_page(tmp_path, data_dir, monkeypatch):
+    s, _ = make_session(tmp_path, data_dir, n_prompts=3, n_codes=0)
+    monkeypatch.setenv(SESSION_ENV, str(s.path))
+    at = start()
+    assert s.open_access and "open session" in at.warning[0].value

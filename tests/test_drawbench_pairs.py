@@ -61,9 +61,9 @@ def test_session_from_two_studies(studies, tmp_path):
 
 def test_sides_reproduce_from_the_seed(studies, tmp_path):
     _, a, b = studies
-    s1, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s1", seed=11)
-    s2, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s2", seed=11)
-    s3, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s3", seed=12)
+    s1, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s1", seed=11, open_access=True)
+    s2, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s2", seed=11, open_access=True)
+    s3, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s3", seed=12, open_access=True)
     sides = lambda s: [(c.prompt_id, c.left) for c in s.comparisons]  # noqa: E731
     assert sides(s1) == sides(s2)
     assert sides(s1) != sides(s3)
@@ -72,7 +72,7 @@ def test_sides_reproduce_from_the_seed(studies, tmp_path):
 
 def test_attention_checks(studies, tmp_path):
     _, a, b = studies
-    s, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s", attention_rate=0.25, seed=1)
+    s, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s", attention_rate=0.25, seed=1, open_access=True)
     checks = [c for c in s.comparisons if c.attention]
     real = [c for c in s.comparisons if not c.attention]
     assert len(real) == 10 and len(checks) == round(0.25 * 10 / 0.75)
@@ -94,7 +94,7 @@ def test_attention_checks(studies, tmp_path):
 def test_more_than_two_systems_make_every_pair(tmp_path, data_dir):
     prompts = drawbench_prompts(data_dir, 3)
     st = [str(make_study(tmp_path / f"s{i}", prompts, n_samples=2, hue=i)) for i in range(3)]
-    s, _ = pairs.build_session(st, tmp_path / "sess", per_set=2)
+    s, _ = pairs.build_session(st, tmp_path / "sess", per_set=2, open_access=True)
     pairs_seen = Counter(frozenset((c.left, c.right)) for c in s.comparisons)
     assert pairs_seen == {frozenset("AB"): 3, frozenset("AC"): 3, frozenset("BC"): 3}
 
@@ -102,21 +102,21 @@ def test_more_than_two_systems_make_every_pair(tmp_path, data_dir):
 def test_user_errors(studies, tmp_path, data_dir):
     prompts, a, b = studies
     with pytest.raises(UserError, match="cells"):
-        pairs.build_session([str(a), str(b)], tmp_path / "s")  # b has two cells
+        pairs.build_session([str(a), str(b)], tmp_path / "s", open_access=True)  # b has two cells
     with pytest.raises(UserError, match="not in study"):
-        pairs.build_session([str(a), f"{b}:zz"], tmp_path / "s")
+        pairs.build_session([str(a), f"{b}:zz"], tmp_path / "s", open_access=True)
     other = make_study(tmp_path / "c", pd.DataFrame([{"prompt_id": "q", "prompt": "x", "category": "c"}]))
     with pytest.raises(UserError, match="no prompt in common"):
-        pairs.build_session([str(a), str(other)], tmp_path / "s")
+        pairs.build_session([str(a), str(other)], tmp_path / "s", open_access=True)
     with pytest.raises(UserError, match="two systems"):
-        pairs.build_session([str(a)], tmp_path / "s")
+        pairs.build_session([str(a)], tmp_path / "s", open_access=True)
     with pytest.raises(UserError, match="not a study"):
-        pairs.build_session([str(a), str(tmp_path)], tmp_path / "s")
+        pairs.build_session([str(a), str(tmp_path)], tmp_path / "s", open_access=True)
     assert not (tmp_path / "s").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.tmp")]  # nothing half-written
-    pairs.build_session([str(a), f"{b}:x"], tmp_path / "s")
+    pairs.build_session([str(a), f"{b}:x"], tmp_path / "s", open_access=True)
     with pytest.raises(UserError, match="already exists"):
-        pairs.build_session([str(a), f"{b}:x"], tmp_path / "s")
+        pairs.build_session([str(a), f"{b}:x"], tmp_path / "s", open_access=True)
 
 
 def test_changed_image_is_refused(studies, tmp_path):
@@ -124,13 +124,13 @@ def test_changed_image_is_refused(studies, tmp_path):
     img = next((a / "images").rglob("*.png"))
     img.write_bytes(img.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(UserError, match="sha256"):
-        pairs.build_session([str(a), f"{b}:x"], tmp_path / "s")
+        pairs.build_session([str(a), f"{b}:x"], tmp_path / "s", open_access=True)
     assert not (tmp_path / "s").exists()
 
 
 def test_images_only_from_the_session_folder(studies, tmp_path):
     _, a, b = studies
-    s, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s")
+    s, _ = pairs.build_session([str(a), f"{b}:x"], tmp_path / "s", open_access=True)
     ok = s.image_file(s.comparisons[0].left_images[0])
     assert ok.is_file()
     for bad in ("images/../session.json", "../a/images/cell-a/x.png", "/etc/passwd", "votes.sqlite"):
@@ -138,17 +138,46 @@ def test_images_only_from_the_session_folder(studies, tmp_path):
             s.image_file(bad)
 
 
-def test_cli_pairs_prints_codes_once(studies, tmp_path, capsys):
+def test_cli_pairs_prints_codes_once(studies, tmp_path, capsys, monkeypatch):
     _, a, b = studies
+    monkeypatch.setenv("DRAWBENCH_ORGANISER_PASSWORD", "pw")  # the password comes from the environment
     rc = main(["drawbench", "pairs", "--study", str(a), "--study", f"{b}:x", "--names", "imagen", "base",
-               "--codes", "2", "--organiser-password", "pw", "--out", str(tmp_path / "s"), "--json"])
+               "--codes", "2", "--out", str(tmp_path / "s"), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["comparisons"] == 10 and out["dropped_prompts"] == 2 and len(out["codes"]) == 2
     s = pairs.load_session(tmp_path / "s")
     assert [pairs.rater_for_code(s, c) for c in out["codes"].values()] == list(out["codes"])
-    rc = main(["drawbench", "pairs", "--study", str(a), "--study", f"{b}:x", "--out", str(tmp_path / "s")])
+    assert pairs.check_password(s, "pw") and not pairs.check_password(s, "wrong")
+    rc = main(["drawbench", "pairs", "--study", str(a), "--study", f"{b}:x", "--codes", "1",
+               "--out", str(tmp_path / "s")])
     assert rc == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_access_rules(studies, tmp_path, capsys, monkeypatch):
+    """Codes come from `secrets` (a rebuild with the same seed gives new ones); a session without codes needs
+    --open and says so; the organiser password is never an argument."""
+    _, a, b = studies
+    monkeypatch.delenv("DRAWBENCH_ORGANISER_PASSWORD", raising=False)
+    base = ["drawbench", "pairs", "--study", str(a), "--study", f"{b}:x", "--seed", "3"]
+    codes = []
+    for k in range(2):
+        assert main(base + ["--codes", "3", "--out", str(tmp_path / f"c{k}"), "--json"]) == 0
+        codes.append(set(json.loads(capsys.readouterr().out)["codes"].values()))
+    assert not codes[0] & codes[1]  # same studies, same seed: new codes
+    assert all(len(c) == pairs.CODE_LENGTH and set(c) <= set(pairs.CODE_ALPHABET) for c in codes[0])
+    assert round(pairs.CODE_BITS, 1) == 49.5
+    assert main(base + ["--out", str(tmp_path / "open")]) == 2
+    err = capsys.readouterr().err
+    assert "--open" in err and err.count("\n") == 1 and not (tmp_path / "open").exists()
+    assert main(base + ["--open", "--out", str(tmp_path / "open")]) == 0
+    assert pairs.load_session(tmp_path / "open").open_access
+    assert "open session" in capsys.readouterr().out
+    assert main(base + ["--codes", "2", "--organiser-password", "pw", "--out", str(tmp_path / "pw")]) == 2
+    err = capsys.readouterr().err
+    assert "visible in `ps`" in err and "DRAWBENCH_ORGANISER_PASSWORD" in err and not (tmp_path / "pw").exists()
+    with pytest.raises(UserError, match="--open is for a session without access codes"):
+        pairs.build_session([str(a), f"{b}:x"], tmp_path / "both", n_codes=2, open_access=True)
     codes = tmp_path / "codes.txt"
     codes.write_text("alpha-1\nbeta-2\n\n# comment\n")
     assert main(["drawbench", "pairs", "--study", str(a), "--study", f"{b}:x", "--codes-file", str(codes),

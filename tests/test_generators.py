@@ -321,8 +321,8 @@ def test_grid_report_and_rating_session_on_a_diffusers_model_and_an_image_set(pi
     for study in (a, b):
         assert Path(build_report(study)).is_file()
     cli = [sys.executable, "-m", "bench", "drawbench", "pairs", "--study", f"{a}:{cell[store.COL_CELL_ID].iloc[0]}",
-           "--study", str(b), "--names", "sd", "set", "--per-set", "2", "--out", str(tmp_path / "session")]
-    r = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "DRAWBENCH_PASSWORD": "pw"})
+           "--study", str(b), "--names", "sd", "set", "--per-set", "2", "--open", "--out", str(tmp_path / "session")]
+    r = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "DRAWBENCH_ORGANISER_PASSWORD": "pw"})
     assert r.returncode == 0, r.stderr
     session = load_session(tmp_path / "session")
     assert len(session.comparisons) == 3  # one per prompt: the same images on both sides, blinded

@@ -13,10 +13,12 @@ from imagen.errors import UserError
 
 PAIRS_EPILOG = """examples:
   imagen-bench drawbench pairs --study runs/imagen --study runs/baseline --names imagen baseline \\
-      --codes 10 --organiser-password 'change me' --out sessions/imagen-vs-baseline
-  imagen-bench drawbench pairs --study runs/grid:c3f1a2 --study runs/grid:9b0e77 --per-set 2 \\
-      --attention-rate 0.05 --codes-file codes.txt --seed 7 --out sessions/guidance
+      --codes 10 --out sessions/imagen-vs-baseline          # asks for the organiser password
+  DRAWBENCH_ORGANISER_PASSWORD=... imagen-bench drawbench pairs --study runs/grid:c3f1a2 \\
+      --study runs/grid:9b0e77 --per-set 2 --attention-rate 0.05 --codes-file codes.txt --seed 7 --out sessions/g
+  imagen-bench drawbench pairs --study runs/a --study runs/b --open --out sessions/pilot   # no codes, on purpose
 """
+PASSWORD_ENV = "DRAWBENCH_ORGANISER_PASSWORD"
 APP_EPILOG = """examples:
   imagen-bench drawbench app sessions/imagen-vs-baseline                 # http://localhost:8501
   imagen-bench drawbench app sessions/imagen-vs-baseline --port 8600 --address 0.0.0.0
@@ -56,9 +58,14 @@ def register(subparsers) -> None:
     p.add_argument("--attention-rate", type=float, default=0.0,
                    help="share of attention checks mixed in (noise images against a real set), e.g. 0.05")
     codes = p.add_mutually_exclusive_group()
-    codes.add_argument("--codes", type=int, default=0, metavar="N", help="generate N access codes, one per rater")
+    codes.add_argument("--codes", type=int, default=0, metavar="N",
+                       help="generate N access codes, one per rater: 10 characters from 31 letters and digits, "
+                            "drawn with Python's secrets module (49.5 bits each; not from --seed)")
     codes.add_argument("--codes-file", type=Path, metavar="F", help="a text file with one access code per line")
-    p.add_argument("--organiser-password", help="password of the organiser view (progress and live results)")
+    codes.add_argument("--open", action="store_true",
+                       help="no access codes on purpose: anyone with the app's URL rates under any name (the "
+                            "sign-in page says so)")
+    p.add_argument("--organiser-password", help=argparse_suppress())
     p.add_argument("--seed", type=int, default=0, help="seed of sides, attention checks and rater orders")
     p.add_argument("--out", type=Path, required=True, help="the new session folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary (with the codes) instead of text")
@@ -99,12 +106,41 @@ def register(subparsers) -> None:
 
 
 # ----------------------------------------------------------------------------- commands
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def organiser_password(args) -> str | None:
+    """The organiser password: $DRAWBENCH_ORGANISER_PASSWORD, else asked for (twice) on a terminal; never an argument
+    (it would be visible in `ps` and the shell history). None: the session has no organiser view."""
+    if args.organiser_password is not None:
+        raise UserError(f"--organiser-password on the command line is visible in `ps` and the shell history; set "
+                        f"{PASSWORD_ENV} or let the command ask for it")
+    pw = os.environ.get(PASSWORD_ENV)
+    if pw is not None:
+        if not pw.strip():
+            raise UserError(f"{PASSWORD_ENV} is set but empty; give a password, or unset it for no organiser view")
+        return pw
+    if not sys.stdin.isatty():
+        return None  # cmd_pairs says so once the session is written
+    import getpass
+
+    pw = getpass.getpass("organiser password (empty: no organiser view): ")
+    if pw and getpass.getpass("again: ") != pw:
+        raise UserError("the two passwords differ; run the command again")
+    return pw or None
+
+
 def cmd_pairs(args) -> int:
     from drawbench.pairs import build_session
 
+    password = organiser_password(args)  # before any work
     session, codes = build_session(args.study, args.out, names=args.names, per_set=args.per_set,
                                    attention_rate=args.attention_rate, n_codes=args.codes, codes_file=args.codes_file,
-                                   organiser_password=args.organiser_password, seed=args.seed, progress=True)
+                                   organiser_password=password, seed=args.seed, progress=True,
+                                   open_access=args.open)
     n_checks = sum(c.attention is not None for c in session.comparisons)
     summary = {"session": str(args.out), "comparisons": len(session.comparisons), "attention_checks": n_checks,
                "prompts": len({c.prompt_id for c in session.comparisons if c.attention is None}),
@@ -121,8 +157,11 @@ def cmd_pairs(args) -> int:
         print("access codes (shown once, stored only hashed; give one to each rater):")
         for rater, code in summary["codes"].items():
             print(f"  {rater}  {code}")
-    if not session.has_codes:
-        print("no access codes: anyone who can open the app can rate (use --codes N for a controlled study)")
+    if session.open_access:
+        print("open session (--open): anyone who can open the app can rate, under any name")
+    if password is None:
+        print(f"no organiser view: set {PASSWORD_ENV} (or run on a terminal to be asked) to protect one",
+              file=sys.stderr)
     print(f"next: imagen-bench drawbench app {args.out}")
     return 0
 
