@@ -22,7 +22,7 @@ from pathlib import Path
 import streamlit as st
 
 from drawbench.pairs import LEFT, QUESTIONS, RIGHT, SAME, Session, check_password, load_session, rater_for_code, \
-    rater_order
+    rater_order, swapped_for
 from drawbench.votes import VoteRefused, VoteStore, votes_table
 from imagen.errors import UserError
 
@@ -190,11 +190,12 @@ def rate(session: Session, store: VoteStore, rater: str) -> None:
     with st.container(key="prompt"):
         st.caption("Prompt" + ("  ·  changing an earlier answer" if editing == cid else ""))
         st.text(comp.prompt)  # plain text: a prompt is never rendered as HTML or Markdown
+    swapped = swapped_for(session, rater, cid)  # this rater's own sides for this comparison
     left, right = st.columns(2, gap="medium")
     with left:
-        _image_grid(session, comp.left_images, LEFT)
+        _image_grid(session, comp.right_images if swapped else comp.left_images, LEFT)
     with right:
-        _image_grid(session, comp.right_images, RIGHT)
+        _image_grid(session, comp.left_images if swapped else comp.right_images, RIGHT)
 
     for q, _ in QUESTIONS:
         chosen = st.session_state.get(_answer_key(cid, q))
@@ -217,7 +218,7 @@ def rate(session: Session, store: VoteStore, rater: str) -> None:
                      disabled=None in answered):
         seconds = time.time() - shown.get(cid, time.time())
         try:
-            store.submit(rater, cid, answered[0], answered[1], seconds=round(seconds, 2))
+            store.submit(rater, cid, answered[0], answered[1], seconds=round(seconds, 2), swapped=swapped)
         except VoteRefused as exc:
             st.error(f"Your vote was not stored: {exc}")
             return

@@ -86,6 +86,7 @@ class Session:
     attention_rate: float = 0.0
     dropped_prompts: int = 0
     open_access: bool = False  # made with --open: no codes, anyone with the URL rates under any name
+    sides: str = "rater"  # "rater": each rater's sides drawn per comparison; "comparison": one draw for all (older)
 
     @property
     def has_codes(self) -> bool:
@@ -368,7 +369,7 @@ def session_to_dict(s: Session) -> dict:
         "questions": [{"id": q, "text": t} for q, t in QUESTIONS],
         "systems": [asdict(x) for x in s.systems],
         "comparisons": [asdict(c) for c in s.comparisons],
-        "codes": s.codes, "organiser": s.organiser, "open": s.open_access,
+        "codes": s.codes, "organiser": s.organiser, "open": s.open_access, "sides": s.sides,
     }
 
 
@@ -391,7 +392,17 @@ def load_session(path: Path | str) -> Session:
                    comparisons=comps, codes=d.get("codes") or {}, organiser=d.get("organiser"),
                    created=d.get("created", 0.0), attention_rate=d.get("attention_rate", 0.0),
                    dropped_prompts=d.get("dropped_prompts", 0),
-                   open_access=bool(d.get("open", not (d.get("codes") or {}).get("raters"))))
+                   open_access=bool(d.get("open", not (d.get("codes") or {}).get("raters"))),
+                   sides=d.get("sides", "comparison"))
+
+
+def swapped_for(session: Session, rater: str, comparison: str) -> bool:
+    """Whether this rater sees this comparison's sets the other way round: a pure function of (session seed, rater,
+    comparison), so every rater's sides are balanced independently of the preference (the order effect is then
+    estimable beside it, `drawbench.stats.order_effect`). Sessions made before per-rater sides: never."""
+    if session.sides != "rater":
+        return False
+    return hashlib.sha256(f"{session.seed}:{rater}:{comparison}:sides".encode()).digest()[0] & 1 == 1
 
 
 def rater_order(session: Session, rater: str) -> list[str]:

@@ -111,28 +111,17 @@ def _pair_counts(i: np.ndarray, j: np.ndarray, outcome: np.ndarray, w: np.ndarra
     return c
 
 
-def davidson_fit_batch(counts: np.ndarray, ridge: float = 1e-6, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Maximum-likelihood Davidson (1970) model for a batch of pair-count arrays [B, k, k, 3].
+def _logit_fit(w: np.ndarray, d: np.ndarray, ridge_mask: np.ndarray, ridge: float,
+               iters: int = 100) -> np.ndarray:
+    """Maximum likelihood of a batch of three-outcome multinomial logits sharing one design.
 
-    P(i beats j) = pi_i / D, P(tie) = nu sqrt(pi_i pi_j) / D, D = pi_i + pi_j + nu sqrt(pi_i pi_j).
-    In x = (log pi_1..log pi_k, log nu) each outcome's log-probability is a linear predictor minus the log-sum-exp
-    of the pair's three predictors (a multinomial logit), so the log-likelihood is concave: damped Newton, all
-    replicates at once. A tiny ridge fixes the mean log-strength at 0 and keeps an always-winning system finite.
-    Returns (log-strengths centred to mean 0 [B, k], nu [B]).
-    """
-    b, k = counts.shape[0], counts.shape[1]
-    ii, jj = np.triu_indices(k, 1)
-    w = counts[:, ii, jj, :]  # [B, P, 3]: (i beats j, tie, j beats i)
+    w [B, P, 3] weighted counts per pair and outcome; d [P, 3, X] each outcome's linear predictor as a vector over
+    the parameters x [X]. The log-likelihood is concave: damped Newton, all replicates at once; a tiny ridge on the
+    parameters in `ridge_mask` keeps an always-winning system finite. Returns x [B, X]."""
+    b, x_dim = w.shape[0], d.shape[-1]
     n = w.sum(-1)  # [B, P]
-    d = np.zeros((len(ii), 3, k + 1))  # each predictor as a vector over x: [P, 3, k+1]
-    p_idx = np.arange(len(ii))
-    d[p_idx, 0, ii] = 1.0
-    d[p_idx, 1, ii] = d[p_idx, 1, jj] = 0.5
-    d[p_idx, 1, k] = 1.0
-    d[p_idx, 2, jj] = 1.0
-    x = np.zeros((b, k + 1))
-    reg = np.full(k + 1, 2 * ridge)
-    reg[k] = 0.0
+    x = np.zeros((b, x_dim))
+    reg = np.where(ridge_mask, 2 * ridge, 0.0)
     for _ in range(iters):
         a = np.einsum("pcx,bx->bpc", d, x)  # linear predictors [B, P, 3]
         pr = np.exp(a - a.max(-1, keepdims=True))
@@ -140,14 +129,60 @@ def davidson_fit_batch(counts: np.ndarray, ridge: float = 1e-6, iters: int = 100
         grad = np.einsum("bpc,pcx->bx", w - n[..., None] * pr, d) - reg * x
         m = np.einsum("bpc,pcx->bpx", pr, d)
         hess = (np.einsum("bp,bpc,pcx,pcy->bxy", n, pr, d, d) - np.einsum("bp,bpx,bpy->bxy", n, m, m)
-                + np.diag(reg) + 1e-12 * np.eye(k + 1))  # minus the Hessian: positive definite
+                + np.diag(reg) + 1e-12 * np.eye(x_dim))  # minus the Hessian: positive definite
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
         norm = np.linalg.norm(step, axis=-1, keepdims=True)
         x += step * np.minimum(1.0, 2.0 / np.maximum(norm, 1e-300))  # damped: at most 2 nats per iteration
         if norm.max() < 1e-10:
             break
+    return x
+
+
+def davidson_fit_batch(counts: np.ndarray, ridge: float = 1e-6, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood Davidson (1970) model for a batch of pair-count arrays [B, k, k, 3].
+
+    P(i beats j) = pi_i / D, P(tie) = nu sqrt(pi_i pi_j) / D, D = pi_i + pi_j + nu sqrt(pi_i pi_j).
+    In x = (log pi_1..log pi_k, log nu) each outcome's log-probability is a linear predictor minus the log-sum-exp
+    of the pair's three predictors (a multinomial logit). A tiny ridge fixes the mean log-strength at 0.
+    Returns (log-strengths centred to mean 0 [B, k], nu [B]).
+    """
+    k = counts.shape[1]
+    ii, jj = np.triu_indices(k, 1)
+    d = np.zeros((len(ii), 3, k + 1))  # [P, 3, k+1]
+    p_idx = np.arange(len(ii))
+    d[p_idx, 0, ii] = 1.0
+    d[p_idx, 1, ii] = d[p_idx, 1, jj] = 0.5
+    d[p_idx, 1, k] = 1.0
+    d[p_idx, 2, jj] = 1.0
+    x = _logit_fit(counts[:, ii, jj, :], d, np.arange(k + 1) < k, ridge, iters)
     th = x[:, :k]
     return th - th.mean(-1, keepdims=True), np.exp(x[:, k])
+
+
+def davidson_order_fit_batch(counts: np.ndarray, ridge: float = 1e-6,
+                             iters: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Davidson model with an order effect (Davidson & Beaver 1977), for counts by presentation order
+    [B, k, k, 3]: counts[b, l, r] = (the left system l preferred, tie, the right system r preferred).
+
+    The system shown first (left) has its strength multiplied by theta: P(l preferred) = theta pi_l / D,
+    P(tie) = nu sqrt(theta pi_l pi_r) / D, P(r preferred) = pi_r / D. theta = 1 is no position effect; unlike a
+    left share, theta is estimated beside the systems' strengths, so a preferred system that happened to land on
+    the left more often does not read as a position bias. Returns (log-strengths [B, k], nu [B], log theta [B])."""
+    k = counts.shape[1]
+    ll, rr = [a.ravel() for a in np.meshgrid(np.arange(k), np.arange(k), indexing="ij")]
+    keep = ll != rr
+    ll, rr = ll[keep], rr[keep]
+    d = np.zeros((len(ll), 3, k + 2))  # x = (log pi_1..k, log nu, log theta)
+    p_idx = np.arange(len(ll))
+    d[p_idx, 0, ll] = 1.0
+    d[p_idx, 0, k + 1] = 1.0
+    d[p_idx, 1, ll] = d[p_idx, 1, rr] = 0.5
+    d[p_idx, 1, k + 1] = 0.5
+    d[p_idx, 1, k] = 1.0
+    d[p_idx, 2, rr] = 1.0
+    x = _logit_fit(counts[:, ll, rr, :], d, np.arange(k + 2) < k, ridge, iters)
+    th = x[:, :k]
+    return th - th.mean(-1, keepdims=True), np.exp(x[:, k]), x[:, k + 1]
 
 
 def davidson_fit(counts: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, float]:
@@ -216,6 +251,32 @@ def position_bias(df: pd.DataFrame, question: str, n_boot: int = 2000, seed: int
             "p_value": float(binomtest(int(y.sum()), n, 0.5).pvalue)}
 
 
+def order_effect(df: pd.DataFrame, question: str, n_boot: int = 500, seed: int = 0) -> dict:
+    """The position (order) effect of one question inside the pairwise model: log theta of the Davidson model with
+    an order term (0: none; > 0: the left set is preferred for being on the left), with a 95% prompt x rater
+    cluster-bootstrap interval. Needs votes where each pair was shown both ways round (sides drawn per rater)."""
+    systems = systems_of(df)
+    k = len(systems)
+    pos = {s: n for n, s in enumerate(systems)}
+    li, ri = df.left_system.map(pos).to_numpy(), df.right_system.map(pos).to_numpy()
+    col = np.where(df[question] == LEFT, 0, np.where(df[question] == SAME, 1, 2))
+
+    def counts(w):
+        c = np.zeros((k, k, 3))
+        np.add.at(c, (li, ri, col), w)
+        return c
+
+    if len(df) == 0 or k < 2:
+        return {"question": question, "n": int(len(df)), "log_theta": math.nan, "low": math.nan, "high": math.nan,
+                "theta": math.nan}
+    _, _, lt = davidson_order_fit_batch(counts(np.ones(len(df)))[None])
+    w = cluster_weights(df.prompt_id.to_numpy(), df.rater.to_numpy(), n_boot, np.random.default_rng(seed))
+    _, _, boot = davidson_order_fit_batch(np.stack([counts(wb) for wb in w]))
+    lo, hi = _interval(boot)
+    return {"question": question, "n": int(len(df)), "log_theta": float(lt[0]), "low": lo, "high": hi,
+            "theta": float(np.exp(lt[0]))}
+
+
 def attention_table(votes: pd.DataFrame) -> pd.DataFrame:
     """Per rater: attention checks answered, passed (both questions on the known real side), pass rate."""
     chk = votes[votes.attention.notna()]
@@ -223,7 +284,10 @@ def attention_table(votes: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in raters:
         c = chk[chk.rater == r]
-        passed = int(((c.quality == c.attention) & (c.alignment == c.attention)).sum())
+        if "quality_system" in c and "alignment_system" in c:  # by system: right whichever side it was shown on
+            passed = int(((c.quality_system == "real") & (c.alignment_system == "real")).sum())
+        else:
+            passed = int(((c.quality == c.attention) & (c.alignment == c.attention)).sum())
         rows.append({"rater": r, "checks": len(c), "passed": passed,
                      "pass_rate": passed / len(c) if len(c) else math.nan})
     return pd.DataFrame(rows, columns=["rater", "checks", "passed", "pass_rate"])
@@ -250,7 +314,7 @@ def summarize(votes: pd.DataFrame, n_boot: int = 2000, n_boot_bt: int = 300, see
         "dropped_raters": dropped, "min_attention": min_attention,
         "attention": _records(att),
         "preference": _records(preference_table(real, n_boot, seed, systems)) if len(real) else [],
-        "bradley_terry": [], "agreement": [], "position_bias": [],
+        "bradley_terry": [], "agreement": [], "position_bias": [], "order_effect": [],
     }
     if len(real) == 0:
         return out
@@ -258,7 +322,8 @@ def summarize(votes: pd.DataFrame, n_boot: int = 2000, n_boot_bt: int = 300, see
         if len(out["systems"]) > 2:
             out["bradley_terry"] += _records(bradley_terry(real, q, n_boot_bt, seed))
         out["agreement"].append(agreement(real, q))
-        out["position_bias"].append(position_bias(real, q, n_boot, seed))
+        out["position_bias"].append(position_bias(real, q, n_boot, seed))  # descriptive: the plain left share
+        out["order_effect"].append(order_effect(real, q, min(n_boot, 500), seed))
     return out
 
 

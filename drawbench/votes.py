@@ -109,8 +109,11 @@ class VoteStore:
         with self._connect() as con:
             con.execute("INSERT OR IGNORE INTO raters VALUES (?, ?, ?)", (rater.strip(), name, time.time()))
 
-    def submit(self, rater: str, comparison: str, quality: str, alignment: str, seconds: float | None = None) -> int:
-        """Store one vote (both questions) in one transaction; returns its revision (1 = first, 2+ = changed)."""
+    def submit(self, rater: str, comparison: str, quality: str, alignment: str, seconds: float | None = None,
+               swapped: bool = False) -> int:
+        """Store one vote (both questions) in one transaction; returns its revision (1 = first, 2+ = changed).
+        `swapped`: the rater saw the comparison's sets the other way round; the vote records the systems on the
+        left and right as that rater saw them, and answers in those terms."""
         for q, v in (("quality", quality), ("alignment", alignment)):
             if v not in CHOICES:
                 raise VoteRefused(f"answer {v!r} to {q} is not one of {CHOICES}")
@@ -123,7 +126,7 @@ class VoteStore:
                     raise VoteRefused(f"unknown comparison {comparison!r}: not part of this session")
                 if con.execute("SELECT 1 FROM raters WHERE rater = ?", (rater,)).fetchone() is None:
                     raise VoteRefused(f"unknown rater {rater!r}: a rater must sign in before voting")
-                left, right = row
+                left, right = row[::-1] if swapped else row
                 (rev,) = con.execute("SELECT COALESCE(MAX(revision), 0) + 1 FROM votes WHERE comparison = ? AND "
                                      "rater = ?", (comparison, rater)).fetchone()
                 con.execute(

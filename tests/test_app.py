@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from drawbench.app import SESSION_ENV
-from drawbench.pairs import build_session, rater_order
+from drawbench.pairs import build_session, rater_order, swapped_for
 from drawbench.votes import VoteStore
 from drawbench_fixtures import make_session, make_study
 
@@ -79,7 +79,8 @@ def test_vote_flow_resume_and_change(session):
     assert len(votes) == 1
     v = votes.iloc[0]
     assert (v.comparison, v.rater, v.quality, v.alignment) == (order[0], "rater-01", "left", "same")
-    assert v.quality_system == first.left and v.alignment_system is None  # side mapped to its system
+    shown_left = first.right if swapped_for(s, "rater-01", order[0]) else first.left  # this rater's own sides
+    assert v.quality_system == shown_left and v.left_system == shown_left and v.alignment_system is None
 
     # a rater who leaves and returns (a new browser session) continues where they stopped
     at2 = sign_in(start(), "Ann", codes[0])
@@ -94,7 +95,8 @@ def test_vote_flow_resume_and_change(session):
     hist = VoteStore.of_session(s).all_votes()
     assert len(hist) == 2 and hist.revision.tolist() == [1, 2]
     cur = VoteStore.of_session(s).current_votes()
-    assert len(cur) == 1 and cur.iloc[0].quality == "right" and cur.iloc[0].quality_system == first.right
+    shown_right = first.left if swapped_for(s, "rater-01", order[0]) else first.right
+    assert len(cur) == 1 and cur.iloc[0].quality == "right" and cur.iloc[0].quality_system == shown_right
     assert shown_prompt(at2) == s.comparison(order[1]).prompt  # back to the next unanswered comparison
 
 

@@ -134,4 +134,7 @@ def test_rate_two_comparisons_in_chromium(server):
     assert votes.loc[order[1], ["quality", "alignment"]].tolist() == ["right", "left"]
     assert set(votes.rater) == {"rater-01"}
     c1 = session.comparison(order[1])
-    assert votes.loc[order[1], "quality_system"] == c1.right and votes.loc[order[1], "alignment_system"] == c1.left
+    from drawbench.pairs import swapped_for
+
+    shown_left, shown_right = (c1.right, c1.left) if swapped_for(session, "rater-01", order[1]) else (c1.left, c1.right)
+    assert votes.loc[order[1], "quality_system"] == shown_right and votes.loc[order[1], "alignment_system"] == shown_left

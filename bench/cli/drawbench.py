@@ -94,8 +94,9 @@ def register(subparsers) -> None:
     p = sub.add_parser("stats", help="preference shares, Bradley-Terry, agreement, position bias",
                        description="Per category and overall, per question: shares preferring A, B or neither with "
                                    "95% intervals from a bootstrap over prompts and raters; Bradley-Terry-Davidson "
-                                   "strengths with more than two systems; Krippendorff's alpha; left/right bias; "
-                                   "attention-check pass rate per rater.",
+                                   "strengths with more than two systems; Krippendorff's alpha; the order (position) "
+                                   "effect inside the Davidson model (Davidson & Beaver 1977; sides are drawn per "
+                                   "rater) with the plain left share beside it; attention-check pass rate per rater.",
                        formatter_class=HelpFormatter, epilog=STATS_EPILOG)
     p.add_argument("session", type=Path, metavar="SESSION")
     p.add_argument("--min-attention", type=float, help="drop raters whose attention-check pass rate is below this")
@@ -242,8 +243,13 @@ def format_summary(s: dict) -> str:
         a = r["alpha"]
         lines.append(f"agreement ({r['question']}): Krippendorff's alpha = "
                      f"{'n/a' if a is None or math.isnan(a) else f'{a:.3f}'} on {r['units']} comparisons")
+    for r in s.get("order_effect", []):
+        lt = r["log_theta"]
+        if lt is not None and not math.isnan(lt):
+            lines.append(f"order effect ({r['question']}, Davidson-Beaver): log theta = {lt:+.3f} "
+                         f"[{r['low']:+.3f}, {r['high']:+.3f}] (0: none; > 0: the left set gains)")
     for r in s["position_bias"]:
-        lines.append(f"position ({r['question']}): left chosen in {_pct(r['left_share'])} "
+        lines.append(f"position ({r['question']}, descriptive): left chosen in {_pct(r['left_share'])} "
                      f"[{_pct(r['low'])},{_pct(r['high'])}] of {r['n']} decided votes, p = {r['p_value']:.3g}")
     for r in s["attention"]:
         if r["checks"]:
