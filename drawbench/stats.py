@@ -65,7 +65,7 @@ def preference_shares(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) ->
     out: dict = {"n": n, "n_prompts": int(d.prompt_id.nunique()) if n else 0,
                  "n_raters": int(d.rater.nunique()) if n else 0}
     if n == 0:
-        for k in ("prefer_a", "prefer_b", "indifferent"):
+        for k in ("prefer_a", "prefer_b", "indifferent", "difference"):
             out[k], out[k + "_low"], out[k + "_high"] = math.nan, math.nan, math.nan
         return out
     y = d.outcome.to_numpy()
@@ -77,6 +77,9 @@ def preference_shares(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) ->
     for j, k in enumerate(("prefer_a", "prefer_b", "indifferent")):
         out[k] = float(ind[:, j].mean())
         out[k + "_low"], out[k + "_high"] = _interval(boot[:, j])
+    # the preference itself: prefer_a - prefer_b, the quantity `drawbench plan` sizes a study for
+    out["difference"] = out["prefer_a"] - out["prefer_b"]
+    out["difference_low"], out["difference_high"] = _interval(boot[:, 0] - boot[:, 1])
     return out
 
 

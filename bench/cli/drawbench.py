@@ -19,6 +19,13 @@ PAIRS_EPILOG = """examples:
   imagen-bench drawbench pairs --study runs/a --study runs/b --open --out sessions/pilot   # no codes, on purpose
 """
 PASSWORD_ENV = "DRAWBENCH_ORGANISER_PASSWORD"
+PLAN_DESCRIPTION = """Power by simulation, under the analysis `drawbench stats` runs: the share difference
+prefer_a - prefer_b with its 95% prompt x rater cluster-bootstrap interval, which must exclude 0.
+
+Simulated studies have prompt and rater random effects on the A-versus-B log-odds (--prompt-sd, --rater-sd) and an
+indifferent share (--ties). With --effect: the fewest prompts that reach --power (checked again on a fresh
+simulation); with --prompts: the smallest effect detected with --power. Few raters who differ cap the power that
+more prompts can buy."""
 APP_EPILOG = """examples:
   imagen-bench drawbench app sessions/imagen-vs-baseline                 # http://localhost:8501
   imagen-bench drawbench app sessions/imagen-vs-baseline --port 8600 --address 0.0.0.0
@@ -70,6 +77,26 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="the new session folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary (with the codes) instead of text")
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("plan", help="how many prompts a study needs (or what effect it can detect), by simulation",
+                       description=PLAN_DESCRIPTION,
+                       formatter_class=HelpFormatter,
+                       epilog="examples:\n  imagen-bench drawbench plan --effect 0.10 --raters 20\n"
+                              "  imagen-bench drawbench plan --prompts 200 --raters 5 --json\n"
+                              "  imagen-bench drawbench plan --effect 0.2 --raters 30 --per-rater 50 --ties 0.3\n")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--effect", type=float, help="the preference to detect: prefer_a - prefer_b (e.g. 0.10)")
+    goal.add_argument("--prompts", type=int, help="the prompts you have: report the detectable effect")
+    p.add_argument("--raters", type=int, default=5, help="raters (each judges every prompt, or --per-rater of them)")
+    p.add_argument("--per-rater", type=int, default=None, help="comparisons per rater (default: every prompt)")
+    p.add_argument("--ties", type=float, default=0.2, help="share of indifferent votes")
+    p.add_argument("--prompt-sd", type=float, default=0.5, help="sd of prompt effects on the A-vs-B log-odds")
+    p.add_argument("--rater-sd", type=float, default=0.3, help="sd of rater effects on the A-vs-B log-odds")
+    p.add_argument("--power", type=float, default=0.8, help="the power to reach")
+    p.add_argument("--sims", type=int, default=200, help="simulated studies per power estimate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print only JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("app", help="run the Streamlit rating app on a session",
                        description="Serve the rating app. Raters sign in (with their access code when the session "
@@ -164,6 +191,28 @@ def cmd_pairs(args) -> int:
         print(f"no organiser view: set {PASSWORD_ENV} (or run on a terminal to be asked) to protect one",
               file=sys.stderr)
     print(f"next: imagen-bench drawbench app {args.out}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from drawbench.plan import Design, detectable_effect, prompts_needed
+
+    if not 0 < args.power < 1 or args.sims < 20:
+        raise UserError("--power must be in (0, 1) and --sims at least 20")
+    design = Design(raters=args.raters, per_rater=args.per_rater, ties=args.ties, prompt_sd=args.prompt_sd,
+                    rater_sd=args.rater_sd)
+    design.check()
+    if args.prompts is not None:
+        if args.prompts < 2:
+            raise UserError("--prompts must be at least 2")
+        out = detectable_effect(design, args.prompts, args.power, args.sims, seed=args.seed)
+        text = (f"{args.prompts} prompts x {args.raters} raters detect a preference of {out['effect']:.3f} "
+                f"(prefer_a - prefer_b) with {args.power:.0%} power")
+    else:
+        out = prompts_needed(design, args.effect, args.power, args.sims, seed=args.seed)
+        text = (f"{out['prompts']} prompts ({out['votes']} votes from {args.raters} raters) detect a preference of "
+                f"{args.effect:g} with {args.power:.0%} power (checked on a fresh simulation: {out['power']:.0%})")
+    print(json.dumps(out) if args.json else text)
     return 0
 
 
