@@ -204,6 +204,18 @@ def test_cli_stats_on_a_session(tmp_path, data_dir, capsys):
     assert "Krippendorff" in text and "sys0 vs sys1" in text and "Bradley-Terry" in text
     assert main(["drawbench", "stats", str(tmp_path)]) == 2
     assert "not a rating session" in capsys.readouterr().err
+    # the human results as a report: the DrawBench figure, the table, the order effect
+    assert main(["drawbench", "stats", str(s.path), "--bootstrap", "100", "--html", str(tmp_path / "rep")]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "rep" / "drawbench.png") as im:
+        assert im.size[0] > 600
+    table = pd.read_csv(tmp_path / "rep" / "human.csv")
+    row = table[(table.system_a == "sys0") & (table.system_b == "sys2") & (table.question == "quality")
+                & (table.category == "overall")].iloc[0]
+    assert row.prefer_b == 1.0 and row.difference == -1.0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Order effect" in page and "sys0" in page and "drawbench.png" in page
 
 
 def _simulated_votes(rng, n_prompts, n_raters, log_theta, strength_gap, per_rater_sides=True):

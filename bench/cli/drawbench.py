@@ -127,6 +127,9 @@ def register(subparsers) -> None:
                        formatter_class=HelpFormatter, epilog=STATS_EPILOG)
     p.add_argument("session", type=Path, metavar="SESSION")
     p.add_argument("--min-attention", type=float, help="drop raters whose attention-check pass rate is below this")
+    p.add_argument("--html", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write the human-results report (the paper's DrawBench figure per category, tables) "
+                        "to DIR (default SESSION/report)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for shares")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
@@ -258,6 +261,12 @@ def cmd_stats(args) -> int:
         raise UserError(f"{args.session} has no votes yet; run `imagen-bench drawbench app {args.session}` first")
     out = summarize(votes, n_boot=args.bootstrap, seed=args.seed, min_attention=args.min_attention,
                     systems=[x.name for x in session.systems])
+    if args.html is not None:
+        from drawbench.report import build_human_report
+
+        index = build_human_report(args.session, args.html or None, n_boot=args.bootstrap, seed=args.seed,
+                                   min_attention=args.min_attention)
+        print(f"report: {index}", file=sys.stderr)
     if args.json:
         print(json.dumps(out, indent=1, default=str))
         return 0

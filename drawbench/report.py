@@ -1,0 +1,108 @@
+"""The human results as a report: the paper's DrawBench figure (Imagen, Figure 3) from a session's votes.
+
+Per question (image quality, alignment with the text) and per category, with the overall share first: the share
+of votes preferring each system with its 95% prompt x rater cluster-bootstrap interval, and the indifferent share
+between them. Beside the figure: the same numbers as a table, the order effect, agreement and attention checks.
+Written to SESSION/report/ (drawbench.png, human.csv, stats.json, index.html), each file atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from drawbench.pairs import QUESTIONS, load_session
+from drawbench.stats import OVERALL, summarize
+from drawbench.votes import votes_table
+from imagen.errors import UserError
+from imagen.fileio import atomic_write
+
+QUESTION_TITLES = {"quality": "Image quality", "alignment": "Image-text alignment"}
+
+
+def figure(pref: pd.DataFrame, a: str, b: str, path: Path) -> None:
+    """One panel per question: a horizontal bar per category, prefer a | indifferent | prefer b, with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    qs = [q for q, _ in QUESTIONS if (pref.question == q).any()]
+    cats = [OVERALL] + sorted(set(pref.category) - {OVERALL})
+    fig, axes = plt.subplots(1, len(qs), figsize=(6.4 * len(qs), 0.42 * len(cats) + 1.6), squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], qs):
+        d = pref[pref.question == q].set_index("category").reindex(cats)
+        y = range(len(cats))
+        pa, pi, pb = d.prefer_a.fillna(0), d.indifferent.fillna(0), d.prefer_b.fillna(0)
+        ax.barh(y, pa, color="#3b6fb6", label=f"prefer {a}")
+        ax.barh(y, pi, left=pa, color="#c9c9c9", label="indifferent")
+        ax.barh(y, pb, left=pa + pi, color="#d9822b", label=f"prefer {b}")
+        ax.errorbar(pa, y, xerr=[pa - d.prefer_a_low.fillna(pa), d.prefer_a_high.fillna(pa) - pa], fmt="none",
+                    color="black", capsize=2, lw=0.8)
+        end = 1 - pb
+        ax.errorbar(end, y, xerr=[d.prefer_b_high.fillna(pb) - pb, pb - d.prefer_b_low.fillna(pb)], fmt="none",
+                    color="black", capsize=2, lw=0.8)
+        ax.set_yticks(list(y), [f"{c} (n={int(n)})" if n == n else c for c, n in zip(cats, d.n)])
+        ax.set_xlim(0, 1)
+        ax.axvline(0.5, color="white", lw=0.6)
+        ax.set_title(QUESTION_TITLES.get(q, q))
+        ax.set_xlabel("share of votes")
+    axes[0][0].invert_yaxis()  # overall on top (the axes share y: invert once)
+    axes[0][0].legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+
+
+def build_human_report(session_dir: Path | str, out: Path | str | None = None, n_boot: int = 2000,
+                       seed: int = 0, min_attention: float | None = None) -> Path:
+    """Write the human-results report of a session; returns its index.html."""
+    session = load_session(session_dir)
+    votes = votes_table(session)
+    if len(votes) == 0:
+        raise UserError(f"{session_dir} has no votes yet; run `imagen-bench drawbench app {session_dir}` first")
+    systems = [x.name for x in session.systems]
+    stats = summarize(votes, n_boot=n_boot, seed=seed, min_attention=min_attention, systems=systems)
+    pref = pd.DataFrame(stats["preference"])
+    out = Path(out) if out else Path(session_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    if not len(pref):
+        raise UserError(f"{session_dir}: no votes on real comparisons yet (only attention checks)")
+    a, b = pref.system_a.iloc[0], pref.system_b.iloc[0]
+    first = pref[(pref.system_a == a) & (pref.system_b == b)]
+    figure(first, a, b, out / "drawbench.png")
+    atomic_write(out / "human.csv", lambda tmp: pref.to_csv(tmp, index=False))
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(str(r.system_a))} vs {esc(str(r.system_b))}</td><td>{esc(r.question)}</td>"
+        f"<td>{esc(str(r.category))}</td><td>{r.prefer_a:.3f} [{r.prefer_a_low:.3f}, {r.prefer_a_high:.3f}]</td>"
+        f"<td>{r.indifferent:.3f}</td><td>{r.prefer_b:.3f} [{r.prefer_b_low:.3f}, {r.prefer_b_high:.3f}]</td>"
+        f"<td>{r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]</td><td>{int(r.n)}</td></tr>"
+        for r in pref.itertuples())
+    order = "".join(f"<li>{esc(o['question'])}: log θ = {o['log_theta']:+.3f} [{o['low']:+.3f}, {o['high']:+.3f}]</li>"
+                    for o in stats["order_effect"] if o["log_theta"] is not None)
+    agree = "".join(f"<li>{esc(g['question'])}: Krippendorff's α = "
+                    f"{'n/a' if g['alpha'] is None else format(g['alpha'], '.3f')} on {g['units']} comparisons</li>"
+                    for g in stats["agreement"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DrawBench: {esc(a)} vs {esc(b)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}td,th{{padding:2px 8px;text-align:left}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
+<h1>DrawBench human evaluation: {esc(a)} vs {esc(b)}</h1>
+<p>{stats['n_votes']} votes by {stats['n_raters']} raters on {stats['n_prompts']} prompts; 95% intervals from a
+bootstrap over prompts and raters; raters dropped for attention: {esc(', '.join(stats['dropped_raters']) or 'none')}.</p>
+<img src="drawbench.png" alt="preference per category" style="max-width:100%">
+<h2>Preference</h2><table><tr><th>pair</th><th>question</th><th>category</th><th>prefer A</th><th>indifferent</th>
+<th>prefer B</th><th>A - B</th><th>votes</th></tr>{rows}</table>
+<h2>Order effect (Davidson &amp; Beaver 1977)</h2><ul>{order}</ul>
+<h2>Agreement</h2><ul>{agree}</ul>
+<p>Statistics as JSON: <code>imagen-bench drawbench stats {esc(str(session_dir))} --json</code></p>
+</body></html>"""
+    atomic_write(out / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    atomic_write(out / "stats.json", lambda tmp: tmp.write_text(json.dumps(stats, indent=1, default=str)))
+    return out / "index.html"
