@@ -21,8 +21,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from drawbench.pairs import LEFT, QUESTIONS, RIGHT, SAME, Session, check_password, load_session, rater_for_code, \
-    rater_order, swapped_for
+from drawbench.pairs import LEFT, QUESTIONS, RIGHT, SAME, Session, check_password, crowd_rater, load_session, \
+    rater_for_code, rater_order, swapped_for
 from drawbench.votes import VoteRefused, VoteStore, votes_table
 from imagen.errors import UserError
 
@@ -103,7 +103,24 @@ def _too_many(kind: str) -> bool:
     return left > 0
 
 
+def crowd_sign_in(session: Session, store: VoteStore) -> None:
+    """A participant of a crowd platform signs in by the link they came with (its participant id parameter)."""
+    st.title("DrawBench image comparison")
+    found = crowd_rater(session, dict(st.query_params))
+    if found is None:
+        st.error(f"Open this study from its link on {session.crowd['platform']}: the link carries your participant "
+                 f"id ({session.crowd['param']}).")
+        return
+    rater, extra = found
+    store.register_rater(rater, extra)
+    st.session_state["rater"] = rater
+    st.rerun()
+
+
 def sign_in(session: Session, store: VoteStore) -> None:
+    if session.crowd:
+        crowd_sign_in(session, store)
+        return
     st.title("DrawBench image comparison")
     st.write("You will see a text prompt and two sets of images made from it. For each comparison, answer two "
              "questions: which set has higher image quality, and which set better represents the text. "
@@ -174,6 +191,12 @@ def rate(session: Session, store: VoteStore, rater: str) -> None:
 
     if cid is None:
         st.success(f"All {len(order)} comparisons are done. Thank you!")
+        crowd = session.crowd or {}
+        if crowd.get("completion_code"):
+            st.markdown("Your completion code:")
+            st.code(crowd["completion_code"], language=None)
+        if crowd.get("completion_url"):
+            st.link_button(f"Return to {crowd['platform']} to finish", crowd["completion_url"], type="primary")
         if order and st.button("◀ Review my last answer", key="back"):
             _go_back(order[-1])
             st.rerun()

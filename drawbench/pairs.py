@@ -87,6 +87,8 @@ class Session:
     dropped_prompts: int = 0
     open_access: bool = False  # made with --open: no codes, anyone with the URL rates under any name
     sides: str = "rater"  # "rater": each rater's sides drawn per comparison; "comparison": one draw for all (older)
+    crowd: dict | None = None  # {"platform", "param", "extra": [...], "completion_code", "completion_url"}
+    quota: int | None = None  # comparisons per rater (the first of each rater's own order); None: all
 
     @property
     def has_codes(self) -> bool:
@@ -239,6 +241,8 @@ def build_session(
     seed: int = 0,
     progress: bool = False,
     open_access: bool = False,
+    crowd: dict | None = None,
+    quota: int | None = None,
 ) -> tuple[Session, list[str]]:
     """Write a rating session folder; returns (session, the plain access codes, to hand out once). A session
     without codes must be asked for (`open_access`, --open): anyone with its URL can then rate under any name."""
@@ -256,9 +260,14 @@ def build_session(
         raise UserError("--attention-rate must be in [0, 1), e.g. 0.05 for one check in twenty comparisons")
     if n_codes and codes_file:
         raise UserError("give either --codes N or --codes-file F, not both")
-    if not n_codes and not codes_file and not open_access:
+    if crowd and (n_codes or codes_file or open_access):
+        raise UserError("a crowd session identifies raters by the platform's participant id: drop --codes, "
+                        "--codes-file and --open")
+    if quota is not None and quota < 1:
+        raise UserError(f"--quota must be at least 1 comparison per rater, got {quota}")
+    if not n_codes and not codes_file and not open_access and not crowd:
         raise UserError("a session without access codes lets anyone with its URL rate under any name; give --codes N "
-                        "(or --codes-file F), or pass --open to run it open on purpose")
+                        "(or --codes-file F), --crowd PLATFORM, or pass --open to run it open on purpose")
     if open_access and (n_codes or codes_file):
         raise UserError("--open is for a session without access codes; drop it, or drop --codes/--codes-file")
     if out.exists():
@@ -303,7 +312,8 @@ def build_session(
                          "iterations": PBKDF2_ITERATIONS}
         session = Session(path=out, seed=seed, per_set=per_set, systems=tuple(systems),
                           comparisons=tuple(comparisons), codes=codes, organiser=organiser, created=time.time(),
-                          attention_rate=attention_rate, dropped_prompts=dropped, open_access=bool(open_access))
+                          attention_rate=attention_rate, dropped_prompts=dropped, open_access=bool(open_access),
+                          crowd=crowd, quota=quota)
         (tmp / SESSION_FILE).write_text(json.dumps(session_to_dict(session), indent=1))
         from drawbench.votes import VoteStore  # the store's schema lists the session's comparisons
 
@@ -370,6 +380,7 @@ def session_to_dict(s: Session) -> dict:
         "systems": [asdict(x) for x in s.systems],
         "comparisons": [asdict(c) for c in s.comparisons],
         "codes": s.codes, "organiser": s.organiser, "open": s.open_access, "sides": s.sides,
+        "crowd": s.crowd, "quota": s.quota,
     }
 
 
@@ -393,7 +404,37 @@ def load_session(path: Path | str) -> Session:
                    created=d.get("created", 0.0), attention_rate=d.get("attention_rate", 0.0),
                    dropped_prompts=d.get("dropped_prompts", 0),
                    open_access=bool(d.get("open", not (d.get("codes") or {}).get("raters"))),
-                   sides=d.get("sides", "comparison"))
+                   sides=d.get("sides", "comparison"), crowd=d.get("crowd"), quota=d.get("quota"))
+
+
+# URL parameters that carry a participant's id (and the study/session ids recorded beside it), per platform
+PLATFORMS = {"prolific": ("PROLIFIC_PID", ("STUDY_ID", "SESSION_ID")),
+             "mturk": ("workerId", ("assignmentId", "hitId"))}
+
+
+def crowd_settings(platform: str, completion_code: str | None, completion_url: str | None) -> dict:
+    """The crowd settings of a session: a known platform's parameter names, or any parameter name as the platform."""
+    param, extra = PLATFORMS.get(platform, (platform, ()))
+    if not param or not param.replace("_", "").isalnum():
+        raise UserError(f"--crowd {platform!r}: use prolific, mturk, or the URL parameter that carries the "
+                        f"participant id (letters, digits, _)")
+    if completion_url and "://" not in completion_url:
+        raise UserError(f"--completion-url {completion_url!r} is not a URL (https://...)")
+    return {"platform": platform, "param": param, "extra": list(extra), "completion_code": completion_code,
+            "completion_url": completion_url}
+
+
+def crowd_rater(session: Session, params: dict) -> tuple[str, str] | None:
+    """(rater id, what else the URL said) of a participant arriving by the platform's link; None without the id.
+    The id is kept to letters, digits, '-' and '_' (64 at most), prefixed by the platform."""
+    if not session.crowd:
+        return None
+    raw = str(params.get(session.crowd["param"], "") or "").strip()
+    pid = "".join(ch for ch in raw if ch.isalnum() or ch in "-_")[:64]
+    if not pid:
+        return None
+    extra = ", ".join(f"{k}={str(params.get(k, ''))[:64]}" for k in session.crowd["extra"] if params.get(k))
+    return f"{session.crowd['platform']}:{pid}", extra
 
 
 def swapped_for(session: Session, rater: str, comparison: str) -> bool:
@@ -406,7 +447,9 @@ def swapped_for(session: Session, rater: str, comparison: str) -> bool:
 
 
 def rater_order(session: Session, rater: str) -> list[str]:
-    """The comparison ids in this rater's own random order: a pure function of (session seed, rater id)."""
+    """The comparison ids in this rater's own random order: a pure function of (session seed, rater id); the first
+    `session.quota` of them when the session has a per-rater quota."""
     key = int.from_bytes(hashlib.sha256(f"{session.seed}:{rater}".encode()).digest()[:8], "little")
     perm = np.random.default_rng(key).permutation(len(session.comparisons))
-    return [session.comparisons[i].id for i in perm]
+    order = [session.comparisons[i].id for i in perm]
+    return order[:session.quota] if session.quota else order

@@ -175,3 +175,36 @@ def test_an_open_session_says_so_on_its_sign_in_page(tmp_path, data_dir, monkeyp
     monkeypatch.setenv(SESSION_ENV, str(s.path))
     at = start()
     assert s.open_access and "open session" in at.warning[0].value
+
+
+def test_crowd_platform_sign_in_quota_and_completion(tmp_path, data_dir, monkeypatch):
+    """A Prolific participant arrives by the study link (?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=...), is a rater
+    without any code, does the quota of comparisons and gets the completion code and the link back."""
+    from drawbench.pairs import crowd_settings
+    from drawbench_fixtures import drawbench_prompts
+
+    prompts = drawbench_prompts(data_dir, 5)
+    a = make_study(tmp_path / "a", prompts, hue=0.0, n_samples=2)
+    b = make_study(tmp_path / "b", prompts, hue=1.7, n_samples=2)
+    url = "https://app.prolific.com/submissions/complete?cc=C1A2B3"
+    s, codes = build_session([str(a), str(b)], tmp_path / "s", per_set=2, quota=3,
+                             crowd=crowd_settings("prolific", "C1A2B3", url))
+    assert codes == [] and not s.open_access
+    monkeypatch.setenv(SESSION_ENV, str(s.path))
+    at = start()  # no participant id in the URL: nothing to rate
+    assert "PROLIFIC_PID" in at.error[0].value and len(at.get("image")) == 0
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["PROLIFIC_PID"] = "5f3c<b>x"
+    at.query_params["STUDY_ID"] = "st1"
+    at.run()
+    assert at.session_state["rater"] == "prolific:5f3cbx"  # only letters, digits, - and _ are kept
+    order = rater_order(s, "prolific:5f3cbx")
+    assert len(order) == 3 and "0 of 3" in at.get("progress")[0].proto.text
+    for _ in range(3):
+        vote(at, "left", "right")
+    assert "All 3 comparisons are done" in at.success[0].value
+    assert at.code[0].value == "C1A2B3"
+    raters = VoteStore.of_session(s).raters()
+    assert raters.loc[raters.rater == "prolific:5f3cbx", "name"].item() == "STUDY_ID=st1"
+    votes = VoteStore.of_session(s).current_votes()
+    assert len(votes) == 3 and votes.seconds.notna().all()  # time per vote kept

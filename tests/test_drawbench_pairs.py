@@ -178,6 +178,14 @@ def test_access_rules(studies, tmp_path, capsys, monkeypatch):
     assert "visible in `ps`" in err and "DRAWBENCH_ORGANISER_PASSWORD" in err and not (tmp_path / "pw").exists()
     with pytest.raises(UserError, match="--open is for a session without access codes"):
         pairs.build_session([str(a), f"{b}:x"], tmp_path / "both", n_codes=2, open_access=True)
+    assert main(base + ["--crowd", "prolific", "--quota", "4", "--completion-code", "C0DE", "--out",
+                        str(tmp_path / "crowd")]) == 0
+    crowd = pairs.load_session(tmp_path / "crowd")
+    assert crowd.crowd["param"] == "PROLIFIC_PID" and crowd.quota == 4 and not crowd.open_access
+    assert "?PROLIFIC_PID=" in capsys.readouterr().out
+    assert len(pairs.rater_order(crowd, "prolific:x")) == 4
+    assert main(base + ["--codes", "2", "--completion-code", "C0DE", "--out", str(tmp_path / "cc")]) == 2
+    assert "add --crowd" in capsys.readouterr().err
     codes = tmp_path / "codes.txt"
     codes.write_text("alpha-1\nbeta-2\n\n# comment\n")
     assert main(["drawbench", "pairs", "--study", str(a), "--study", f"{b}:x", "--codes-file", str(codes),

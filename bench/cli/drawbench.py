@@ -17,6 +17,9 @@ PAIRS_EPILOG = """examples:
   DRAWBENCH_ORGANISER_PASSWORD=... imagen-bench drawbench pairs --study runs/grid:c3f1a2 \\
       --study runs/grid:9b0e77 --per-set 2 --attention-rate 0.05 --codes-file codes.txt --seed 7 --out sessions/g
   imagen-bench drawbench pairs --study runs/a --study runs/b --open --out sessions/pilot   # no codes, on purpose
+  imagen-bench drawbench pairs --study runs/a --study runs/b --crowd prolific --quota 40 --attention-rate 0.05 \\
+      --completion-code C1A2B3 --completion-url 'https://app.prolific.com/submissions/complete?cc=C1A2B3' \\
+      --out sessions/prolific              # raters arrive by ?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=...
 """
 PASSWORD_ENV = "DRAWBENCH_ORGANISER_PASSWORD"
 PLAN_DESCRIPTION = """Power by simulation, under the analysis `drawbench stats` runs: the share difference
@@ -72,6 +75,13 @@ def register(subparsers) -> None:
     codes.add_argument("--open", action="store_true",
                        help="no access codes on purpose: anyone with the app's URL rates under any name (the "
                             "sign-in page says so)")
+    codes.add_argument("--crowd", metavar="PLATFORM",
+                       help="raters arrive from a crowd platform by its link: prolific (PROLIFIC_PID, STUDY_ID, "
+                            "SESSION_ID), mturk (workerId, ...), or the URL parameter that carries the participant id")
+    p.add_argument("--completion-code", help="shown to each rater when their comparisons are done (crowd studies)")
+    p.add_argument("--completion-url", help="the platform's completion link, offered as a button at the end")
+    p.add_argument("--quota", type=int, default=None, metavar="N",
+                   help="comparisons per rater: the first N of each rater's own random order (default: all)")
     p.add_argument("--organiser-password", help=argparse_suppress())
     p.add_argument("--seed", type=int, default=0, help="seed of sides, attention checks and rater orders")
     p.add_argument("--out", type=Path, required=True, help="the new session folder")
@@ -167,11 +177,16 @@ def organiser_password(args) -> str | None:
 def cmd_pairs(args) -> int:
     from drawbench.pairs import build_session
 
+    from drawbench.pairs import crowd_settings
+
+    if (args.completion_code or args.completion_url) and not args.crowd:
+        raise UserError("--completion-code and --completion-url are for a crowd session: add --crowd PLATFORM")
+    crowd = crowd_settings(args.crowd, args.completion_code, args.completion_url) if args.crowd else None
     password = organiser_password(args)  # before any work
     session, codes = build_session(args.study, args.out, names=args.names, per_set=args.per_set,
                                    attention_rate=args.attention_rate, n_codes=args.codes, codes_file=args.codes_file,
                                    organiser_password=password, seed=args.seed, progress=True,
-                                   open_access=args.open)
+                                   open_access=args.open, crowd=crowd, quota=args.quota)
     n_checks = sum(c.attention is not None for c in session.comparisons)
     summary = {"session": str(args.out), "comparisons": len(session.comparisons), "attention_checks": n_checks,
                "prompts": len({c.prompt_id for c in session.comparisons if c.attention is None}),
@@ -190,6 +205,11 @@ def cmd_pairs(args) -> int:
             print(f"  {rater}  {code}")
     if session.open_access:
         print("open session (--open): anyone who can open the app can rate, under any name")
+    if session.crowd:
+        c = session.crowd
+        print(f"crowd session ({c['platform']}): give the platform the app's URL with ?{c['param']}={{...}}"
+              + "".join(f"&{k}={{...}}" for k in c["extra"]) + (f"; each rater does {session.quota} comparisons"
+                                                                 if session.quota else ""))
     if password is None:
         print(f"no organiser view: set {PASSWORD_ENV} (or run on a terminal to be asked) to protect one",
               file=sys.stderr)
