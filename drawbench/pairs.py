@@ -65,7 +65,7 @@ class Comparison:
     prompt_id: str
     prompt: str
     category: str
-    left: str  # system name; "real" / "noise" on the sides of an attention check
+    left: str  # system name; "real" / "noise" (a looking check) or "real" / "offprompt" (a reading check)
     right: str
     sample_indices: tuple[int, ...]
     left_images: tuple[str, ...]  # paths relative to the session folder
@@ -252,8 +252,9 @@ def build_session(
     if names is not None and len(names) != len(studies):
         raise UserError(f"--names gives {len(names)} names for {len(studies)} studies; give one per --study")
     names = list(names) if names else [chr(ord("A") + i) for i in range(len(studies))]
-    if len(set(names)) != len(names) or {"noise", "real"} & set(names):
-        raise UserError("system names must be distinct and not 'noise' or 'real' (used by attention checks)")
+    if len(set(names)) != len(names) or {"noise", "real", "offprompt"} & set(names):
+        raise UserError("system names must be distinct and not 'noise', 'real' or 'offprompt' (used by attention "
+                        "checks)")
     if per_set < 1:
         raise UserError("--per-set must be at least 1")
     if not 0.0 <= attention_rate < 1.0:
@@ -353,18 +354,32 @@ def _make_comparisons(plan, systems, images, rng, attention_rate, progress) -> l
                 left_images=sets[l], right_images=sets[r]))
     n_checks = int(round(attention_rate * len(comps) / (1 - attention_rate))) if attention_rate > 0 else 0
     checks = []
+    prompts_of = {}
+    for c in comps:
+        prompts_of.setdefault(c.prompt_id, c)
     for k in range(n_checks):
         base = comps[int(rng.integers(0, len(comps)))]
         real_left = bool(rng.integers(0, 2))
-        real = base.left_images if rng.integers(0, 2) else base.right_images
-        with Image.open(images.parent / real[0]) as im:
-            size = im.size
-        noise = tuple(_noise_image(rng, size, images) for _ in real)
+        use_left = bool(rng.integers(0, 2))
+        real = base.left_images if use_left else base.right_images
+        others = [c for pid, c in prompts_of.items() if pid != base.prompt_id]
+        if k % 2 == 1 and others:
+            # a reading check: the same system's images for another prompt against the right ones; telling them
+            # apart needs the text (their quality is the same)
+            system = base.left if use_left else base.right
+            other = others[int(rng.integers(0, len(others)))]
+            fake = other.left_images if other.left == system else other.right_images
+            fake_name = "offprompt"
+        else:  # a looking check: noise images against real ones
+            with Image.open(images.parent / real[0]) as im:
+                size = im.size
+            fake = tuple(_noise_image(rng, size, images) for _ in real)
+            fake_name = "noise"
         checks.append(Comparison(
             id="", prompt_id=base.prompt_id, prompt=base.prompt, category=base.category,
-            left="real" if real_left else "noise", right="noise" if real_left else "real",
-            sample_indices=base.sample_indices, left_images=real if real_left else noise,
-            right_images=noise if real_left else real, attention=LEFT if real_left else RIGHT))
+            left="real" if real_left else fake_name, right=fake_name if real_left else "real",
+            sample_indices=base.sample_indices, left_images=real if real_left else fake,
+            right_images=fake if real_left else real, attention=LEFT if real_left else RIGHT))
     # Checks are mixed in at random places; every rater later sees everything in their own random order anyway.
     allc = comps + checks
     order = rng.permutation(len(allc))

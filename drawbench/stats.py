@@ -288,7 +288,12 @@ def attention_table(votes: pd.DataFrame) -> pd.DataFrame:
     for r in raters:
         c = chk[chk.rater == r]
         if "quality_system" in c and "alignment_system" in c:  # by system: right whichever side it was shown on
-            passed = int(((c.quality_system == "real") & (c.alignment_system == "real")).sum())
+            reading = ((c.left_system == "offprompt") | (c.right_system == "offprompt")).to_numpy()
+            # a looking check (noise) needs both answers on the real set; a reading check (the same system's images
+            # for another prompt) needs the alignment answer on it: the two sets' quality is alike
+            ok = np.where(reading, c.alignment_system == "real",
+                          (c.quality_system == "real") & (c.alignment_system == "real"))
+            passed = int(ok.sum())
         else:
             passed = int(((c.quality == c.attention) & (c.alignment == c.attention)).sum())
         rows.append({"rater": r, "checks": len(c), "passed": passed,

@@ -79,16 +79,23 @@ def test_attention_checks(studies, tmp_path):
     import numpy as np
     from PIL import Image
 
+    kinds = set()
     for c in checks:
-        noise_side = pairs.RIGHT if c.attention == pairs.LEFT else pairs.LEFT
-        assert getattr(c, noise_side) == "noise" and getattr(c, c.attention) == "real"
-        noise = c.right_images if noise_side == pairs.RIGHT else c.left_images
-        real_imgs = c.left_images if noise_side == pairs.RIGHT else c.right_images
-        for rel in noise:
-            arr = np.asarray(Image.open(s.path / rel))
-            assert arr.std() > 60  # uniform noise: std ~ 74
+        fake_side = pairs.RIGHT if c.attention == pairs.LEFT else pairs.LEFT
+        kind = getattr(c, fake_side)
+        kinds.add(kind)
+        assert kind in ("noise", "offprompt") and getattr(c, c.attention) == "real"
+        fake = c.right_images if fake_side == pairs.RIGHT else c.left_images
+        real_imgs = c.left_images if fake_side == pairs.RIGHT else c.right_images
         all_real = {p for r in real for p in r.left_images + r.right_images}
         assert set(real_imgs) <= all_real
+        by_prompt = {r.prompt_id: set(r.left_images + r.right_images) for r in real}
+        if kind == "noise":  # a looking check: noise
+            for rel in fake:
+                assert np.asarray(Image.open(s.path / rel)).std() > 60  # uniform noise: std ~ 74
+        else:  # a reading check: real images of another prompt, shown under this one
+            assert set(fake) <= all_real and not set(fake) & by_prompt[c.prompt_id]
+    assert kinds == {"noise", "offprompt"}
 
 
 def test_more_than_two_systems_make_every_pair(tmp_path, data_dir):

@@ -295,3 +295,20 @@ def test_preference_difference_has_its_interval():
     row = table[(table.question == "quality") & (table.category == stats.OVERALL)].iloc[0]
     assert row.difference == pytest.approx(row.prefer_a - row.prefer_b)
     assert row.difference_low < row.difference < row.difference_high
+
+
+def test_reading_checks_need_the_alignment_answer_looking_checks_both():
+    votes = pd.DataFrame([
+        # a reading check (offprompt): alignment on the real set passes, whatever the quality answer
+        {"rater": "r1", "attention": "left", "left_system": "real", "right_system": "offprompt", "quality": "right",
+         "alignment": "left", "quality_system": "offprompt", "alignment_system": "real"},
+        {"rater": "r2", "attention": "left", "left_system": "real", "right_system": "offprompt", "quality": "left",
+         "alignment": "right", "quality_system": "real", "alignment_system": "offprompt"},
+        # a looking check (noise): both answers on the real set
+        {"rater": "r1", "attention": "right", "left_system": "noise", "right_system": "real", "quality": "right",
+         "alignment": "right", "quality_system": "real", "alignment_system": "real"},
+        {"rater": "r2", "attention": "right", "left_system": "noise", "right_system": "real", "quality": "left",
+         "alignment": "right", "quality_system": "noise", "alignment_system": "real"},
+    ])
+    att = stats.attention_table(votes).set_index("rater")
+    assert att.loc["r1", "passed"] == 2 and att.loc["r2", "passed"] == 0
