@@ -304,6 +304,11 @@ def organiser(session: Session, store: VoteStore) -> None:
     s = summarize(votes, n_boot=300, n_boot_bt=50, systems=[x.name for x in session.systems])
     pref = pd.DataFrame(s["preference"])
     if len(pref):
+        from drawbench.report import figure_png
+
+        a, b = pref.system_a.iloc[0], pref.system_b.iloc[0]
+        st.image(figure_png(pref[(pref.system_a == a) & (pref.system_b == b)], a, b),
+                 caption=f"Preference per category, {a} vs {b} (95% intervals over prompts and raters)")
         ov = pref[pref.category == "overall"]
         st.dataframe(ov[["system_a", "system_b", "question", "n", "prefer_a", "prefer_a_low", "prefer_a_high",
                          "indifferent", "prefer_b", "prefer_b_low", "prefer_b_high"]].round(3), hide_index=True,
@@ -315,8 +320,9 @@ def organiser(session: Session, store: VoteStore) -> None:
         st.dataframe(pd.DataFrame(s["bradley_terry"]).round(3), hide_index=True, width="stretch")
     cols = st.columns(2)
     cols[0].caption("Agreement between raters (Krippendorff's alpha; 1 = perfect, 0 = chance)")
-    cols[1].caption("Position bias: share of decided votes that chose the left set (0.5 = none)")
+    cols[1].caption("Order effect (Davidson-Beaver log theta; 0 = none) and the plain left share")
     cols[0].dataframe(pd.DataFrame(s["agreement"]), hide_index=True, width="stretch")
+    cols[1].dataframe(pd.DataFrame(s["order_effect"]).round(3), hide_index=True, width="stretch")
     cols[1].dataframe(pd.DataFrame(s["position_bias"]).round(3), hide_index=True, width="stretch")
     st.download_button("Download votes (CSV)", votes.to_csv(index=False), "votes.csv", "text/csv")
 

@@ -25,6 +25,12 @@ QUESTION_TITLES = {"quality": "Image quality", "alignment": "Image-text alignmen
 
 
 def figure(pref: pd.DataFrame, a: str, b: str, path: Path) -> None:
+    """The figure as a PNG file, written atomically."""
+    png = figure_png(pref, a, b)
+    atomic_write(path, lambda tmp: tmp.write_bytes(png))
+
+
+def figure_png(pref: pd.DataFrame, a: str, b: str) -> bytes:
     """One panel per question: a horizontal bar per category, prefer a | indifferent | prefer b, with intervals."""
     import matplotlib
 
@@ -57,7 +63,7 @@ def figure(pref: pd.DataFrame, a: str, b: str, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+    return buf.getvalue()
 
 
 def build_human_report(session_dir: Path | str, out: Path | str | None = None, n_boot: int = 2000,

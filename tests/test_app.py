@@ -145,6 +145,7 @@ def test_organiser_view(session):
     progress = org.dataframe[0].value
     assert progress.set_index("rater").loc["rater-01", "done"] == 1
     assert len(org.dataframe) >= 2  # progress and live results
+    assert len(org.get("image")) == 1  # the DrawBench figure, live
 
 
 def test_wrong_codes_and_passwords_are_rate_limited_per_browser_session(session):
