@@ -42,12 +42,12 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def simulate_detects(design: Design, effect: float, prompts: int, sims: int, n_boot: int,
-                     rng: np.random.Generator) -> np.ndarray:
-    """[sims] booleans: whether each simulated study's interval of prefer_a - prefer_b lies above 0."""
+def simulate_intervals(design: Design, effect: float, prompts: int, sims: int, n_boot: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """[sims, 2] the 95% cluster-bootstrap interval of prefer_a - prefer_b of each simulated study."""
     decided = 1.0 - design.ties
     base = _logit((decided + effect) / (2 * decided))  # A's log-odds among decided votes
-    out = np.zeros(sims, dtype=bool)
+    out = np.full((sims, 2), np.nan)
     for s in range(sims):
         pe = rng.normal(0, design.prompt_sd, prompts)
         re = rng.normal(0, design.rater_sd, design.raters)
@@ -65,8 +65,37 @@ def simulate_detects(design: Design, effect: float, prompts: int, sims: int, n_b
         with np.errstate(invalid="ignore", divide="ignore"):
             boot = (w @ y) / w.sum(1)  # prefer_a - prefer_b per replicate
         boot = boot[np.isfinite(boot)]
-        out[s] = len(boot) > 0 and np.quantile(boot, 0.025) > 0
+        if len(boot):
+            out[s] = np.quantile(boot, [0.025, 0.975])
     return out
+
+
+def simulate_detects(design: Design, effect: float, prompts: int, sims: int, n_boot: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """[sims] booleans: whether each simulated study's interval of prefer_a - prefer_b lies above 0."""
+    return simulate_intervals(design, effect, prompts, sims, n_boot, rng)[:, 0] > 0
+
+
+def true_difference(design: Design, effect: float, draws: int = 400_000, seed: int = 12345) -> float:
+    """The population prefer_a - prefer_b the simulated studies estimate: the logistic preference averaged over
+    prompt and rater effects (not `effect` itself once they vary), by Monte Carlo."""
+    rng = np.random.default_rng(seed)
+    decided = 1.0 - design.ties
+    base = _logit((decided + effect) / (2 * decided))
+    shift = rng.normal(0, design.prompt_sd, draws) + rng.normal(0, design.rater_sd, draws)
+    p_a = 1.0 / (1.0 + np.exp(-(base + shift)))
+    return float(decided * (2 * p_a.mean() - 1))
+
+
+def coverage(design: Design, effect: float, prompts: int, sims: int = 200, n_boot: int = 300,
+             seed: int = 0) -> dict:
+    """How often the report's 95% interval of prefer_a - prefer_b covers the truth, over simulated studies."""
+    design.check()
+    truth = true_difference(design, effect)
+    iv = simulate_intervals(design, effect, prompts, sims, n_boot, np.random.default_rng(seed))
+    hit = (iv[:, 0] <= truth) & (truth <= iv[:, 1])
+    return {"coverage": float(hit.mean()), "truth": truth, "mean_width": float(np.nanmean(iv[:, 1] - iv[:, 0])),
+            "prompts": prompts, "sims": sims, "effect": effect, **asdict(design)}
 
 
 def power(design: Design, effect: float, prompts: int, sims: int = 200, n_boot: int = 200, seed: int = 0) -> float:
@@ -106,4 +135,5 @@ def detectable_effect(design: Design, prompts: int, target: float = 0.8, sims: i
     return {"effect": round(hi, 3), "prompts": prompts, "target": target, "sims": sims, **asdict(design)}
 
 
-__all__ = ["Design", "power", "prompts_needed", "detectable_effect", "simulate_detects"]
+__all__ = ["Design", "power", "prompts_needed", "detectable_effect", "simulate_detects", "simulate_intervals",
+           "true_difference", "coverage"]

@@ -352,3 +352,17 @@ def test_krippendorff_with_missing_data_by_hand_and_by_the_package():
     assert out["units"] == 5
     assert out["alpha"] == pytest.approx(_alpha_by_hand([[code[a] for a in got.values()]
                                                          for got in answers.values()]), abs=1e-12)
+
+
+@pytest.mark.parametrize("prompts, raters, rater_sd", [
+    pytest.param(50, 5, 0.3, marks=pytest.mark.slow), pytest.param(200, 5, 0.3, marks=pytest.mark.slow),
+    pytest.param(50, 20, 1.0, marks=pytest.mark.slow), pytest.param(200, 20, 0.3, marks=pytest.mark.slow),
+    pytest.param(200, 20, 1.0, marks=pytest.mark.slow), (100, 20, 0.5)])
+def test_preference_interval_coverage_with_prompt_and_rater_effects(prompts, raters, rater_sd):
+    """The report's 95% interval of prefer_a - prefer_b covers the population truth in 90-99% of simulated
+    studies with prompt (sd 0.5) and rater random effects, up to a rater spread comparable to the effect (the
+    README's table; 5 raters with rater sd 1.0 undercover, 0.86-0.90, and are not claimed)."""
+    from drawbench.plan import Design, coverage
+
+    got = coverage(Design(raters=raters, rater_sd=rater_sd), 0.2, prompts, sims=200, n_boot=300, seed=7)
+    assert 0.90 <= got["coverage"] <= 0.99, got
