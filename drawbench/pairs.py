@@ -35,18 +35,11 @@ from bench import store
 from imagen.errors import UserError
 from imagen.fileio import sha256_file
 
+from drawbench.choices import CHOICES, LEFT, QUESTIONS, RIGHT, SAME, VOTES_FILE  # noqa: F401  (re-exported)
+
 FORMAT = 1
 SESSION_FILE = "session.json"
 IMAGES_DIR = "images"
-VOTES_FILE = "votes.sqlite"
-
-# The two questions of the paper's DrawBench study (Sec. 4.2), and the three answers to each.
-QUESTIONS = (
-    ("quality", "Which set of images is of higher quality?"),
-    ("alignment", "Which set of images better represents the text caption?"),
-)
-LEFT, SAME, RIGHT = "left", "same", "right"
-CHOICES = (LEFT, SAME, RIGHT)
 CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: codes are read aloud and typed
 PBKDF2_ITERATIONS = 200_000
 

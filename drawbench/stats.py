@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from drawbench.pairs import LEFT, QUESTIONS, RIGHT, SAME
+from drawbench.choices import LEFT, QUESTIONS, RIGHT, SAME
 
 QUESTION_IDS = tuple(q for q, _ in QUESTIONS)
 OVERALL = "overall"

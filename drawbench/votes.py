@@ -3,6 +3,9 @@
 Nothing is ever updated or deleted: changing a vote appends a new row with the next revision number, so the full
 history is kept and the current vote of a rater on a comparison is its highest revision. Foreign keys make the
 database itself refuse a vote for an unknown comparison or from an unknown rater.
+
+A session here is any object with `path` and `comparisons` (a `drawbench.pairs.Session`); the answers' vocabulary
+comes from `drawbench.choices`, so this module and `pairs` never import each other.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from drawbench.pairs import CHOICES, LEFT, QUESTIONS, RIGHT, VOTES_FILE, Session
+from drawbench.choices import CHOICES, LEFT, QUESTIONS, RIGHT, VOTES_FILE
 from imagen.errors import UserError
 
 QUESTION_IDS = tuple(q for q, _ in QUESTIONS)
@@ -71,7 +74,7 @@ class VoteStore:
                             "pairs`?")
 
     @classmethod
-    def create(cls, path: Path | str, session: Session) -> "VoteStore":
+    def create(cls, path: Path | str, session: "Session") -> "VoteStore":
         path = Path(path)
         con = sqlite3.connect(path, isolation_level=None)
         try:
@@ -87,7 +90,7 @@ class VoteStore:
         return cls(path)
 
     @classmethod
-    def of_session(cls, session: Session) -> "VoteStore":
+    def of_session(cls, session: "Session") -> "VoteStore":
         return cls(session.path / VOTES_FILE)
 
     @contextmanager
@@ -172,7 +175,7 @@ class VoteStore:
 
 
 # ----------------------------------------------------------------------------- export
-def votes_table(session: Session, history: bool = False) -> pd.DataFrame:
+def votes_table(session: "Session", history: bool = False) -> pd.DataFrame:
     """Votes joined to prompts, categories, systems, sides, raters and times: one row per vote."""
     vs = VoteStore.of_session(session)
     df = vs.all_votes() if history else vs.current_votes()
@@ -190,7 +193,7 @@ def votes_table(session: Session, history: bool = False) -> pd.DataFrame:
     return df.rename(columns={"id": "vote_id"})[["vote_id"] + cols[1:]]
 
 
-def export(session: Session, out_dir: Path | str | None = None, history: bool = True) -> tuple[Path, Path]:
+def export(session: "Session", out_dir: Path | str | None = None, history: bool = True) -> tuple[Path, Path]:
     """Write votes.parquet and votes.csv (atomically: temp file + rename); returns their paths."""
     out_dir = Path(out_dir) if out_dir else session.path / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
