@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,66 @@ def figure_png(pref: pd.DataFrame, a: str, b: str) -> bytes:
     return buf.getvalue()
 
 
+LOWER_IS_BETTER = ("fid_", "kid_", "cmmd_", "fd_clip_")  # distances; the rest (CLIP score, alignment): higher
+
+
+def metric_agreement(session, pref: pd.DataFrame, question: str = "alignment") -> pd.DataFrame:
+    """Per automatic metric and category: whether the metric picks the same winner as people do, where both
+    systems are grid cells with stored metrics. People's winner: the sign of prefer_a - prefer_b (ties, where the
+    interval holds 0, are 'neither' and agree with nothing). Rows: metric, category, a, b, human difference and its
+    interval, the metric's values for a and b, agree."""
+    from bench import store
+
+    by_name = {x.name: x for x in session.systems}
+    rows = []
+    for pair, g in pref[pref.question == question].groupby(["system_a", "system_b"], sort=False):
+        sa, sb = by_name.get(pair[0]), by_name.get(pair[1])
+        if sa is None or sb is None or not sa.study or not sb.study:
+            continue
+        tables = []
+        for sys_ in (sa, sb):
+            try:
+                m = store.read_table(sys_.study, store.METRICS)
+            except Exception:  # noqa: BLE001 - a study moved or unreadable: no automatic metrics for the pair
+                m = pd.DataFrame()
+            tables.append(m[m[store.COL_CELL_ID] == sys_.cell_id] if len(m) else m)
+        if not all(len(t) for t in tables):
+            continue
+        for r in g.itertuples():
+            human = 0 if r.difference_low <= 0 <= r.difference_high else (1 if r.difference > 0 else -1)
+            for name in sorted(set(tables[0][store.COL_METRIC]) & set(tables[1][store.COL_METRIC])):
+                vals = []
+                for t in tables:
+                    cat = t[(t[store.COL_METRIC] == name)
+                            & ((t[store.COL_CATEGORY] == r.category) if r.category != OVERALL
+                               else t[store.COL_CATEGORY].isna())]
+                    vals.append(float(cat[store.COL_VALUE].iloc[-1]) if len(cat) else float("nan"))
+                if any(v != v for v in vals) or vals[0] == vals[1]:
+                    continue
+                sign = 1 if vals[0] > vals[1] else -1
+                if name.startswith(LOWER_IS_BETTER):
+                    sign = -sign
+                rows.append({"metric": name, "category": r.category, "system_a": pair[0], "system_b": pair[1],
+                             "human_difference": r.difference, "human_low": r.difference_low,
+                             "human_high": r.difference_high, "metric_a": vals[0], "metric_b": vals[1],
+                             "agree": bool(human != 0 and human == sign), "people_decided": human != 0})
+    return pd.DataFrame(rows)
+
+
+def agreement_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per metric: the share of categories (where people decided) in which it picks their winner, with a 95% Wilson
+    interval."""
+    out = []
+    for name, g in table[table.people_decided].groupby("metric") if len(table) else []:
+        n, k = len(g), int(g.agree.sum())
+        z = 1.959964
+        centre = (k + z * z / 2) / (n + z * z)
+        half = z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+        out.append({"metric": name, "categories": n, "agree": k, "share": k / n, "low": centre - half,
+                    "high": centre + half})
+    return pd.DataFrame(out)
+
+
 def build_human_report(session_dir: Path | str, out: Path | str | None = None, n_boot: int = 2000,
                        seed: int = 0, min_attention: float | None = None) -> Path:
     """Write the human-results report of a session; returns its index.html."""
@@ -91,6 +152,17 @@ def build_human_report(session_dir: Path | str, out: Path | str | None = None, n
         f"<td>{r.indifferent:.3f}</td><td>{r.prefer_b:.3f} [{r.prefer_b_low:.3f}, {r.prefer_b_high:.3f}]</td>"
         f"<td>{r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]</td><td>{int(r.n)}</td></tr>"
         for r in pref.itertuples())
+    agreement = metric_agreement(session, pref)
+    summary = agreement_summary(agreement)
+    if len(agreement):
+        atomic_write(out / "metric_agreement.csv", lambda tmp: agreement.to_csv(tmp, index=False))
+    metric_rows = "".join(
+        f"<tr><td>{esc(r.metric)}</td><td>{r.agree}/{r.categories}</td><td>{r.share:.2f} "
+        f"[{r.low:.2f}, {r.high:.2f}]</td></tr>" for r in summary.itertuples()) if len(summary) else ""
+    metrics_html = (f"<h2>Automatic metrics against people (alignment question)</h2><p>Per metric: the categories "
+                    f"where people preferred one system (interval excluding 0) and the metric picked the same one "
+                    f"(metric_agreement.csv has every category).</p><table><tr><th>metric</th><th>agree</th>"
+                    f"<th>share [95% Wilson]</th></tr>{metric_rows}</table>" if metric_rows else "")
     order = "".join(f"<li>{esc(o['question'])}: log θ = {o['log_theta']:+.3f} [{o['low']:+.3f}, {o['high']:+.3f}]</li>"
                     for o in stats["order_effect"] if o["log_theta"] is not None)
     agree = "".join(f"<li>{esc(g['question'])}: Krippendorff's α = "
@@ -105,6 +177,7 @@ bootstrap over prompts and raters; raters dropped for attention: {esc(', '.join(
 <img src="drawbench.png" alt="preference per category" style="max-width:100%">
 <h2>Preference</h2><table><tr><th>pair</th><th>question</th><th>category</th><th>prefer A</th><th>indifferent</th>
 <th>prefer B</th><th>A - B</th><th>votes</th></tr>{rows}</table>
+{metrics_html}
 <h2>Order effect (Davidson &amp; Beaver 1977)</h2><ul>{order}</ul>
 <h2>Agreement</h2><ul>{agree}</ul>
 <p>Statistics as JSON: <code>imagen-bench drawbench stats {esc(str(session_dir))} --json</code></p>

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -366,3 +367,39 @@ def test_preference_interval_coverage_with_prompt_and_rater_effects(prompts, rat
 
     got = coverage(Design(raters=raters, rater_sd=rater_sd), 0.2, prompts, sims=200, n_boot=300, seed=7)
     assert 0.90 <= got["coverage"] <= 0.99, got
+
+
+def test_report_says_whether_automatic_metrics_pick_the_peoples_winner(tmp_path, data_dir):
+    """Both systems are grid cells with stored metrics: per category, a CLIP score that ranks them as people do
+    agrees; a metric that ranks them the other way does not; FID (lower is better) is read the right way round."""
+    from bench import store
+    from drawbench.report import agreement_summary, build_human_report, metric_agreement
+    from drawbench.votes import VoteStore
+    from drawbench_fixtures import make_session
+
+    s, _ = make_session(tmp_path, data_dir, n_prompts=12, n_codes=0, per_set=1)
+    vs = VoteStore.of_session(s)
+    for r in ("r1", "r2", "r3", "r4", "r5"):
+        vs.register_rater(r)
+        for c in s.comparisons:  # everyone prefers sys1 on alignment, and is indifferent on quality
+            vs.submit(r, c.id, "same", "left" if c.left == "sys1" else "right")
+    cats = sorted({c.category for c in s.comparisons})
+    for sys_, good in ((s.systems[0], 0.0), (s.systems[1], 1.0)):
+        rows = [{store.COL_CELL_ID: sys_.cell_id, store.COL_METRIC: "clip_score_x", store.COL_CATEGORY: cat,
+                 store.COL_VALUE: 20.0 + good} for cat in cats + [None]]
+        rows += [{store.COL_CELL_ID: sys_.cell_id, store.COL_METRIC: "align_backwards", store.COL_CATEGORY: cat,
+                  store.COL_VALUE: 0.5 - good / 4} for cat in cats + [None]]
+        rows.append({store.COL_CELL_ID: sys_.cell_id, store.COL_METRIC: "fid_effnet_lite0_clean",
+                     store.COL_CATEGORY: None, store.COL_VALUE: 50.0 - 10 * good})
+        store.write_part(sys_.study, store.METRICS, rows)
+    from drawbench.stats import preference_table
+    from drawbench.votes import votes_table
+
+    pref = preference_table(votes_table(s), n_boot=200, systems=["sys0", "sys1"])
+    table = metric_agreement(s, pref)
+    summary = agreement_summary(table).set_index("metric")
+    assert summary.loc["clip_score_x", "share"] == 1.0 and summary.loc["align_backwards", "share"] == 0.0
+    assert summary.loc["fid_effnet_lite0_clean", "agree"] == 1  # overall only, lower is better
+    assert summary.loc["clip_score_x", "categories"] == len(cats) + 1
+    page = Path(build_human_report(s.path, n_boot=200)).read_text()
+    assert "Automatic metrics against people" in page and "clip_score_x" in page
