@@ -3,12 +3,15 @@
 Run it with `imagen-bench drawbench app SESSION` (the session folder comes in through $DRAWBENCH_SESSION, or as the
 first script argument: `streamlit run drawbench/app.py -- SESSION`).
 
-- Sign-in: a name, and an access code when the session has codes; without a valid code nothing else is shown.
-- Rating: the prompt (plain text, never HTML or Markdown), the left and right image sets, the paper's two questions
-  (Sec. 4.2) with three answers each, keyboard shortcuts (A/S/D, J/K/L, Enter), a progress bar. Each rater sees each
-  comparison once in their own random order, resumes where they stopped, and can go back and change a vote (the
-  store keeps the history). Images are read only from SESSION/images.
-- Organiser view (sidebar, password): progress per rater and live results.
+- Sign-in: a name, and an access code when the session has codes (without a valid code nothing else is shown; 5
+  wrong tries per browser session, then a doubling wait); an open session says it is open; a crowd session signs
+  its participants in by the platform link's id and shows the completion code and link at the end.
+- Rating: the prompt (plain text, never HTML or Markdown), the two image sets on this rater's own sides, the
+  paper's two questions (Sec. 4.2) with three answers each, keyboard shortcuts (A/S/D, J/K/L, Enter), a progress
+  bar. Each rater sees each comparison (or their quota of them) once in their own random order, resumes where they
+  stopped, and can go back and change a vote (the store keeps the history). Images are read only from
+  SESSION/images.
+- Organiser view (sidebar, password, rate-limited): progress per rater, the DrawBench figure and live results.
 """
 
 from __future__ import annotations
@@ -276,12 +279,13 @@ def organiser(session: Session, store: VoteStore) -> None:
     from drawbench.stats import attention_table, summarize
 
     votes = votes_table(session)
-    total = len(session.comparisons)
+    # what each rater is asked to do: every comparison, or their quota of them
+    total = min(session.quota, len(session.comparisons)) if session.quota else len(session.comparisons)
     raters = store.raters()
     m = st.columns(4)
     m[0].metric("Raters", len(raters))
     m[1].metric("Votes (current)", len(votes))
-    m[2].metric("Comparisons", total)
+    m[2].metric("Comparisons per rater", total)
     m[3].metric("Systems", ", ".join(s.name for s in session.systems))
     st.subheader("Progress per rater")
     if len(raters) == 0:
