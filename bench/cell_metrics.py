@@ -39,19 +39,41 @@ class MetricFns:
     distribution: object = None
 
 
-def make_default_fid(device: str = "cpu"):
+class Networks:
+    """The feature extractors and CLIP models of one metrics run, each loaded once, by name (and weights), and
+    shared by FID, CLIP score, KID, precision/recall, CMMD and FD-CLIP."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device, self._nets = device, {}
+
+    def extractor(self, name: str):
+        if ("ext", name) not in self._nets:
+            from bench.metrics.features import load_extractor
+
+            self._nets[("ext", name)] = load_extractor(name, self.device)
+        return self._nets[("ext", name)]
+
+    def clip(self, spec: dict):
+        key = ("clip", spec["model"], spec.get("pretrained"))
+        if key not in self._nets:
+            from bench.metrics import clip_score as C
+
+            self._nets[key] = C.load_clip(spec["model"], spec.get("pretrained"), device=self.device)
+        return self._nets[key]
+
+
+def make_default_fid(device: str = "cpu", nets: Networks | None = None):
     """bench.metrics.fid with the extractor loaded once and the reference statistics computed once per run."""
+    nets = nets or Networks(device)
     state: dict = {}
 
     def fid_fn(images, fid_spec: dict, reference_images):
         from bench.metrics import fid as F
-        from bench.metrics.features import load_extractor, parse_protocol
+        from bench.metrics.features import parse_protocol
 
         name = fid_spec["extractor"]
         protocol = parse_protocol(fid_spec.get("protocol", "clean"))
-        if "extractor" not in state:
-            state["extractor"] = load_extractor(name, device)
-        ext = state["extractor"]
+        ext = nets.extractor(name)
         if "reference" not in state:
             state["reference"] = (F.stats_from_images(list(reference_images), ext, protocol)
                                   if reference_images is not None
@@ -62,54 +84,41 @@ def make_default_fid(device: str = "cpu"):
     return fid_fn
 
 
-def make_default_clip(device: str = "cpu"):
+def make_default_clip(device: str = "cpu", nets: Networks | None = None):
     """bench.metrics.clip_score with the CLIP model loaded once per run."""
-    state: dict = {}
-
-    def load(spec: dict):
-        from bench.metrics import clip_score as C
-
-        if "clip" not in state:
-            state["clip"] = C.load_clip(spec["model"], spec.get("pretrained"), device=device)
-        return state["clip"]
+    nets = nets or Networks(device)
 
     def clip_fn(images, prompts, spec: dict):
         from bench.metrics import clip_score as C
 
-        clip = load(spec)
+        clip = nets.clip(spec)
         return clip.metric, np.asarray(C.clip_scores(clip, list(images), list(prompts)))
 
-    clip_fn.load = load
+    clip_fn.load = nets.clip
     return clip_fn
 
 
-def make_default_distribution(device: str = "cpu"):
+def make_default_distribution(device: str = "cpu", nets: Networks | None = None):
     """KID, precision/recall (the FID extractor's features) and CMMD, FD-CLIP (CLIP embeddings) of a cell against
     its reference; each network loaded once per run, a reference's features and embeddings cached by its files'
     remembered hashes (rendered shapes references: by their pixels)."""
+    nets = nets or Networks(device)
     state: dict = {}
 
     def fn(images, key: str, table: dict, given_reference):
         from bench.metrics import fid as F
         from bench.metrics import fidelity as M
-        from bench.metrics.features import load_extractor, parse_protocol
+        from bench.metrics.features import parse_protocol
 
         ref_key = (key in M.CLIP_METRICS, json.dumps(table, sort_keys=True, default=str), given_reference is None)
         if key in M.CLIP_METRICS:
-            from bench.metrics import clip_score as C
-
-            ck = (table["model"], table.get("pretrained"))
-            if ck not in state:
-                state[ck] = C.load_clip(table["model"], table.get("pretrained"), device=device)
-            clip = state[ck]
+            clip = nets.clip(table)
             if ref_key not in state:  # a folder or study: embedded once, cached by the files' remembered hashes
                 state[ref_key] = (M.clip_embeddings(clip, list(given_reference)) if given_reference is not None
                                   else M.clip_embeddings_of_files(clip, F.image_paths(table["reference"])))
             return M.clip_values(M.clip_embeddings(clip, images), state[ref_key], clip.metric, {key})
         name, protocol = table["extractor"], parse_protocol(table["protocol"])
-        if ("ext", name) not in state:
-            state[("ext", name)] = load_extractor(name, device)
-        ext = state[("ext", name)]
+        ext = nets.extractor(name)
         if ref_key not in state:  # a folder or study: its features cached by the files' remembered hashes
             state[ref_key] = (F.features_from_images(list(given_reference), ext, protocol)
                               if given_reference is not None
@@ -209,6 +218,13 @@ def _shapes_reference(spec: GridSpec, size: int):
     return np.stack([render(world.item(i)[0], size) for i in range(n)])
 
 
+def _value_row(cell_id, name, value, n, ihash, details: dict | None = None) -> dict:
+    """One overall value of a cell without an interval (FID, KID, ..., the flagged share)."""
+    return {store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None, store.COL_VALUE: float(value),
+            store.COL_LOW: None, store.COL_HIGH: None, store.COL_N: int(n), store.COL_INPUTS_HASH: ihash,
+            store.COL_DETAILS: json.dumps(details, sort_keys=True) if details else None}
+
+
 def _mean_rows(cell_id, name, values, categories, ihash, clusters) -> list[dict]:
     """An overall row and one row per category: mean with a bootstrap interval clustered by prompt."""
     rows = []
@@ -250,8 +266,9 @@ def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, items=None, me
 def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFns | None, device: str,
                      progress: bool, prefix: str, log) -> int:
     fns = metric_fns or MetricFns()
-    fid_fn = fns.fid or make_default_fid(device)
-    clip_fn, align_fn = fns.clip or make_default_clip(device), fns.alignment or default_alignment
+    nets = Networks(device)  # one extractor / CLIP model per name for every metric of the run
+    fid_fn = fns.fid or make_default_fid(device, nets)
+    clip_fn, align_fn = fns.clip or make_default_clip(device, nets), fns.alignment or default_alignment
     m = spec.metrics
     if m.clip_score and fns.clip is None and not _importable("bench.metrics.clip_score"):
         log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
@@ -270,7 +287,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         samples = samples.assign(_o=samples[store.COL_CELL_ID].map(order)).sort_values("_o", kind="stable")
     if not len(samples) or not (m.fid or m.clip_score or m.alignment or m.distribution()):
         return 0
-    dist_fn = fns.distribution or make_default_distribution(device)
+    dist_fn = fns.distribution or make_default_distribution(device, nets)
     prompts_hash = None
     if items is not None:
         import hashlib
@@ -304,9 +321,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                     f"safety checker; its metrics leave them out (n_flagged in the metric rows)")
                 ihash = _inputs_hash("flagged", None, df[store.COL_SHA256])
                 if (cell_id, ihash) not in have:  # the share itself, stored even when no image is left to score
-                    rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: FLAGGED, store.COL_CATEGORY: None,
-                                 store.COL_VALUE: n_flagged / len(df), store.COL_LOW: None, store.COL_HIGH: None,
-                                 store.COL_N: int(len(df)), store.COL_INPUTS_HASH: ihash})
+                    rows.append(_value_row(cell_id, FLAGGED, n_flagged / len(df), len(df), ihash))
             df = df[~bad.to_numpy()]
         if not len(df):
             _store_rows(study, rows, n_flagged, prefix, prompts_hash)
@@ -325,9 +340,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                     reference = _shapes_reference(spec, images[0].shape[0])
                 name, value = fid_fn(images[sel] if sel is not None else images, m.fid,
                                      reference if sel is not None else None)
-                rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None,
-                             store.COL_VALUE: float(value), store.COL_LOW: None, store.COL_HIGH: None,
-                             store.COL_N: int(len(shas)), store.COL_INPUTS_HASH: ihash})
+                rows.append(_value_row(cell_id, name, value, len(shas), ihash))
         for key, table in m.distribution().items():  # KID, precision/recall, CMMD, FD-CLIP against the reference
             sel = (df[store.COL_SUITE] == "shapes").to_numpy() if table["reference"] == "shapes" else None
             shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
@@ -338,11 +351,8 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                 got = dist_fn(images[sel] if sel is not None else images, key, table,
                               reference if sel is not None else None)
                 for name, value in got.metrics.items():
-                    extra = got.details.get(name, {})
-                    rows.append({store.COL_CELL_ID: cell_id, store.COL_METRIC: name, store.COL_CATEGORY: None,
-                                 store.COL_VALUE: float(value), store.COL_LOW: None, store.COL_HIGH: None,
-                                 store.COL_N: int(len(shas)), store.COL_INPUTS_HASH: ihash,
-                                 store.COL_DETAILS: json.dumps(extra, sort_keys=True)})
+                    extra = got.details.get(name)
+                    rows.append(_value_row(cell_id, name, value, len(shas), ihash, extra))
         if m.clip_score:
             ihash = _inputs_hash("clip", _with_inputs(m.clip_score), df[store.COL_SHA256])
             if (cell_id, ihash) not in have:
@@ -371,6 +381,6 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
     return written
 
 
-__all__ = ["MetricFns", "compute_metrics", "bootstrap_ci", "make_default_fid", "make_default_clip",
+__all__ = ["MetricFns", "Networks", "compute_metrics", "bootstrap_ci", "make_default_fid", "make_default_clip",
            "make_default_distribution",
            "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]

@@ -422,7 +422,7 @@ class DiffusersGenerator:
                     kw["prompt"] = prompts
                 if i > 0:
                     kw["image"] = image
-                if "clean_caption" in _defaults(pipe):
+                if "clean_caption" in self.call_defaults[i]:
                     kw["clean_caption"] = False  # as IF's encode_prompt; its cleaning needs bs4 and ftfy
                 out = pipe(**kw)
                 image = out.images

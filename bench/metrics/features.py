@@ -207,7 +207,7 @@ def weights_file(name: str, weights_path: str | None = None) -> Path | None:
     if weights_path:
         return Path(weights_path)
     if name == INCEPTION:
-        local = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        local = _inception_dir() / INCEPTION_FILE
         return local if local.is_file() else None
     return Path(_effnet_weights_path())
 
@@ -225,8 +225,13 @@ def weights_sha256(name: str, weights_path: str | None = None) -> str | None:
     return digest
 
 
+def _inception_dir() -> Path:
+    """Where torch-fidelity looks for the Inception weights: $TORCH_HOME/hub/checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def _inception_missing_message() -> str:
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder = _inception_dir()
     return (
         f"the Inception weights for FID are missing and could not be downloaded: put {INCEPTION_FILE} "
         f"(from https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}) into {folder}/ "
@@ -243,8 +248,7 @@ def load_extractor(name: str = DEFAULT_EXTRACTOR, device: str | torch.device = "
     spec = extractor_spec(name)
     kwargs = {"verbose": False, "feature_extractor_weights_path": weights_path}
     if spec.name == INCEPTION and weights_path is None:
-        local = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-        if not local.is_file() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        if weights_file(INCEPTION) is None and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise UserError(_inception_missing_message())  # offline mode: do not even try the network
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -271,18 +271,28 @@ def stats_from_files(paths: Sequence[Path | str], extractor: ExtractorLike = DEF
                      protocol: Protocol = DEFAULT_PROTOCOL, batch_size: int = 32, cache: bool = True,
                      progress: bool = False, verify: bool = False) -> FidStats:
     """Image files -> statistics, cached by a hash of the files' contents (`verify`: re-hash every file)."""
-    paths = [Path(p) for p in paths]
+    paths = _existing(paths)
     if len(paths) < 2:
         raise UserError(f"FID needs at least 2 images, got {len(paths)}")
+    compute = _files_compute(paths, protocol, batch_size, progress)
+    return _cached(files_hash(paths, verify), extractor, protocol, compute, cache)
+
+
+def _existing(paths: Sequence[Path | str]) -> list[Path]:
+    paths = [Path(p) for p in paths]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"image file {missing[0]} does not exist ({len(missing)} missing)")
+    return paths
 
+
+def _files_compute(paths: list[Path], protocol: Protocol, batch_size: int, progress: bool):
+    """The features of image files, read one at a time through the protocol (for the caches to call on a miss)."""
     def compute(ext: Extractor) -> np.ndarray:
         feed = _feed((load_image(p) for p in paths), protocol, ext)
         return extract_features(feed, ext, batch_size, total=len(paths), progress=progress)
 
-    return _cached(files_hash(paths, verify), extractor, protocol, compute, cache)
+    return compute
 
 
 def features_from_files(paths: Sequence[Path | str], extractor: ExtractorLike = DEFAULT_EXTRACTOR,
@@ -290,15 +300,8 @@ def features_from_files(paths: Sequence[Path | str], extractor: ExtractorLike = 
                         progress: bool = False, verify: bool = False) -> tuple[np.ndarray, str | None]:
     """Image files -> (features [N, D], the extractor weights' sha256), cached like the statistics (KID and
     precision/recall need the features themselves)."""
-    paths = [Path(p) for p in paths]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise UserError(f"image file {missing[0]} does not exist ({len(missing)} missing)")
-
-    def compute(ext: Extractor) -> np.ndarray:
-        feed = _feed((load_image(p) for p in paths), protocol, ext)
-        return extract_features(feed, ext, batch_size, total=len(paths), progress=progress)
-
+    paths = _existing(paths)
+    compute = _files_compute(paths, protocol, batch_size, progress)
     return cached_features(files_hash(paths, verify), extractor, protocol, compute, cache)
 
 
