@@ -170,3 +170,25 @@ def test_reference_clip_embeddings_are_cached(sets, monkeypatch):
     monkeypatch.setattr(M, "clip_embeddings", lambda *x, **k: pytest.fail("embedded again"))
     again = M.clip_embeddings_of_files(clip, paths)
     assert first.shape == (10, again.shape[1]) and np.allclose(first, again, atol=1e-6)
+
+
+def test_a_grid_run_loads_each_network_once(tmp_path, monkeypatch):
+    """FID and KID share the extractor, CLIP score and CMMD the CLIP model: each is loaded once per run."""
+    from bench.grid import parse_spec, run_grid
+    from bench.metrics import clip_score, features
+
+    loads = []
+    real_ext, real_clip = features.load_extractor, clip_score.load_clip
+    monkeypatch.setattr(features, "load_extractor", lambda *a, **k: loads.append("ext") or real_ext(*a, **k))
+    monkeypatch.setattr(clip_score, "load_clip", lambda *a, **k: loads.append("clip") or real_clip(*a, **k))
+
+    class Gen:
+        model_id, checkpoint_hash = "g", "2" * 64
+
+        def generate(self, prompts, seeds, settings):
+            return [np.random.default_rng(s).integers(0, 256, (16, 16, 3)).astype(np.uint8) for s in seeds]
+
+    spec = parse_spec('name = "n"\nmodel = "tiny"\nsuites = ["shapes:4"]\n[axes]\nsteps = [1]\nguidance = [1.0, 2.0]\n'
+                      '[metrics]\nfid = true\nkid = { subset_size = 3 }\nclip_score = true\ncmmd = true\n')
+    run_grid(spec, tmp_path / "s", generator=Gen(), progress=False, log=lambda m: None)
+    assert sorted(loads) == ["clip", "ext"]
