@@ -163,8 +163,10 @@ def build_human_report(session_dir: Path | str, out: Path | str | None = None, n
                     f"where people preferred one system (interval excluding 0) and the metric picked the same one "
                     f"(metric_agreement.csv has every category).</p><table><tr><th>metric</th><th>agree</th>"
                     f"<th>share [95% Wilson]</th></tr>{metric_rows}</table>" if metric_rows else "")
-    order = "".join(f"<li>{esc(o['question'])}: log θ = {o['log_theta']:+.3f} [{o['low']:+.3f}, {o['high']:+.3f}]</li>"
-                    for o in stats["order_effect"] if o["log_theta"] is not None)
+    order = "".join(f"<li>{esc(o['question'])}: " + (esc(o["note"]) if o.get("note") else
+                                                      f"log θ = {o['log_theta']:+.3f} [{o['low']:+.3f}, "
+                                                      f"{o['high']:+.3f}]") + "</li>"
+                    for o in stats["order_effect"] if o.get("note") or o["log_theta"] is not None)
     agree = "".join(f"<li>{esc(g['question'])}: Krippendorff's α = "
                     f"{'n/a' if g['alpha'] is None else format(g['alpha'], '.3f')} on {g['units']} comparisons</li>"
                     for g in stats["agreement"])

@@ -272,6 +272,11 @@ def order_effect(df: pd.DataFrame, question: str, n_boot: int = 500, seed: int =
     if len(df) == 0 or k < 2:
         return {"question": question, "n": int(len(df)), "log_theta": math.nan, "low": math.nan, "high": math.nan,
                 "theta": math.nan}
+    decided = col[col != 1]
+    if len(decided) and (decided == decided[0]).all():  # every decided vote on one side: the MLE is unbounded
+        side = "left" if decided[0] == 0 else "right"
+        return {"question": question, "n": int(len(df)), "log_theta": math.nan, "low": math.nan, "high": math.nan,
+                "theta": math.nan, "note": f"every decided vote chose the {side} set: the order effect is unbounded"}
     _, _, lt = davidson_order_fit_batch(counts(np.ones(len(df)))[None])
     w = cluster_weights(df.prompt_id.to_numpy(), df.rater.to_numpy(), n_boot, np.random.default_rng(seed))
     _, _, boot = davidson_order_fit_batch(np.stack([counts(wb) for wb in w]))
@@ -331,7 +336,7 @@ def summarize(votes: pd.DataFrame, n_boot: int = 2000, n_boot_bt: int = 300, see
             out["bradley_terry"] += _records(bradley_terry(real, q, n_boot_bt, seed))
         out["agreement"].append(agreement(real, q))
         out["position_bias"].append(position_bias(real, q, n_boot, seed))  # descriptive: the plain left share
-        out["order_effect"].append(order_effect(real, q, min(n_boot, 500), seed))
+        out["order_effect"] += _records(pd.DataFrame([order_effect(real, q, min(n_boot, 500), seed)]))
     return out
 
 

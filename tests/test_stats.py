@@ -404,3 +404,10 @@ def test_report_says_whether_automatic_metrics_pick_the_peoples_winner(tmp_path,
     assert summary.loc["clip_score_x", "categories"] == len(cats) + 1
     page = Path(build_human_report(s.path, n_boot=200)).read_text()
     assert "Automatic metrics against people" in page and "clip_score_x" in page
+
+
+def test_order_effect_says_so_when_every_vote_chose_one_side():
+    rows = [(f"p{i}", f"r{j}", "A" if (i + j) % 2 else "B", "B" if (i + j) % 2 else "A", "left", "left")
+            for i in range(10) for j in range(3)]
+    out = stats.order_effect(votes_frame(rows), "quality", n_boot=50)
+    assert math.isnan(out["log_theta"]) and "every decided vote chose the left set" in out["note"]

@@ -323,7 +323,9 @@ def format_summary(s: dict) -> str:
                      f"{'n/a' if a is None or math.isnan(a) else f'{a:.3f}'} on {r['units']} comparisons")
     for r in s.get("order_effect", []):
         lt = r["log_theta"]
-        if lt is not None and not math.isnan(lt):
+        if r.get("note"):
+            lines.append(f"order effect ({r['question']}): {r['note']}")
+        elif lt is not None and not math.isnan(lt):
             lines.append(f"order effect ({r['question']}, Davidson-Beaver): log theta = {lt:+.3f} "
                          f"[{r['low']:+.3f}, {r['high']:+.3f}] (0: none; > 0: the left set gains)")
     for r in s["position_bias"]:
