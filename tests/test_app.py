@@ -153,11 +153,17 @@ def test_wrong_codes_and_passwords_are_rate_limited_per_browser_session(session)
     organiser password the same. A new browser session starts with a clean count."""
     from drawbench import app
 
+    import time
+
     s, codes = session
     at = start()
     for k in range(app.MAX_TRIES):
+        t0 = time.time()
         sign_in(at, "Ann", f"wrong-{k}")
         assert "not valid" in at.error[0].value
+    lock = at.session_state["lock::code"]
+    assert at.session_state["fails::code"] == app.MAX_TRIES and t0 + app.LOCK_BASE_S <= lock <= time.time() + 2.0
+    at.session_state["lock::code"] = time.time() + 60  # the same wait, made long enough for a slow test machine
     sign_in(at, "Ann", codes[0])  # the right code, inside the wait: refused without being checked
     assert "Too many wrong tries" in at.error[0].value and "rater" not in at.session_state
     assert sign_in(start(), "Ann", codes[0]).session_state["rater"] == "rater-01"  # another browser session
@@ -166,6 +172,8 @@ def test_wrong_codes_and_passwords_are_rate_limited_per_browser_session(session)
     for _ in range(app.MAX_TRIES):
         org.text_input(key="organiser_password").input("wrong")
         org.button[0].click().run()
+    assert org.session_state["fails::password"] == app.MAX_TRIES
+    org.session_state["lock::password"] = time.time() + 60  # as above: inside the wait whatever the machine's speed
     org.text_input(key="organiser_password").input("org-pass")
     org.button[0].click().run()
     assert "Too many wrong tries" in org.error[0].value and "organiser_ok" not in org.session_state
