@@ -4,7 +4,7 @@ A simulated study: P prompts, R raters, each rater judging every prompt (or `per
 A vote prefers A, B or neither. The true shares are prefer_a = (1 - ties + effect) / 2, prefer_b = (1 - ties -
 effect) / 2, and `ties` indifferent; prompts and raters shift the A-versus-B log-odds by normal random effects
 (sd `prompt_sd`, `rater_sd`), as real prompts and raters differ. The analysis is the report's: the share
-difference prefer_a - prefer_b with its 95% prompt x rater cluster-bootstrap interval; a study detects the
+difference prefer_a - prefer_b with its 95% prompt x rater cluster-robust t interval (`stats.crossed_mean_interval`); a study detects the
 preference when that interval excludes 0 on the right side. Power is the share of simulated studies that do.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from drawbench.stats import cluster_weights
+from drawbench.stats import crossed_mean_interval
 from imagen.errors import UserError
 
 
@@ -42,9 +42,9 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def simulate_intervals(design: Design, effect: float, prompts: int, sims: int, n_boot: int,
+def simulate_intervals(design: Design, effect: float, prompts: int, sims: int,
                        rng: np.random.Generator) -> np.ndarray:
-    """[sims, 2] the 95% cluster-bootstrap interval of prefer_a - prefer_b of each simulated study."""
+    """[sims, 2] the 95% cluster-robust interval of prefer_a - prefer_b of each simulated study."""
     decided = 1.0 - design.ties
     base = _logit((decided + effect) / (2 * decided))  # A's log-odds among decided votes
     out = np.full((sims, 2), np.nan)
@@ -61,19 +61,15 @@ def simulate_intervals(design: Design, effect: float, prompts: int, sims: int, n
         u = rng.random(len(pi))
         tie = rng.random(len(pi)) < design.ties
         y = np.where(tie, 0.0, np.where(u < p_a, 1.0, -1.0))  # +1 prefers A, -1 prefers B
-        w = cluster_weights(pi, ri, n_boot, rng)  # [n_boot, n]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boot = (w @ y) / w.sum(1)  # prefer_a - prefer_b per replicate
-        boot = boot[np.isfinite(boot)]
-        if len(boot):
-            out[s] = np.quantile(boot, [0.025, 0.975])
+        _, lo, hi, _, _ = crossed_mean_interval(y, pi, ri)  # prefer_a - prefer_b is the mean of y
+        out[s] = lo[0], hi[0]
     return out
 
 
-def simulate_detects(design: Design, effect: float, prompts: int, sims: int, n_boot: int,
+def simulate_detects(design: Design, effect: float, prompts: int, sims: int,
                      rng: np.random.Generator) -> np.ndarray:
     """[sims] booleans: whether each simulated study's interval of prefer_a - prefer_b lies above 0."""
-    return simulate_intervals(design, effect, prompts, sims, n_boot, rng)[:, 0] > 0
+    return simulate_intervals(design, effect, prompts, sims, rng)[:, 0] > 0
 
 
 def true_difference(design: Design, effect: float, draws: int = 400_000, seed: int = 12345) -> float:
@@ -87,29 +83,28 @@ def true_difference(design: Design, effect: float, draws: int = 400_000, seed: i
     return float(decided * (2 * p_a.mean() - 1))
 
 
-def coverage(design: Design, effect: float, prompts: int, sims: int = 200, n_boot: int = 300,
-             seed: int = 0) -> dict:
+def coverage(design: Design, effect: float, prompts: int, sims: int = 200, seed: int = 0) -> dict:
     """How often the report's 95% interval of prefer_a - prefer_b covers the truth, over simulated studies."""
     design.check()
     truth = true_difference(design, effect)
-    iv = simulate_intervals(design, effect, prompts, sims, n_boot, np.random.default_rng(seed))
+    iv = simulate_intervals(design, effect, prompts, sims, np.random.default_rng(seed))
     hit = (iv[:, 0] <= truth) & (truth <= iv[:, 1])
     return {"coverage": float(hit.mean()), "truth": truth, "mean_width": float(np.nanmean(iv[:, 1] - iv[:, 0])),
             "prompts": prompts, "sims": sims, "effect": effect, **asdict(design)}
 
 
-def power(design: Design, effect: float, prompts: int, sims: int = 200, n_boot: int = 200, seed: int = 0) -> float:
+def power(design: Design, effect: float, prompts: int, sims: int = 200, seed: int = 0) -> float:
     design.check()
     if not 0 < effect < 1 - design.ties:
         raise UserError(f"--effect must be in (0, {1 - design.ties:g}) (1 - the indifferent share), got {effect}")
-    return float(simulate_detects(design, effect, prompts, sims, n_boot, np.random.default_rng(seed)).mean())
+    return float(simulate_detects(design, effect, prompts, sims, np.random.default_rng(seed)).mean())
 
 
-def prompts_needed(design: Design, effect: float, target: float = 0.8, sims: int = 200, n_boot: int = 200,
-                   seed: int = 0, max_prompts: int = 4096) -> dict:
+def prompts_needed(design: Design, effect: float, target: float = 0.8, sims: int = 200, seed: int = 0,
+                   max_prompts: int = 4096) -> dict:
     """The fewest prompts whose simulated power reaches `target` (doubling, then bisection)."""
     lo, hi = 1, 2
-    while power(design, effect, hi, sims, n_boot, seed) < target:
+    while power(design, effect, hi, sims, seed) < target:
         lo, hi = hi, hi * 2
         if hi > max_prompts:
             raise UserError(f"even {max_prompts} prompts do not reach {target:.0%} power for an effect of {effect} with "
@@ -117,21 +112,20 @@ def prompts_needed(design: Design, effect: float, target: float = 0.8, sims: int
                             f"more prompts can buy; add raters, or plan for a larger effect")
     while hi - lo > max(1, lo // 20):  # within 5%
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if power(design, effect, mid, sims, n_boot, seed) >= target else (mid, hi)
+        lo, hi = (lo, mid) if power(design, effect, mid, sims, seed) >= target else (mid, hi)
     votes = hi * design.raters if design.per_rater is None else design.raters * min(design.per_rater, hi)
-    return {"prompts": hi, "votes": votes, "power": power(design, effect, hi, sims, n_boot, seed + 1),
+    return {"prompts": hi, "votes": votes, "power": power(design, effect, hi, sims, seed + 1),
             "effect": effect, "target": target, "sims": sims, **asdict(design)}
 
 
-def detectable_effect(design: Design, prompts: int, target: float = 0.8, sims: int = 200, n_boot: int = 200,
-                      seed: int = 0) -> dict:
+def detectable_effect(design: Design, prompts: int, target: float = 0.8, sims: int = 200, seed: int = 0) -> dict:
     """The smallest preference (prefer_a - prefer_b) detected with `target` power by `prompts` prompts."""
     lo, hi = 0.0, 1.0 - design.ties - 1e-3
-    if power(design, hi, prompts, sims, n_boot, seed) < target:
+    if power(design, hi, prompts, sims, seed) < target:
         raise UserError(f"{prompts} prompts do not reach {target:.0%} power for any preference; add prompts or raters")
     while hi - lo > 0.005:
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if power(design, mid, prompts, sims, n_boot, seed) >= target else (mid, hi)
+        lo, hi = (lo, mid) if power(design, mid, prompts, sims, seed) >= target else (mid, hi)
     return {"effect": round(hi, 3), "prompts": prompts, "target": target, "sims": sims, **asdict(design)}
 
 

@@ -1,7 +1,7 @@
 """The human results as a report: the paper's DrawBench figure (Imagen, Figure 3) from a session's votes.
 
 Per question (image quality, alignment with the text) and per category, with the overall share first: the share
-of votes preferring each system with its 95% prompt x rater cluster-bootstrap interval, and the indifferent share
+of votes preferring each system with its 95% prompt x rater cluster-robust interval, and the indifferent share
 between them. Beside the figure: the same numbers as a table, the order effect, agreement and attention checks.
 Written to SESSION/report/ (drawbench.png, human.csv, stats.json, index.html), each file atomically.
 """
@@ -174,8 +174,8 @@ def build_human_report(session_dir: Path | str, out: Path | str | None = None, n
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}td,th{{padding:2px 8px;text-align:left}}
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
 <h1>DrawBench human evaluation: {esc(a)} vs {esc(b)}</h1>
-<p>{stats['n_votes']} votes by {stats['n_raters']} raters on {stats['n_prompts']} prompts; 95% intervals from a
-bootstrap over prompts and raters; raters dropped for attention: {esc(', '.join(stats['dropped_raters']) or 'none')}.</p>
+<p>{stats['n_votes']} votes by {stats['n_raters']} raters on {stats['n_prompts']} prompts; 95% intervals clustered by
+prompt and rater (two-way cluster-robust, Student's t); model fits by a prompt x rater bootstrap; raters dropped for attention: {esc(', '.join(stats['dropped_raters']) or 'none')}.</p>
 <img src="drawbench.png" alt="preference per category" style="max-width:100%">
 <h2>Preference</h2><table><tr><th>pair</th><th>question</th><th>category</th><th>prefer A</th><th>indifferent</th>
 <th>prefer B</th><th>A - B</th><th>votes</th></tr>{rows}</table>

@@ -1,10 +1,16 @@
 """Statistics of a DrawBench rating session: preference shares with clustered intervals, Bradley-Terry-Davidson
 strengths, inter-rater agreement, position bias and attention checks.
 
-Votes are not independent: the same prompt is judged by many raters and the same rater judges many prompts. Every
-interval here comes from a two-way cluster ("pigeonhole") bootstrap (Owen 2007): each replicate resamples prompts
-and raters independently with replacement, and a vote's weight is (times its prompt was drawn) x (times its rater
-was drawn). Percentile intervals at 95%.
+Votes are not independent: the same prompt is judged by many raters and the same rater judges many prompts.
+
+- Shares (prefer a, prefer b, indifferent, their difference, the left share) are means of votes. Their 95% interval
+  is a two-way cluster-robust one (Cameron, Gelbach & Miller 2011): the variance is the prompt-clustered plus the
+  rater-clustered minus the vote-level sandwich, each with its G / (G - 1) small-cluster factor, and the quantile is
+  Student's t with Satterthwaite's degrees of freedom from those three parts (a study with 5 raters who differ
+  gets about 4). A percentile bootstrap over 5 raters covers too rarely (0.86-0.90 measured, see the README).
+- Model fits (Davidson strengths, the order effect) get a two-way cluster ("pigeonhole") bootstrap (Owen 2007):
+  each replicate resamples prompts and raters independently with replacement, and a vote's weight is (times its
+  prompt was drawn) x (times its rater was drawn). Percentile intervals at 95%.
 
 The input of every function is a votes DataFrame as `drawbench.votes.votes_table` returns it (current votes), with
 columns prompt_id, category, rater, left_system, right_system, quality, alignment, attention.
@@ -18,6 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
 from drawbench.choices import LEFT, QUESTIONS, RIGHT, SAME
 
@@ -34,6 +41,38 @@ def cluster_weights(prompts: np.ndarray, raters: np.ndarray, n_boot: int, rng: n
     mp = rng.multinomial(len(pu), np.full(len(pu), 1 / len(pu)), size=n_boot)  # [n_boot, P]
     mr = rng.multinomial(len(ru), np.full(len(ru), 1 / len(ru)), size=n_boot)  # [n_boot, R]
     return (mp[:, pi] * mr[:, ri]).astype(np.float64)
+
+
+def crossed_mean_interval(y: np.ndarray, prompts: np.ndarray, raters: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Means of the columns of y [n, m] over votes, with 95% two-way (prompt x rater) cluster-robust intervals.
+
+    Returns (mean [m], low [m], high [m], standard error [m], degrees of freedom [m]). A clustering with one group
+    (one rater) contributes nothing: the interval is then conditional on that rater."""
+    y = np.asarray(y, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    n = len(y)
+    mean = y.mean(0)
+    e = (y - mean) / n  # each vote's influence on the mean
+
+    def part(groups: np.ndarray) -> tuple[np.ndarray, float]:
+        _, inv = np.unique(groups, return_inverse=True)
+        g = int(inv.max()) + 1
+        if g < 2:
+            return np.zeros_like(mean), math.inf
+        tot = np.zeros((g, y.shape[1]))
+        np.add.at(tot, inv, e)
+        return g / (g - 1) * (tot ** 2).sum(0), float(g - 1)
+
+    _, cell = np.unique(np.stack([pd.factorize(prompts)[0], pd.factorize(raters)[0]], 1), axis=0, return_inverse=True)
+    (vp, dp), (vr, dr), (vc, dc) = part(np.asarray(prompts)), part(np.asarray(raters)), part(cell.ravel())
+    v = vp + vr - vc
+    v = np.where(v > 0, v, np.maximum(vp, vr))  # the sum can go negative in small samples: keep the larger part
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = v ** 2 / (vp ** 2 / dp + vr ** 2 / dr + vc ** 2 / dc)
+    df = np.where(np.isfinite(df), np.maximum(df, 1.0), 1e6)
+    se = np.sqrt(v)
+    half = student_t.ppf(1 - ALPHA / 2, df) * se
+    return mean, mean - half, mean + half, se, df
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
@@ -59,37 +98,34 @@ def systems_of(df: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- preference shares
-def preference_shares(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
-    """Shares preferring a, preferring b and indifferent among oriented votes `d`, each with a 95% interval."""
+def preference_shares(d: pd.DataFrame) -> dict:
+    """Shares preferring a, preferring b and indifferent among oriented votes `d`, and the preference prefer_a -
+    prefer_b, each with its 95% prompt x rater cluster-robust interval (clipped to the possible range)."""
     n = len(d)
     out: dict = {"n": n, "n_prompts": int(d.prompt_id.nunique()) if n else 0,
                  "n_raters": int(d.rater.nunique()) if n else 0}
+    names = ("prefer_a", "prefer_b", "indifferent", "difference")
     if n == 0:
-        for k in ("prefer_a", "prefer_b", "indifferent", "difference"):
+        for k in names:
             out[k], out[k + "_low"], out[k + "_high"] = math.nan, math.nan, math.nan
         return out
     y = d.outcome.to_numpy()
-    ind = np.stack([y == 1, y == -1, y == 0], axis=1).astype(np.float64)  # [n, 3]
-    w = cluster_weights(d.prompt_id.to_numpy(), d.rater.to_numpy(), n_boot, rng)  # [n_boot, n]
-    tot = w.sum(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (w @ ind) / tot  # [n_boot, 3]
-    for j, k in enumerate(("prefer_a", "prefer_b", "indifferent")):
-        out[k] = float(ind[:, j].mean())
-        out[k + "_low"], out[k + "_high"] = _interval(boot[:, j])
-    # the preference itself: prefer_a - prefer_b, the quantity `drawbench plan` sizes a study for
-    out["difference"] = out["prefer_a"] - out["prefer_b"]
-    out["difference_low"], out["difference_high"] = _interval(boot[:, 0] - boot[:, 1])
+    cols = np.stack([y == 1, y == -1, y == 0, np.zeros(n, bool)], axis=1).astype(np.float64)
+    cols[:, 3] = cols[:, 0] - cols[:, 1]  # the quantity `drawbench plan` sizes a study for
+    mean, low, high, _, df = crossed_mean_interval(cols, d.prompt_id.to_numpy(), d.rater.to_numpy())
+    for j, k in enumerate(names):
+        floor = -1.0 if k == "difference" else 0.0
+        out[k] = float(mean[j])
+        out[k + "_low"], out[k + "_high"] = float(max(low[j], floor)), float(min(high[j], 1.0))
+    out["df"] = float(df[3])
     return out
 
 
-def preference_table(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
-                     systems: list[str] | None = None) -> pd.DataFrame:
+def preference_table(df: pd.DataFrame, systems: list[str] | None = None) -> pd.DataFrame:
     """Per pair of systems, per question, per category and overall: shares with 95% intervals.
 
     `systems` orders each pair (a = earlier, e.g. the session's first --study); default alphabetical.
     """
-    rng = np.random.default_rng(seed)
     present = set(systems_of(df))
     order = [x for x in systems if x in present] if systems else sorted(present)
     rows = []
@@ -101,7 +137,7 @@ def preference_table(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
             groups = [(OVERALL, d)] + [(c, g) for c, g in d.groupby("category", sort=True)]
             for cat, g in groups:
                 rows.append({"system_a": a, "system_b": b, "question": q, "category": cat,
-                             **preference_shares(g, n_boot, rng)})
+                             **preference_shares(g)})
     return pd.DataFrame(rows)
 
 
@@ -235,8 +271,9 @@ def agreement(df: pd.DataFrame, question: str, level: str = "nominal") -> dict:
     return {"question": question, "alpha": float(alpha), "units": n_units, "level": level}
 
 
-def position_bias(df: pd.DataFrame, question: str, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Share of decided votes (not indifferent) that chose the LEFT side; 0.5 means no position bias.
+def position_bias(df: pd.DataFrame, question: str) -> dict:
+    """Share of decided votes (not indifferent) that chose the LEFT side; 0.5 means no position bias. Descriptive:
+    a preferred system that landed on the left more often moves it too (`order_effect` separates the two).
 
     The p-value is an exact binomial test that treats votes as independent; the interval is clustered.
     """
@@ -246,12 +283,9 @@ def position_bias(df: pd.DataFrame, question: str, n_boot: int = 2000, seed: int
         return {"question": question, "n": 0, "left_share": math.nan, "low": math.nan, "high": math.nan,
                 "p_value": math.nan}
     y = (d[question] == LEFT).to_numpy(dtype=np.float64)
-    w = cluster_weights(d.prompt_id.to_numpy(), d.rater.to_numpy(), n_boot, np.random.default_rng(seed))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (w @ y) / w.sum(1)
-    lo, hi = _interval(boot)
-    return {"question": question, "n": n, "left_share": float(y.mean()), "low": lo, "high": hi,
-            "p_value": float(binomtest(int(y.sum()), n, 0.5).pvalue)}
+    mean, lo, hi, _, _ = crossed_mean_interval(y, d.prompt_id.to_numpy(), d.rater.to_numpy())
+    return {"question": question, "n": n, "left_share": float(mean[0]), "low": float(max(lo[0], 0.0)),
+            "high": float(min(hi[0], 1.0)), "p_value": float(binomtest(int(y.sum()), n, 0.5).pvalue)}
 
 
 def order_effect(df: pd.DataFrame, question: str, n_boot: int = 500, seed: int = 0) -> dict:
@@ -326,7 +360,7 @@ def summarize(votes: pd.DataFrame, n_boot: int = 2000, n_boot_bt: int = 300, see
         if len(real) else [],
         "dropped_raters": dropped, "min_attention": min_attention,
         "attention": _records(att),
-        "preference": _records(preference_table(real, n_boot, seed, systems)) if len(real) else [],
+        "preference": _records(preference_table(real, systems)) if len(real) else [],
         "bradley_terry": [], "agreement": [], "position_bias": [], "order_effect": [],
     }
     if len(real) == 0:
@@ -335,7 +369,7 @@ def summarize(votes: pd.DataFrame, n_boot: int = 2000, n_boot_bt: int = 300, see
         if len(out["systems"]) > 2:
             out["bradley_terry"] += _records(bradley_terry(real, q, n_boot_bt, seed))
         out["agreement"].append(agreement(real, q))
-        out["position_bias"].append(position_bias(real, q, n_boot, seed))  # descriptive: the plain left share
+        out["position_bias"].append(position_bias(real, q))  # descriptive: the plain left share
         out["order_effect"] += _records(pd.DataFrame([order_effect(real, q, min(n_boot, 500), seed)]))
     return out
 

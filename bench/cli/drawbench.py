@@ -130,8 +130,9 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("stats", help="preference shares, Bradley-Terry, agreement, position bias",
                        description="Per category and overall, per question: shares preferring A, B or neither with "
-                                   "95% intervals from a bootstrap over prompts and raters; Bradley-Terry-Davidson "
-                                   "strengths with more than two systems; Krippendorff's alpha; the order (position) "
+                                   "95% intervals clustered by prompt and rater (two-way cluster-robust, "
+                                   "Student's t with Satterthwaite's degrees of freedom); Bradley-Terry-Davidson "
+                                   "strengths (prompt x rater bootstrap intervals) with more than two systems; Krippendorff's alpha; the order (position) "
                                    "effect inside the Davidson model (Davidson & Beaver 1977; sides are drawn per "
                                    "rater) with the plain left share beside it; attention-check pass rate per rater.",
                        formatter_class=HelpFormatter, epilog=STATS_EPILOG)
@@ -140,7 +141,7 @@ def register(subparsers) -> None:
     p.add_argument("--html", nargs="?", const="", default=None, metavar="DIR",
                    help="also write the human-results report (the paper's DrawBench figure per category, tables) "
                         "to DIR (default SESSION/report)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for shares")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the Davidson strengths and the order effect")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     p.set_defaults(func=cmd_stats)
