@@ -29,7 +29,7 @@ class Design:
 
     def check(self) -> None:
         if self.raters < 2:
-            raise UserError(f"--raters must be at least 2 (the interval resamples raters), got {self.raters}")
+            raise UserError(f"--raters must be at least 2 (the interval clusters by rater), got {self.raters}")
         if self.per_rater is not None and self.per_rater < 1:
             raise UserError(f"--per-rater must be at least 1, got {self.per_rater}")
         if not 0.0 <= self.ties < 1.0:

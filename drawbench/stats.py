@@ -54,22 +54,29 @@ def crossed_mean_interval(y: np.ndarray, prompts: np.ndarray, raters: np.ndarray
     mean = y.mean(0)
     e = (y - mean) / n  # each vote's influence on the mean
 
-    def part(groups: np.ndarray) -> tuple[np.ndarray, float]:
-        _, inv = np.unique(groups, return_inverse=True)
-        g = int(inv.max()) + 1
+    def part(codes: np.ndarray) -> tuple[np.ndarray, float]:
+        g = int(codes.max()) + 1 if len(codes) else 0
         if g < 2:
             return np.zeros_like(mean), math.inf
         tot = np.zeros((g, y.shape[1]))
-        np.add.at(tot, inv, e)
+        np.add.at(tot, codes, e)
         return g / (g - 1) * (tot ** 2).sum(0), float(g - 1)
 
-    _, cell = np.unique(np.stack([pd.factorize(prompts)[0], pd.factorize(raters)[0]], 1), axis=0, return_inverse=True)
-    (vp, dp), (vr, dr), (vc, dc) = part(np.asarray(prompts)), part(np.asarray(raters)), part(cell.ravel())
-    v = vp + vr - vc
-    v = np.where(v > 0, v, np.maximum(vp, vr))  # the sum can go negative in small samples: keep the larger part
-    with np.errstate(invalid="ignore", divide="ignore"):
-        df = v ** 2 / (vp ** 2 / dp + vr ** 2 / dr + vc ** 2 / dc)
-    df = np.where(np.isfinite(df), np.maximum(df, 1.0), 1e6)
+    pc, rc = pd.factorize(np.asarray(prompts, dtype=object))[0], pd.factorize(np.asarray(raters, dtype=object))[0]
+    (vp, dp), (vr, dr) = part(pc), part(rc)
+    if not (math.isfinite(dp) or math.isfinite(dr)):  # one prompt and one rater: no spread to measure
+        v, df = np.full_like(mean, math.nan), np.full_like(mean, math.nan)
+    elif not (math.isfinite(dp) and math.isfinite(dr)):  # one prompt or one rater: a one-way clustering
+        v, df = (vr, np.full_like(mean, dr)) if math.isfinite(dr) else (vp, np.full_like(mean, dp))
+    else:
+        vc, dc = part(pd.factorize(pc.astype(np.int64) * (int(rc.max()) + 1) + rc)[0])
+        v = vp + vr - vc
+        big = np.maximum(vp, vr)
+        keep = v > 1e-9 * big  # the sum can go negative (or cancel to rounding residue): keep the larger part then
+        with np.errstate(invalid="ignore", divide="ignore"):
+            df = np.where(keep, v ** 2 / (vp ** 2 / dp + vr ** 2 / dr + vc ** 2 / dc), np.where(vp >= vr, dp, dr))
+        v = np.where(keep, v, big)
+    df = np.where(np.isfinite(df) | np.isnan(v), np.maximum(df, 1.0), 1e6)  # identical votes: no variance, df moot
     se = np.sqrt(v)
     half = student_t.ppf(1 - ALPHA / 2, df) * se
     return mean, mean - half, mean + half, se, df
@@ -117,7 +124,7 @@ def preference_shares(d: pd.DataFrame) -> dict:
         floor = -1.0 if k == "difference" else 0.0
         out[k] = float(mean[j])
         out[k + "_low"], out[k + "_high"] = float(max(low[j], floor)), float(min(high[j], 1.0))
-    out["df"] = float(df[3])
+    out["difference_df"] = float(df[3])  # the t quantile's degrees of freedom (about raters - 1 when they differ)
     return out
 
 

@@ -384,6 +384,24 @@ def test_crossed_interval_equals_statsmodels_two_way_cluster_robust():
     assert 1.0 <= df[0] < 30 and high[0] - mean[0] == pytest.approx(mean[0] - low[0])
 
 
+def test_crossed_interval_with_one_rater_or_one_prompt_is_the_one_way_clustered_one():
+    """One rater: the interval is prompt-clustered, df = prompts - 1 (no rounding residue of the two-way formula
+    passes for a near-zero width); one prompt: rater-clustered; a single vote: no interval."""
+    rng = np.random.default_rng(4)
+    for k in range(50):
+        n = int(rng.integers(3, 80))
+        ids = np.array([f"id{i}" for i in rng.permutation(n)])
+        y = rng.choice([-1.0, 0.0, 1.0], n)
+        e = (y - y.mean()) / n
+        one_way = n / (n - 1) * (e ** 2).sum()
+        for prompts, raters in ((ids, ["r"] * n), (["p"] * n, ids)):
+            _, low, high, se, df = stats.crossed_mean_interval(y, np.asarray(prompts), np.asarray(raters))
+            assert se[0] ** 2 == pytest.approx(one_way, rel=1e-9) and df[0] == n - 1
+            assert (high[0] - low[0] > 0.05) or one_way == 0
+    _, low, high, _, _ = stats.crossed_mean_interval(np.array([1.0]), np.array(["p"]), np.array(["r"]))
+    assert math.isnan(low[0]) and math.isnan(high[0])
+
+
 # Published fits. The counts are facts of the published data sets; the estimates are as printed by the sources.
 # Davidson (1970), "On extending the Bradley-Terry model to accommodate ties in paired comparison experiments",
 # JASA 65, 317-328, Example 2: six brands of chocolate pudding, (i, j, i preferred, j preferred, no preference);

@@ -23,7 +23,7 @@ PAIRS_EPILOG = """examples:
 """
 PASSWORD_ENV = "DRAWBENCH_ORGANISER_PASSWORD"
 PLAN_DESCRIPTION = """Power by simulation, under the analysis `drawbench stats` runs: the share difference
-prefer_a - prefer_b with its 95% prompt x rater cluster-bootstrap interval, which must exclude 0.
+prefer_a - prefer_b with its 95% prompt x rater cluster-robust t interval, which must exclude 0.
 
 Simulated studies have prompt and rater random effects on the A-versus-B log-odds (--prompt-sd, --rater-sd) and an
 indifferent share (--ties). With --effect: the fewest prompts that reach --power (checked again on a fresh
@@ -141,7 +141,8 @@ def register(subparsers) -> None:
     p.add_argument("--html", nargs="?", const="", default=None, metavar="DIR",
                    help="also write the human-results report (the paper's DrawBench figure per category, tables) "
                         "to DIR (default SESSION/report)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the Davidson strengths and the order effect")
+    p.add_argument("--bootstrap", type=int, default=2000,
+                   help="bootstrap replicates of the order effect (at most 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     p.set_defaults(func=cmd_stats)
