@@ -13,8 +13,10 @@ One call of `train(run)` trains ONE stage (`[train] stage`) of the cascade `[mod
 Training more stages of the same cascade into the same folder adds their files. Randomness is owned: the data
 order is a function of (seed, step, rank) (imagen.data.batch_indices), the loss draws (t, noise, text dropout,
 augmentation level) come from one torch.Generator whose state is checkpointed, so a resumed run equals an
-uninterrupted one bit for bit. Several processes (torchrun / accelerate launch) shard each global batch and
-average gradients (DDP); only rank 0 writes.
+uninterrupted one bit for bit. Several processes (torchrun / accelerate launch) shard each global batch, each
+on its own device (cuda:LOCAL_RANK), through PyTorch's DistributedDataParallel or FSDP2 ([train] parallel; see
+imagen.parallel); only rank 0 writes. Only the trained stage is built on the device: the other stages of the
+cascade are meta tensors, and a preview loads the earlier stages from the run folder for its duration.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # sampling uses the EMA weights (paper appendix F: 0.9999)
     ema_warmup: int = 10  # EMA decay min(ema_decay, (1+s)/(ema_warmup+s)); 0 = constant decay
     seed: int = 0
-    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (autocast; bf16/fp16 on GPU)
+    precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "fp32" | "bf16" | "fp16" (GPU)
+    optimizer: str = "adamw"  # "adamw" | "adafactor" (the paper's optimiser for the base model; torch.optim)
+    parallel: str = "ddp"  # with several processes: "ddp" (whole model per rank) | "fsdp" (sharded, FSDP2)
+    grad_checkpointing: bool = False  # recompute each residual / attention block in backward (less memory)
     sample_every: int = 500  # preview grid every N steps (0 = only at the end)
     checkpoint_every: int = 500  # checkpoint every N steps (always at the end)
     log_every: int = 10  # rows in loss.csv every N steps
@@ -106,12 +111,22 @@ class RunConfig:
 
 # fields that do not change the trained weights (excluded from the config hash, so they may differ on resume)
 _NO_HASH = ("steps", "sample_every", "checkpoint_every", "log_every", "num_workers", "sample_prompts",
-            "sample_steps", "sample_guidance")
+            "sample_steps", "sample_guidance", "parallel", "grad_checkpointing")
 
 
-def config_hash(run: RunConfig) -> str:
-    """sha256 over everything that decides the weights of `run.train.stage`."""
+def resolved_precision(t: TrainConfig, device: torch.device | str) -> str:
+    """precision = "auto": bf16 autocast on a GPU, fp32 on a CPU."""
+    if t.precision != "auto":
+        return t.precision
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def config_hash(run: RunConfig, device: torch.device | str = "cpu") -> str:
+    """sha256 over everything that decides the weights of `run.train.stage` (precision as resolved on `device`)."""
     tr = to_dict(run.train)
+    tr["precision"] = resolved_precision(run.train, device)
+    if tr["optimizer"] == "adamw":  # the default: hashes as before the key existed, so older runs still resume
+        tr.pop("optimizer")
     for k in _NO_HASH:
         if not (k == "steps" and run.train.lr_schedule == "cosine"):
             tr.pop(k)
@@ -235,7 +250,10 @@ def _validate(run: RunConfig) -> None:
         (0 <= t.ema_decay < 1, "[train] ema_decay must be in [0, 1)"),
         (t.grad_clip >= 0, "[train] grad_clip must be >= 0 (0 = off)"),
         (len(t.betas) == 2, "[train] betas needs two numbers, e.g. [0.9, 0.99]"),
-        (t.precision in ("fp32", "bf16", "fp16"), f"[train] precision must be fp32, bf16 or fp16, got {t.precision!r}"),
+        (t.precision in ("auto", "fp32", "bf16", "fp16"),
+         f"[train] precision must be auto, fp32, bf16 or fp16, got {t.precision!r}"),
+        (t.optimizer in ("adamw", "adafactor"), f"[train] optimizer must be adamw or adafactor, got {t.optimizer!r}"),
+        (t.parallel in ("ddp", "fsdp"), f"[train] parallel must be ddp or fsdp, got {t.parallel!r}"),
         (t.lr_schedule in ("constant", "cosine"), "[train] lr_schedule must be constant or cosine"),
         (math.isfinite(t.log_snr_shift) and abs(t.log_snr_shift) <= 10,
          f"[train] log_snr_shift must be a number in [-10, 10] (0 = off), got {t.log_snr_shift}"),
@@ -281,41 +299,6 @@ def lr_at(step: int, t: TrainConfig) -> float:
     return t.lr
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun / accelerate launch describe in the environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("IMAGEN_DDP_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _allreduce_mean(tensors: list[torch.Tensor], world: int) -> None:
-    """Average tensors over all processes in one flat buffer (the gradient sync of DDP)."""
-    if world <= 1 or not tensors:
-        return
-    import torch.distributed as dist
-
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world
-    off = 0
-    for t in tensors:
-        t.copy_(flat[off : off + t.numel()].view_as(t))
-        off += t.numel()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -328,8 +311,8 @@ def resolve_device(device: str) -> torch.device:
 # ----------------------------------------------------------------------------- train state (resume)
 
 
-def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+def _optim_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser state dict (state keyed by parameter index) as flat tensors and JSON-able metadata."""
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
@@ -340,7 +323,8 @@ def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor],
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _optim_load(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _optim_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The optimiser state dict `_optim_tensors` took apart."""
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
@@ -349,7 +333,7 @@ def _optim_load(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], me
     for key, v in meta["scalars"].items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -456,7 +440,7 @@ def _save_grid(images: np.ndarray, path: Path, prompts: list[str]) -> None:
 
 @contextlib.contextmanager
 def _swapped(cascade, i: int, module):
-    """cascade.unets[i] temporarily replaced by `module` (the EMA copy, for saving and sampling)."""
+    """cascade.unets[i] temporarily replaced by `module` (the DDP wrapper for a step, the EMA copy for saving)."""
     old = cascade.unets[i]
     cascade.unets[i] = module
     try:
@@ -465,26 +449,50 @@ def _swapped(cascade, i: int, module):
         cascade.unets[i] = old
 
 
+def _build_unet(st, device: torch.device, meta: bool = False):
+    from imagen.unet import EfficientUNet
+
+    with torch.device("meta" if meta else device):
+        return EfficientUNet(st.unet, null_text=st.null_text)
+
+
 @torch.no_grad()
-def preview(cascade, i: int, ema_module, tok, mask, out: Path, step: int, prompts: list[str], t: TrainConfig):
-    """Sample the cascade up to stage i with the EMA weights of stage i; earlier stages use what `out` holds."""
+def preview(cfg: CascadeConfig, i: int, ema_module, tok, mask, out: Path, step: int, prompts: list[str],
+            t: TrainConfig):
+    """Sample the cascade up to stage i with the EMA weights of stage i. The earlier stages are loaded from `out`
+    for the duration of the preview (random ones, seeded, where `out` has none), then freed."""
     from imagen.cascade import Cascade
+    from imagen.checkpoint import load_stage
     from imagen.config import SamplerConfig
 
-    cfg = cascade.cfg
+    dev = next(ema_module.parameters()).device
+    earlier = []
+    with torch.random.fork_rng(devices=[]):  # the training RNG streams are not touched
+        for k in range(i):
+            torch.manual_seed(t.seed + k)
+            m = _build_unet(cfg.stages[k], dev)
+            p = out / f"{cfg.stages[k].name}.safetensors"
+            if p.is_file():
+                load_stage(m, p, dev)
+            earlier.append(m.eval())
     sub = Cascade(dataclasses.replace(cfg, stages=cfg.stages[: i + 1]), make_unet=lambda _: torch.nn.Identity())
-    sub.unets = torch.nn.ModuleList([*cascade.unets[:i], ema_module])
-    was = [m.training for m in sub.unets]
-    sub.eval()
+    sub.unets = torch.nn.ModuleList([*earlier, ema_module])
+    was = ema_module.training
+    ema_module.eval()
     sampler = SamplerConfig(sampler="ddim", steps=t.sample_steps, guidance=(t.sample_guidance,),
                             threshold="dynamic:0.995")
     imgs = sub.sample(tok, mask, list(range(len(prompts))), sampler)  # [B, 3, H, W] in [-1, 1]
-    for m, w in zip(sub.unets, was):
-        m.train(w)
+    ema_module.train(was)
     u8 = ((imgs.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     path = out / "samples" / f"{cfg.stages[i].name}-step{step}.png"
     _save_grid(u8, path, prompts)
     return path
+
+
+def _optimizer(t: TrainConfig, params: list) -> torch.optim.Optimizer:
+    if t.optimizer == "adafactor":  # factored second moments: a fraction of AdamW's optimiser memory
+        return torch.optim.Adafactor(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
 
 def _append_log(path: Path, rows: list[dict], stage: str, keep_until: int | None = None) -> None:
@@ -509,7 +517,7 @@ def _append_log(path: Path, rows: list[dict], stage: str, keep_until: int | None
 
 def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress: bool = True,
           stop_at: int | None = None, encoder=None, text_cache: str | os.PathLike | None = None) -> dict:
-    """Train stage `run.train.stage` into `run.out`; returns {"step", "loss", "out", "seconds"}.
+    """Train stage `run.train.stage` into `run.out`; returns {"step", "loss", "out", "seconds", "rank", "world"}.
 
     resume: continue from out/train_state/<stage>.* (refused if it belongs to another config or is corrupt);
     without it, an existing state of this stage is an error. stop_at: stop after that step (as if interrupted).
@@ -518,6 +526,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
+    from imagen import parallel
     from imagen.cascade import Cascade, resize
     from imagen.checkpoint import CONFIG_FILE, save_cascade
     from imagen.data import build_text_table, make_dataset, to_tensor, unique_captions
@@ -526,13 +535,16 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     t, cfg = run.train, run.model
     i = run.stage_index()
     st = cfg.stages[i]
-    dev = resolve_device(device)
-    rank, world = _dist()
+    dev = parallel.rank_device(resolve_device(device))
+    dd = parallel.init(dev)
+    rank, world = dd.rank, dd.world
     out = Path(run.out)
-    chash = config_hash(run)
+    precision = resolved_precision(t, dev)
+    chash = config_hash(run, dev)
     tpath, jpath = state_paths(out, st.name)
-    if t.precision == "fp16" and dev.type != "cuda":
+    if precision == "fp16" and dev.type != "cuda":
         raise UserError("[train] precision = \"fp16\" needs a CUDA device; use fp32 (or bf16) on CPU")
+    sharded = world > 1 and t.parallel == "fsdp"
 
     # -- the run folder: one cascade config per folder
     cfg_file = out / CONFIG_FILE
@@ -557,43 +569,25 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         encoder = EmbeddingCache(load_text_encoder(cfg.text, "cpu"), text_cache)
     if rank == 0:
         table = build_text_table(encoder, all_caps, out / "text", progress=progress)
-    _barrier(world)
+    parallel.barrier(dd)
     if rank != 0:
         table = build_text_table(encoder, all_caps, out / "text")  # memory-maps rank 0's table
     cap_pos = {c: k for k, c in enumerate(all_caps)}
     prompt_tok, prompt_mask = table.batch([cap_pos[p] for p in prompts], dev)
 
-    # -- model, EMA, optimiser (same seed on every rank: identical initial weights)
+    # -- model: only the trained stage is materialised, on this rank's device (same seed on every rank); the other
+    # stages are meta tensors (a preview loads the earlier ones from `out` while it runs)
     torch.manual_seed(t.seed)
-    cascade = Cascade(cfg).to(dev)
-    if i > 0 and (out / CONFIG_FILE).is_file():  # earlier stages trained into this folder: used by previews
-        from imagen.checkpoint import load_stage
-
-        for k in range(i):
-            p = out / f"{cfg.stages[k].name}.safetensors"
-            if p.is_file():
-                load_stage(cascade.unets[k], p, dev)
+    cascade = Cascade(cfg, make_unet=lambda s: _build_unet(s, dev, meta=s.name != st.name))
     cascade.requires_grad_(False)
     unet = cascade.unets[i].requires_grad_(True).train()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    ema = EMA(unet, t.ema_decay, t.ema_warmup)
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(t.seed * 1_000_003 + rank)
-    scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
-    step, elapsed, init_sha = 0, 0.0, None
+    if t.grad_checkpointing:
+        unet.grad_checkpointing = True
+    step, elapsed, init_sha, meta, tensors = 0, 0.0, None, None, None
     if resume and jpath.is_file():
         tensors, meta = read_train_state(out, st.name, chash)
         unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        _optim_load(opt, {k: v.to(dev) for k, v in tensors.items() if k.startswith("optim.")}, meta["optim"])
         step, elapsed, init_sha = int(meta["step"]), float(meta.get("seconds", 0.0)), meta.get("init_sha256")
-        _set_rng_state(meta["rng"][min(rank, len(meta["rng"]) - 1)] if world > 1 else meta["rng"][0], gen)
-        if meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
-        if meta.get("world", 1) != world:
-            raise UserError(f"{jpath} was written by {meta.get('world', 1)} process(es); resume with the same number "
-                            f"(bit-exact resume needs the same data sharding), here {world}")
     else:
         if resume and rank == 0 and progress:
             print(f"no training state for stage {st.name!r} in {out}: starting from step 0")
@@ -602,35 +596,69 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
 
             init_path = init_weights(run)
             load_stage(unet, init_path, dev)
-            ema = EMA(unet, t.ema_decay, t.ema_warmup)
             init_sha = sha256_file(init_path)
+    ema = None if sharded else EMA(unet, t.ema_decay, t.ema_warmup)
+    if meta is not None and ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    model = parallel.wrap(unet, t.parallel, dd, dev)  # what the step calls: unet, DDP(unet) or unet sharded in place
+    if sharded:
+        ema = parallel.ShardedEMA(unet, t.ema_decay, t.ema_warmup)
+        if meta is not None:
+            ema.load_full_state({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = _optimizer(t, params)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(t.seed * 1_000_003 + rank)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    if meta is not None:
+        parallel.load_optim_state(unet, opt, _optim_state(
+            {k: v.to(dev) for k, v in tensors.items() if k.startswith("optim.")}, meta["optim"]))
+        saved_world = int(meta.get("world", 1))
+        _set_rng_state(meta["rng"][min(rank, len(meta["rng"]) - 1)], gen)
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        if saved_world != world and rank == 0 and progress:
+            print(f"resuming a {saved_world}-process state with {world} process(es): training continues from step "
+                  f"{step}; the data sharding and random draws from here on differ from an uninterrupted "
+                  f"{saved_world}-process run (exact to the step, not bit for bit)")
+        del tensors
 
-    # -- checkpointing
-    def checkpoint(at: int, seconds: float) -> None:
-        rngs = [_rng_state(gen)]
-        if world > 1:
-            import torch.distributed as dist
-
-            gathered = [None] * world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
+    def ema_module_and_state():
+        """(a whole EMA module on this device or None, its state dict on the CPU); a collective under FSDP."""
+        if not sharded:
+            return ema.module, {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+        state = ema.full_state()
         if rank != 0:
-            return
-        tens = {f"model.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-        tens.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
-        otens, ometa = _optim_tensors(opt)
+            return None, state
+        with torch.random.fork_rng(devices=[]):
+            m = _build_unet(st, dev)
+        m.load_state_dict(state)
+        return m.eval().requires_grad_(False), state
+
+    # -- checkpointing (the single-device format whatever the parallelism)
+    def checkpoint(at: int, seconds: float):
+        rngs = parallel.gather_objects(_rng_state(gen), dd)
+        model_state = parallel.full_model_state(unet)
+        optim_sd = parallel.full_optim_state(unet, opt)
+        ema_mod, ema_state = ema_module_and_state()
+        if rank != 0:
+            return None
+        tens = {f"model.{k}": v for k, v in model_state.items()}
+        tens.update({f"ema.{k}": v for k, v in ema_state.items()})
+        otens, ometa = _optim_tensors(optim_sd)
         tens.update(otens)
         atomic_write(tpath, lambda tmp: save_file(tens, str(tmp)))
-        meta = {"stage": st.name, "step": at, "seconds": seconds, "config_hash": chash, "world": world,
-                "tensors_sha256": sha256_file(tpath), "optim": ometa, "rng": rngs,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "config": config_to_toml_dict(run), "init_sha256": init_sha}
-        atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
-        with _swapped(cascade, i, ema.module):
+        meta_out = {"stage": st.name, "step": at, "seconds": seconds, "config_hash": chash, "world": world,
+                    "parallel": t.parallel if world > 1 else "none", "tensors_sha256": sha256_file(tpath),
+                    "optim": ometa, "rng": rngs, "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "config": config_to_toml_dict(run), "init_sha256": init_sha}
+        atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(meta_out)))
+        with _swapped(cascade, i, ema_mod):
             save_cascade(cascade, out, stages=[st.name])
+        return ema_mod
 
     # -- the loop
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     end = min(t.steps, stop_at) if stop_at is not None else t.steps
     stream = _StepImages(ds, max(0, end - step), step, t.seed, t.batch_size, rank, world)
     loader = (torch.utils.data.DataLoader(stream, batch_size=None, num_workers=t.num_workers, shuffle=False)
@@ -655,10 +683,9 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         lr = lr_at(step, t)
         for g in opt.param_groups:
             g["lr"] = lr
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None), _swapped(cascade, i, model):
             loss = cascade.stage_loss(i, x, tok, mask, lowres=lowres, generator=gen, log_snr_shift=t.log_snr_shift)
-        scaler.scale(loss).backward()
-        _allreduce_mean([p.grad for p in params if p.grad is not None], world)
+        scaler.scale(loss).backward()  # DDP averages the gradients in buckets during backward; FSDP reduce-scatters
         scaler.unscale_(opt)
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
@@ -666,11 +693,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         scaler.update()
         opt.zero_grad(set_to_none=True)
         ema.update(unet, step)
-        last_loss = float(loss.detach())
-        if world > 1:
-            lt = torch.tensor([last_loss], dtype=torch.float64)
-            _allreduce_mean([lt], world)
-            last_loss = float(lt)
+        last_loss = parallel.mean_scalar(float(loss.detach()), dd, dev)
         if not math.isfinite(last_loss):
             raise UserError(f"the loss became {last_loss} at step {step}; lower [train] lr or use precision = fp32")
         seconds = elapsed + time.perf_counter() - t0
@@ -680,14 +703,18 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         if step % t.log_every == 0 or step == end:
             log_rows.append({"stage": st.name, "step": step, "loss": f"{last_loss:.6f}", "lr": f"{lr:.6g}",
                              "steps_per_s": f"{(k + 1) / (time.perf_counter() - t0):.4f}", "seconds": f"{seconds:.1f}"})
+        saved, ema_mod = False, None
         if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == end:
-            checkpoint(step, seconds)
+            saved, ema_mod = True, checkpoint(step, seconds)
             if rank == 0:
                 _append_log(out / "loss.csv", log_rows, st.name)
             log_rows = []
-        if rank == 0 and ((t.sample_every and step % t.sample_every == 0) or step == t.steps):
-            preview(cascade, i, ema.module, prompt_tok, prompt_mask, out, step, prompts, t)
+        if (t.sample_every and step % t.sample_every == 0) or step == t.steps:
+            if not saved:  # a collective under FSDP: every rank takes part (rank 0 gets the module)
+                ema_mod = ema_module_and_state()[0]
+            if rank == 0:
+                preview(cfg, i, ema_mod, prompt_tok, prompt_mask, out, step, prompts, t)
     bar.close()
-    _barrier(world)
+    parallel.barrier(dd)
     return {"step": step, "loss": last_loss, "out": str(out), "seconds": elapsed + time.perf_counter() - t0,
             "rank": rank, "world": world}

@@ -26,6 +26,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from imagen.config import UNetConfig
 from imagen.text import pooled
@@ -144,6 +145,34 @@ class ResBlock(nn.Module):
         return h + self.shortcut(x)
 
 
+# How text cross-attention handles padding: "grouped" runs one unmasked SDPA call per distinct prompt length on
+# the keys cut to that length, so SDPA may pick its flash or memory-efficient kernel (a mask rules flash out);
+# "masked" is one call with the boolean mask; "auto" groups on CUDA and masks elsewhere. Equal results (a test).
+CROSS_ATTENTION = os.environ.get("IMAGEN_CROSS_ATTENTION", "auto")
+
+
+def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                    mode: str | None = None) -> torch.Tensor:
+    """Attention of q [B, h, N, d] to k, v [B, h, L, d] where mask [B, L] (True = attend) is True on a prefix of
+    each row (right padding, as tokenizers pad). A mask that is not a prefix takes the masked path."""
+    mode = mode or CROSS_ATTENTION
+    if mode not in ("auto", "grouped", "masked"):
+        raise ValueError(f"IMAGEN_CROSS_ATTENTION must be auto, grouped or masked, got {mode!r}")
+    grouped = mode == "grouped" or (mode == "auto" and q.device.type == "cuda")
+    if bool(mask.all()):
+        return F.scaled_dot_product_attention(q, k, v)  # no padding at all: no mask needed
+    if grouped:
+        lengths = mask.sum(1)  # [B]
+        prefix = torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]
+        if bool((prefix == mask).all()) and bool((lengths > 0).all()):
+            out = torch.empty_like(q)
+            for n in lengths.unique().tolist():
+                rows = (lengths == n).nonzero().squeeze(1)
+                out[rows] = F.scaled_dot_product_attention(q[rows], k[rows, :, :n], v[rows, :, :n])
+            return out
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+
+
 class Attention(nn.Module):
     """Multi-head attention of image tokens to themselves (context None) or to text tokens (context given)."""
 
@@ -171,11 +200,10 @@ class Attention(nn.Module):
         if self.cross:
             q = self._split(self.to_q(h))
             k, v = (self._split(t) for t in self.to_kv(context).chunk(2, dim=-1))
-            mask = context_mask[:, None, None, :]  # [B, 1, 1, L]
+            out = cross_attention(q, k, v, context_mask)  # [B, heads, N, head_dim]
         else:
             q, k, v = (self._split(t) for t in self.to_qkv(h).chunk(3, dim=-1))
-            mask = None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, N, head_dim]
+            out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # [B, N, inner]
         return x + self.to_out(out)
 
@@ -208,12 +236,15 @@ class Level(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(ResBlock(cfg, c_in if j == 0 else c_out, c_out) for j in range(n_blocks))
         self.attn = AttnBlock(cfg, c_out, self_attn, cross_attn) if (self_attn or cross_attn) else None
+        self.checkpointing = False  # set through EfficientUNet.grad_checkpointing
 
     def forward(self, x, cond, text, text_mask):
+        ckpt = self.checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cond)
+            # gradient checkpointing: keep only each block's input; backward recomputes its activations
+            x = checkpoint(block, x, cond, use_reentrant=False) if ckpt else block(x, cond)
         if self.attn is not None:
-            x = self.attn(x, text, text_mask)
+            x = checkpoint(self.attn, x, text, text_mask, use_reentrant=False) if ckpt else self.attn(x, text, text_mask)
         return x
 
 
@@ -270,6 +301,17 @@ class EfficientUNet(nn.Module):
         if self.conv_out.weight.device.type != "meta":
             nn.init.zeros_(self.conv_out.weight)  # the untrained model predicts zero
             nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Recompute each residual and attention block in backward instead of keeping its activations."""
+        return any(m.checkpointing for m in self.modules() if isinstance(m, Level))
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, on: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, Level):
+                m.checkpointing = bool(on)
 
     # ------------------------------------------------------------------ conditioning
     def condition(self, log_snr, text, text_mask, drop_text=None, aug_level=None):
@@ -333,4 +375,4 @@ def count_parameters(cfg: UNetConfig, null_text: str = "learned") -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["EfficientUNet", "count_parameters", "log_snr_to_t", "sinusoidal", "SKIP_SCALE"]
+__all__ = ["EfficientUNet", "count_parameters", "cross_attention", "CROSS_ATTENTION", "log_snr_to_t", "sinusoidal", "SKIP_SCALE"]

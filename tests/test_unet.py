@@ -279,3 +279,38 @@ def test_packed_weights_follow_new_weight_tensors():
         with torch.inference_mode():
             fast = model(x, snr, text, mask)
         torch.testing.assert_close(fast, _plain(model, x, snr, text, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_cross_attention_equals_the_masked_one():
+    """The flash-friendly scheme (one unmasked SDPA call per prompt length on keys cut to it) equals one call with
+    the boolean mask; a mask that is not a prefix falls back to the mask; the U-Net agrees under both."""
+    from imagen import unet as U
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 7, 8, generator=g) for _ in range(3))
+    lengths = torch.tensor([4, 1, 6, 4, 2])
+    mask = torch.arange(6)[None] < lengths[:, None]
+    masked = U.cross_attention(q, k[:, :, :6], v[:, :, :6], mask, mode="masked")
+    grouped = U.cross_attention(q, k[:, :, :6], v[:, :, :6], mask, mode="grouped")
+    torch.testing.assert_close(grouped, masked, rtol=1e-6, atol=1e-6)
+    holes = mask.clone()
+    holes[0, 1] = False  # not a prefix
+    torch.testing.assert_close(U.cross_attention(q, k[:, :, :6], v[:, :, :6], holes, mode="grouped"),
+                               U.cross_attention(q, k[:, :, :6], v[:, :, :6], holes, mode="masked"))
+    from imagen.config import preset
+
+    cfg = preset("tiny").stages[0].unet
+    torch.manual_seed(0)
+    net = U.EfficientUNet(cfg).eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    x, text = torch.randn(3, 3, 16, 16), torch.randn(3, 6, cfg.text_dim)
+    tmask = torch.arange(6)[None] < torch.tensor([6, 2, 4])[:, None]
+    outs = []
+    for mode in ("masked", "grouped"):
+        U.CROSS_ATTENTION = mode
+        try:
+            with torch.no_grad():
+                outs.append(net(x, torch.zeros(3), text, tmask))
+        finally:
+            U.CROSS_ATTENTION = "auto"
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)

@@ -10,8 +10,12 @@ Train one stage of an Imagen cascade from a TOML config ([model], [train], [data
 
 The run folder gets the inference checkpoint (config.json + <stage>.safetensors with the EMA weights, so
 `--checkpoint RUN_DIR` samples from it), train_state/ for --resume, loss.csv, and preview grids in samples/.
-Train the SR stage into the same folder as the base to complete the cascade. Several processes (torchrun or
-accelerate launch) train data-parallel; only rank 0 writes."""
+Train the SR stage into the same folder as the base to complete the cascade. Only the trained stage is built on
+the device. Several processes (torchrun or accelerate launch) each take their own device (cuda:LOCAL_RANK) and
+train data-parallel through PyTorch DDP, or sharded through FSDP2 with [train] parallel = "fsdp"; checkpoints
+are in one format either way (a 2-process state resumes in 1 process, exact to the step); only rank 0 writes.
+On a GPU, [train] precision = "auto" trains in bf16 autocast; grad_checkpointing = true trades compute for
+activation memory; optimizer = "adafactor" is the paper's optimiser for the base."""
 
 EPILOG = """\
 examples:
@@ -22,6 +26,8 @@ examples:
   imagen-bench train configs/shapes_base.toml --resume                 # continue bit-exactly after a stop
   imagen-bench train configs/shapes_base.toml --set train.steps=200 --set train.init= --out runs/quick
   torchrun --nproc-per-node 2 -m bench train configs/shapes_base_pos.toml  # data-parallel (gloo on CPU, nccl on GPU)
+  torchrun --nproc-per-node 8 -m bench train configs/paper_base.toml --set train.parallel=fsdp \\
+      --set train.grad_checkpointing=true   # the 2B base sharded over 8 GPUs
   scripts/train_reference.sh                                           # both stages + copy into imagen/weights/shapes
 """
 
