@@ -159,17 +159,18 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     if mode not in ("auto", "grouped", "masked"):
         raise ValueError(f"IMAGEN_CROSS_ATTENTION must be auto, grouped or masked, got {mode!r}")
     grouped = mode == "grouped" or (mode == "auto" and q.device.type == "cuda")
+    if not grouped or mask.device.type == "meta":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
     if bool(mask.all()):
         return F.scaled_dot_product_attention(q, k, v)  # no padding at all: no mask needed
-    if grouped:
-        lengths = mask.sum(1)  # [B]
-        prefix = torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]
-        if bool((prefix == mask).all()) and bool((lengths > 0).all()):
-            out = torch.empty_like(q)
-            for n in lengths.unique().tolist():
-                rows = (lengths == n).nonzero().squeeze(1)
-                out[rows] = F.scaled_dot_product_attention(q[rows], k[rows, :, :n], v[rows, :, :n])
-            return out
+    lengths = mask.sum(1)  # [B]
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]
+    if bool((prefix == mask).all()) and bool((lengths > 0).all()):
+        out = torch.empty_like(q)
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero().squeeze(1)
+            out[rows] = F.scaled_dot_product_attention(q[rows], k[rows, :, :n], v[rows, :, :n])
+        return out
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
 
 
