@@ -79,6 +79,16 @@ class Cascade(nn.Module):
         self.cfg = cfg
         make_unet = make_unet or _default_unet
         self.unets = nn.ModuleList([make_unet(st) for st in cfg.stages])
+        self.precision = "fp32"  # of sampling; set_precision("bf16") for bf16 weights and autocast
+
+    def set_precision(self, precision: str) -> "Cascade":
+        """Sampling precision: "fp32", or "bf16" (weights stored in bf16, half the memory; the U-Nets run under bf16
+        autocast, so normalisations and the sampler's arithmetic stay fp32)."""
+        if precision not in ("fp32", "bf16"):
+            raise UserError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+        self.precision = precision
+        return self
 
     @property
     def resolution(self) -> int:
@@ -138,8 +148,9 @@ class Cascade(nn.Module):
             kwargs = {}
             if lowres is not None:
                 kwargs = dict(lowres=lowres.repeat(rep, 1, 1, 1), aug_level=aug_level.repeat(rep))
-            pred = unet(z, log_snr.float(), text.repeat(rep, 1, 1), text_mask.repeat(rep, 1), drop_text=drop_text,
-                        **kwargs)
+            with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                pred = unet(z, log_snr.float(), text.repeat(rep, 1, 1), text_mask.repeat(rep, 1),
+                            drop_text=drop_text, **kwargs)
             return diffusion.to_x0(pred.to(z.dtype), z, log_snr, st.prediction)
 
         return model_fn

@@ -47,12 +47,18 @@ class Pipeline:
 
     @classmethod
     def load(cls, model: str, device: str | torch.device = "cpu", cache_root: str | os.PathLike | None = None,
-             encoder=None) -> "Pipeline":
+             encoder=None, precision: str = "fp32") -> "Pipeline":
         """`model`: a checkpoint folder, a shipped name, or a preset name (untrained, weights from seed 0).
 
-        `encoder` overrides the text encoder the config names (tests; an encoder already loaded).
+        `encoder` overrides the text encoder the config names (tests; an encoder already loaded). `precision`:
+        fp32, bf16 (U-Net weights in bf16 under bf16 autocast; on a GPU the text encoder too), or auto (bf16 on a
+        GPU, fp32 on a CPU).
         """
         dev = resolve_device(device)
+        if precision == "auto":
+            precision = "bf16" if dev.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise UserError(f"--precision must be fp32, bf16 or auto, got {precision!r}")
         model = str(model)
         if Path(model).expanduser().is_dir() or model in shipped_models():
             folder = resolve(model)
@@ -66,10 +72,13 @@ class Pipeline:
         else:
             raise UserError(f"unknown model {model!r}: not a checkpoint folder, a shipped model "
                             f"({', '.join(shipped_models()) or 'none shipped'}) or a preset ({', '.join(PRESETS)})")
+        cascade.set_precision(precision)
         if encoder is None:
             from imagen.text import EmbeddingCache, load_text_encoder
 
-            encoder = EmbeddingCache(load_text_encoder(cascade.cfg.text, dev), cache_root)
+            # T5-XXL at half the memory on a GPU; on a CPU the encoder runs once per prompt, in fp32
+            dtype = torch.bfloat16 if precision == "bf16" and dev.type == "cuda" else None
+            encoder = EmbeddingCache(load_text_encoder(cascade.cfg.text, dev, dtype), cache_root)
         return cls(model_id=model, checkpoint_hash=digest, cascade=cascade, encoder=encoder,
                    sampler_defaults=defaults)
 

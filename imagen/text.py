@@ -95,6 +95,11 @@ def _missing_model_message(name: str, exc: Exception) -> str:
     )
 
 
+def _dtype_tag(dtype) -> str:
+    """fp32 keeps the id (and the embedding cache) it always had; another precision gets its own cache entries."""
+    return "" if dtype in (None, torch.float32) else f":{str(dtype).removeprefix('torch.')}"
+
+
 def _load_hf(cfg: TextEncoderConfig, device, dtype, *, t5: bool) -> HFTextEncoder:
     from transformers import AutoModel, AutoTokenizer, T5EncoderModel
 
@@ -119,7 +124,7 @@ def _load_hf(cfg: TextEncoderConfig, device, dtype, *, t5: bool) -> HFTextEncode
         raise UserError(f"text encoder {name!r} makes {width}-d tokens but the config says dim={cfg.dim}; "
                         f"set TextEncoderConfig.dim={width} (and UNetConfig.text_dim to match)")
     kind = "t5" if t5 else "hf"
-    return HFTextEncoder(model.to(device), tokenizer, id=f"{kind}:{name}:{cfg.max_length}", dim=width,
+    return HFTextEncoder(model.to(device), tokenizer, id=f"{kind}:{name}:{cfg.max_length}{_dtype_tag(dtype)}", dim=width,
                          max_length=cfg.max_length, device=device)
 
 
@@ -131,7 +136,7 @@ def _load_minilm(cfg: TextEncoderConfig, device, dtype) -> HFTextEncoder:
     model = AutoModel.from_pretrained(str(path), dtype=dtype or torch.float32)
     if model.config.hidden_size != cfg.dim:
         raise UserError(f"all-MiniLM-L6-v2 makes {model.config.hidden_size}-d tokens; set dim=384 in the config")
-    return HFTextEncoder(model.to(device), tokenizer, id=f"minilm:all-MiniLM-L6-v2:{cfg.max_length}",
+    return HFTextEncoder(model.to(device), tokenizer, id=f"minilm:all-MiniLM-L6-v2:{cfg.max_length}{_dtype_tag(dtype)}",
                          dim=cfg.dim, max_length=cfg.max_length, device=device)
 
 

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     model = _model_source(args)
 
-    gen = load_generator(model, device=args.device, cache_root=args.cache_dir)
+    gen = load_generator(model, device=args.device, cache_root=args.cache_dir, precision=args.precision)
     sampler = gen.sampler_defaults.given(**flags)
     requests = [Request(p, args.seed) for p in args.prompt]
     gen.check([sampler], requests)  # per-stage lists, axes the model cannot honour: one line, before any work
@@ -154,6 +154,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="FILE.png", help="output PNG (several prompts: FILE-k.png)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="our models: bf16 stores the U-Nets in bf16 and runs them under bf16 autocast (half the "
+                        "memory; fast on GPUs and on CPUs with native bf16, AVX512_BF16 or AMX; emulated and "
+                        "slow elsewhere); auto = bf16 on a GPU")
     p.add_argument("--cache-dir", default=None,
                    help="text embedding cache (default: $IMAGEN_BENCH_CACHE/text or ~/.cache/imagen-bench/text)")
     p.add_argument("--json", action="store_true",

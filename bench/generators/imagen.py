@@ -25,10 +25,10 @@ class ImagenGenerator:
         self.resolution = pipeline.resolution
 
     @classmethod
-    def load(cls, model: str, device: str = "cpu", cache_root=None) -> "ImagenGenerator":
+    def load(cls, model: str, device: str = "cpu", cache_root=None, precision: str = "fp32") -> "ImagenGenerator":
         from imagen.pipeline import Pipeline
 
-        return cls(Pipeline.load(model, device=device, cache_root=cache_root))
+        return cls(Pipeline.load(model, device=device, cache_root=cache_root, precision=precision))
 
     def per_stage(self, settings: SamplerConfig) -> dict:
         """The settings with per-stage lists spelled out (a list of the wrong length is a UserError)."""
@@ -47,7 +47,8 @@ class ImagenGenerator:
 
     def describe(self, settings: SamplerConfig) -> dict:
         return {"kind": self.kind, "stages": [s.name for s in self.pipeline.cascade.cfg.stages],
-                "resolution": self.resolution, **self.per_stage(settings)}
+                "resolution": self.resolution, "precision": self.pipeline.cascade.precision,
+                **self.per_stage(settings)}
 
     def generate(self, prompts, seeds, settings, *, keys=None, batch_size: int = 8) -> Generated:
         images = self.pipeline.generate(list(prompts), list(seeds), settings, batch_size=batch_size)

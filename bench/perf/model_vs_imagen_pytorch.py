@@ -27,6 +27,7 @@ explicitly to every Unet it builds.
 from __future__ import annotations
 
 import argparse
+import copy
 import contextlib
 import itertools
 import json
@@ -62,6 +63,15 @@ def import_imagen_pytorch():
     finally:
         transformers.T5Config.from_pretrained = original
     return Unet
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512_BF16 or AMX); without it bf16 is emulated."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -170,6 +180,15 @@ def main(argv=None) -> int:
         sync()
         return res
 
+    ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)  # --precision bf16: bf16 weights under bf16 autocast
+
+    def ours_cfg_bf16():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            out = ours_bf16(torch.cat([x, x]), torch.cat([log_snr, log_snr]), torch.cat([text, text]),
+                            torch.cat([mask, mask]), drop_text=drop2, **ours_sr2)
+            cond, uncond = out.float().chunk(2)
+            return uncond + 3.0 * (cond - uncond)
+
     def theirs_cfg():
         with torch.no_grad():  # what imagen-pytorch's p_sample_loop uses
             res = theirs.forward_with_cond_scale(x, t, text_embeds=text, text_mask=mask, cond_scale=w, **theirs_sr)
@@ -205,7 +224,8 @@ def main(argv=None) -> int:
 
     # our CPU inference fast path (imagen/unet.py: oneDNN on weights packed once); IMAGEN_CPU_PACK=0 turns it off
     fast_path = device.type == "cpu" and unet_module._CPU_PACKING
-    results = timed({"sample_ours": ours_cfg, "sample_theirs": theirs_cfg, "sample_theirs_batched": theirs_cfg_batched,
+    results = timed({"sample_ours": ours_cfg, "sample_ours_bf16": ours_cfg_bf16, "sample_theirs": theirs_cfg,
+                     "sample_theirs_batched": theirs_cfg_batched,
                      "train_ours": ours_train, "train_theirs": theirs_train}, args.repeats)
 
     report = {
@@ -216,6 +236,9 @@ def main(argv=None) -> int:
         "their_changes": {k: list(v) if isinstance(v, tuple) else v for k, v in their_blocks.items()}, "our_num_res_blocks": list(cfg.num_res_blocks),
         "timings": results,
         "speedup_sample": results["sample_theirs"]["wall_s"] / results["sample_ours"]["wall_s"],
+        "speedup_sample_bf16": results["sample_theirs"]["wall_s"] / results["sample_ours_bf16"]["wall_s"],
+        "bf16_vs_fp32_ours": results["sample_ours"]["wall_s"] / results["sample_ours_bf16"]["wall_s"],
+        "native_bf16": native_bf16(),
         "speedup_sample_same_work": results["sample_theirs_batched"]["wall_s"] / results["sample_ours"]["wall_s"],
         "speedup_train": results["train_theirs"]["wall_s"] / results["train_ours"]["wall_s"],
         "speedup_sample_cpu": results["sample_theirs"]["cpu_s"] / results["sample_ours"]["cpu_s"],
@@ -235,6 +258,8 @@ def main(argv=None) -> int:
     print(f"CFG sampling step: {report['speedup_sample']:.2f}x faster by wall time, "
           f"{report['speedup_sample_cpu']:.2f}x by CPU time (target >= 2x; "
           f"vs their one batched forward: {report['speedup_sample_same_work']:.2f}x wall)")
+    print(f"CFG step in bf16:  {report['speedup_sample_bf16']:.2f}x imagen-pytorch fp32, {report['bf16_vs_fp32_ours']:.2f}x our "
+          f"fp32 (this CPU {'has' if report['native_bf16'] else 'has NO'} native bf16: AVX512_BF16 / AMX)")
     print(f"training step:     {report['speedup_train']:.2f}x faster by wall time, "
           f"{report['speedup_train_cpu']:.2f}x by CPU time (target >= 1.3x)")
     return 0
