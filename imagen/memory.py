@@ -67,9 +67,9 @@ class LiveBytes:
         return self.mode.__exit__(*exc)
 
 
-def _inputs(cfg: CascadeConfig, i: int, batch: int):
+def _inputs(cfg: CascadeConfig, i: int, batch: int, crop: int = 0):
     st = cfg.stages[i]
-    r, L = st.resolution, cfg.text.max_length
+    r, L = crop or st.resolution, cfg.text.max_length
     x = torch.randn(batch, 3, r, r)
     text = torch.randn(batch, L, st.unet.text_dim)
     mask = torch.ones(batch, L, dtype=torch.bool)
@@ -93,7 +93,7 @@ def _masked_cross_attention():
 
 
 def trace(cfg: CascadeConfig, i: int, batch: int, *, train: bool, bf16: bool = False,
-          grad_checkpointing: bool = False) -> dict:
+          grad_checkpointing: bool = False, crop: int = 0) -> dict:
     """Traced bytes of stage i at `batch`: {"peak", "end_of_forward"} (shape-only tensors, nothing allocated)."""
     from imagen.unet import EfficientUNet
 
@@ -110,7 +110,7 @@ def trace(cfg: CascadeConfig, i: int, batch: int, *, train: bool, bf16: bool = F
             net = EfficientUNet(st.unet, null_text=st.null_text)
         finally:
             torch.set_default_dtype(old)
-        x, ls, text, mask, kw = _inputs(cfg, i, batch)
+        x, ls, text, mask, kw = _inputs(cfg, i, batch, crop)
         net.grad_checkpointing = grad_checkpointing
         net.train(train)
         if not train:
@@ -149,6 +149,7 @@ class Plan:
     gpu_memory: int | None
     fits: bool | None
     max_batch: int | None
+    crop: int = 0
     optimizer_name: str = "adamw"
     parallel: str = "none"
     gpus: int = 1
@@ -179,16 +180,17 @@ def _static(cfg: CascadeConfig, i: int, mode: str, precision: str, optimizer: st
     return n, 4 * n // shard, 4 * n // shard, opt // shard, 4 * n // shard, gathered
 
 
-def _activations(cfg, i, batch, mode, precision, grad_checkpointing) -> int:
+def _activations(cfg, i, batch, mode, precision, grad_checkpointing, crop=0) -> int:
     low = precision in ("bf16", "fp16")  # fp16 is traced as bf16: the same widths
     if mode == "sample":
         return trace(cfg, i, 2 * batch, train=False, bf16=low)["peak"]
-    return trace(cfg, i, batch, train=True, bf16=low, grad_checkpointing=grad_checkpointing)["peak"]
+    return trace(cfg, i, batch, train=True, bf16=low, grad_checkpointing=grad_checkpointing, crop=crop)["peak"]
 
 
 def plan(cfg: CascadeConfig, stage: str, batch: int, *, mode: str = "train", precision: str = "bf16",
          optimizer: str = "adamw", parallel: str = "none", gpus: int = 1, grad_checkpointing: bool = False,
-         gpu_memory: int | None = None, margin: float = 0.10) -> Plan:
+         gpu_memory: int | None = None, margin: float = 0.10, crop: int = 0) -> Plan:
+    """`crop`: training on random crops of this size ([data] crop; the paper's 1024 stage trains on 256 crops)."""
     names = [s.name for s in cfg.stages]
     if stage not in names:
         raise UserError(f"--stage {stage!r} is not a stage of {cfg.name}; stages: {', '.join(names)}")
@@ -200,13 +202,15 @@ def plan(cfg: CascadeConfig, stage: str, batch: int, *, mode: str = "train", pre
         raise UserError("--optimizer must be adamw or adafactor, --parallel none, ddp or fsdp")
     i = names.index(stage)
     n, w, g, o, e, gathered = _static(cfg, i, mode, precision, optimizer, parallel, gpus)
-    act = _activations(cfg, i, batch, mode, precision, grad_checkpointing)
+    if crop and not (cfg.stages[i].is_sr and crop <= cfg.stages[i].resolution):
+        raise UserError("--crop is for training an SR stage on crops no larger than its resolution")
+    act = _activations(cfg, i, batch, mode, precision, grad_checkpointing, crop)
     # in training, the traced peak already holds the gradients (whole); FSDP keeps only its shard of them
     grads_in_trace = 4 * n if mode == "train" else 0
     fixed = w + o + e + gathered + g - grads_in_trace
 
     def total_at(b: int, a: int | None = None) -> int:
-        return fixed + (a if a is not None else _activations(cfg, i, b, mode, precision, grad_checkpointing))
+        return fixed + (a if a is not None else _activations(cfg, i, b, mode, precision, grad_checkpointing, crop))
 
     total = total_at(batch, act)
     fits = max_batch = None
@@ -222,7 +226,7 @@ def plan(cfg: CascadeConfig, stage: str, batch: int, *, mode: str = "train", pre
                 break
             max_batch = int(max_batch * 0.95)
     return Plan(stage, mode, batch, precision, n, w, g, o, e, gathered, act - grads_in_trace, total, gpu_memory,
-                fits, max_batch, optimizer, parallel if gpus > 1 else "none", gpus, grad_checkpointing)
+                fits, max_batch, crop if mode == "train" else 0, optimizer, parallel if gpus > 1 else "none", gpus, grad_checkpointing)
 
 
 def parse_size(text: str) -> int:

@@ -36,6 +36,7 @@ PLAN_EPILOG = """examples:
   imagen-bench model plan --preset paper --stage base --batch 256 --gpus 8 --parallel fsdp --grad-checkpointing \\
       --optimizer adafactor --gpu-memory 80GiB --json
   imagen-bench model plan --preset paper --stage sr1024 --batch 4 --mode sample --gpu-memory 141GiB
+  imagen-bench model plan --preset paper --stage sr1024 --batch 16 --mode train --crop 256 --gpu-memory 80GiB
   imagen-bench model plan --preset small --stage base --batch 16 --precision fp32   # a CPU run's peak
 """
 
@@ -49,7 +50,8 @@ def _plan(args: argparse.Namespace) -> int:
     modes = ("train", "sample") if args.mode == "both" else (args.mode,)
     parallel = args.parallel if args.gpus > 1 else "none"
     plans = [plan(cfg, st, args.batch, mode=m, precision=args.precision, optimizer=args.optimizer, parallel=parallel,
-                  gpus=args.gpus, grad_checkpointing=args.grad_checkpointing, gpu_memory=mem)
+                  gpus=args.gpus, grad_checkpointing=args.grad_checkpointing, gpu_memory=mem,
+                  crop=args.crop if m == "train" else 0)
              for st in stages for m in modes]
     if args.json:
         print(json.dumps({"preset": cfg.name, "plans": [p.as_dict() for p in plans], "method": METHOD}))
@@ -120,6 +122,8 @@ def register(subparsers) -> None:
     pl.add_argument("--gpus", type=int, default=1, help="ranks training together")
     pl.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp", help="with --gpus > 1")
     pl.add_argument("--grad-checkpointing", action="store_true")
+    pl.add_argument("--crop", type=int, default=0, help="SR training on random crops of this size (paper: 256 for "
+                                                       "the 1024 stage)")
     pl.add_argument("--gpu-memory", metavar="SIZE", help="memory of one device, e.g. 80GiB (H100), 141GiB (H200)")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=_plan)
