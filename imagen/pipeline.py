@@ -47,12 +47,13 @@ class Pipeline:
 
     @classmethod
     def load(cls, model: str, device: str | torch.device = "cpu", cache_root: str | os.PathLike | None = None,
-             encoder=None, precision: str = "fp32") -> "Pipeline":
+             encoder=None, precision: str = "fp32", compile: bool = False) -> "Pipeline":
         """`model`: a checkpoint folder, a shipped name, or a preset name (untrained, weights from seed 0).
 
         `encoder` overrides the text encoder the config names (tests; an encoder already loaded). `precision`:
         fp32, bf16 (U-Net weights in bf16 under bf16 autocast; on a GPU the text encoder too), or auto (bf16 on a
-        GPU, fp32 on a CPU).
+        GPU, fp32 on a CPU). `compile`: each U-Net through torch.compile (on CUDA with CUDA graphs, mode
+        "reduce-overhead"), for runs of one fixed shape; the first batch pays the compilation.
         """
         dev = resolve_device(device)
         if precision == "auto":
@@ -73,6 +74,9 @@ class Pipeline:
             raise UserError(f"unknown model {model!r}: not a checkpoint folder, a shipped model "
                             f"({', '.join(shipped_models()) or 'none shipped'}) or a preset ({', '.join(PRESETS)})")
         cascade.set_precision(precision)
+        if compile:
+            for unet in cascade.unets:
+                unet.compile(mode="reduce-overhead" if dev.type == "cuda" else None, dynamic=False)
         if encoder is None:
             from imagen.text import EmbeddingCache, load_text_encoder
 

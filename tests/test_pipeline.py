@@ -228,5 +228,16 @@ def test_bf16_sampling_stays_close_to_fp32(data_dir):
     assert diff.mean() < 1.5 and np.quantile(diff, 0.99) <= 12, (diff.mean(), np.quantile(diff, 0.99))
     assert diff.max() > 0  # bf16 really ran
     assert load_generator("shapes", precision="bf16").describe(s)["precision"] == "bf16"
-    with pytest.raises(UserError, match="dtype in the spec"):
+    with pytest.raises(UserError, match="give the dtype in the"):
         load_generator("diffusers:some/model", precision="bf16")
+
+
+@pytest.mark.slow
+def test_compiled_sampling_equals_eager():
+    """--compile: torch.compile'd U-Nets (inductor; needs a C++ compiler on a CPU) give the eager images."""
+    import numpy as np
+
+    s = SamplerConfig(sampler="ddim", steps=3, guidance=(3.0,), threshold="static")
+    eager = Pipeline.load("shapes").generate(["two red circles"], [0], s).astype(int)
+    compiled = Pipeline.load("shapes", compile=True).generate(["two red circles"], [0], s).astype(int)
+    assert np.abs(eager - compiled).max() <= 2

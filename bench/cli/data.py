@@ -152,10 +152,11 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     flags = sampler_flags(args)  # --guidance here is the list of weights to sweep, each for every stage
-    pipeline = load_generator(args.model, device=args.device)
+    pipeline = load_generator(args.model, device=args.device, precision=args.precision)
     results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, flags["steps"], flags["threshold"],
                               flags["sampler"], args.batch_size, progress=True)
     report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed,
+              "precision": args.precision,
               "defaults": to_dict(pipeline.sampler_defaults), "results": results}
     if args.json:
         print(json.dumps(report))
@@ -243,6 +244,8 @@ def register(subparsers) -> None:
     es.add_argument("--seed", type=int, default=0, help="picks the held-out captions and the first image seed")
     es.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     es.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    es.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                    help="sampling precision of our models (see `imagen-bench sample --help`)")
     es.add_argument("--json", action="store_true",
                     help='print only {"model", "checkpoint_hash", "seed", "defaults" (the model\'s sampler '
                          'settings), "results": [{"guidance", "n", "sampler", "accuracy", "by_category"}]}')

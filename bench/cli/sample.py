@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     model = _model_source(args)
 
-    gen = load_generator(model, device=args.device, cache_root=args.cache_dir, precision=args.precision)
+    gen = load_generator(model, device=args.device, cache_root=args.cache_dir, precision=args.precision,
+                         compile=args.compile)
     sampler = gen.sampler_defaults.given(**flags)
     requests = [Request(p, args.seed) for p in args.prompt]
     gen.check([sampler], requests)  # per-stage lists, axes the model cannot honour: one line, before any work
@@ -158,6 +159,9 @@ def register(subparsers) -> None:
                    help="our models: bf16 stores the U-Nets in bf16 and runs them under bf16 autocast (half the "
                         "memory; fast on GPUs and on CPUs with native bf16, AVX512_BF16 or AMX; emulated and "
                         "slow elsewhere); auto = bf16 on a GPU")
+    p.add_argument("--compile", action="store_true",
+                   help="our models: torch.compile each U-Net (CUDA graphs on a GPU); pays off over many batches "
+                        "of one shape")
     p.add_argument("--cache-dir", default=None,
                    help="text embedding cache (default: $IMAGEN_BENCH_CACHE/text or ~/.cache/imagen-bench/text)")
     p.add_argument("--json", action="store_true",

@@ -49,15 +49,16 @@ def model_defaults(model: str) -> SamplerConfig | None:
     return sampler_defaults(model)
 
 
-def load_generator(model: str, device: str = "cpu", cache_root=None, precision: str = "fp32") -> Contract:
+def load_generator(model: str, device: str = "cpu", cache_root=None, precision: str = "fp32",
+                   compile: bool = False) -> Contract:
     """The generator a model spec string names, on `device` (a rank's own GPU under torchrun), behind the contract.
     `precision` is for our own cascades (fp32, bf16, auto); a diffusers spec names its dtype (?dtype=)."""
     device = rank_device(device)
     kind = kind_of(model)
-    if kind != "imagen" and precision != "fp32":
-        raise UserError(f"--precision is for our own models; for {kind}: give the dtype in the spec "
-                        f"(diffusers:...?dtype=bfloat16)" if kind == "diffusers" else
-                        f"--precision is for our own models; {kind}: images are read, not generated")
+    if kind != "imagen" and (precision != "fp32" or compile):
+        raise UserError(f"--precision and --compile are for our own models; for {kind}: give the dtype in the "
+                        f"spec (diffusers:...?dtype=bfloat16)" if kind == "diffusers" else
+                        f"--precision and --compile are for our own models; {kind}: images are read, not generated")
     if kind == "diffusers":
         from bench.generators.diffusers_pipeline import DiffusersGenerator
 
@@ -68,7 +69,7 @@ def load_generator(model: str, device: str = "cpu", cache_root=None, precision: 
         return contract(ImageSetGenerator(model[len(IMAGES):], model_id=model))
     from bench.generators.imagen import ImagenGenerator
 
-    return contract(ImagenGenerator.load(model, device, cache_root, precision))
+    return contract(ImagenGenerator.load(model, device, cache_root, precision, compile))
 
 
 __all__ = ["AXES", "Contract", "Generated", "Request", "contract", "kind_of", "rank_device", "model_defaults",

@@ -25,10 +25,11 @@ class ImagenGenerator:
         self.resolution = pipeline.resolution
 
     @classmethod
-    def load(cls, model: str, device: str = "cpu", cache_root=None, precision: str = "fp32") -> "ImagenGenerator":
+    def load(cls, model: str, device: str = "cpu", cache_root=None, precision: str = "fp32",
+             compile: bool = False) -> "ImagenGenerator":
         from imagen.pipeline import Pipeline
 
-        return cls(Pipeline.load(model, device=device, cache_root=cache_root, precision=precision))
+        return cls(Pipeline.load(model, device=device, cache_root=cache_root, precision=precision, compile=compile))
 
     def per_stage(self, settings: SamplerConfig) -> dict:
         """The settings with per-stage lists spelled out (a list of the wrong length is a UserError)."""
