@@ -43,6 +43,7 @@ class LiveBytes:
                 return out
 
         self.mode, self.seen, self.current, self.peak = _Mode(), set(), 0, 0
+        self.grads, self.grads_at_peak = 0, 0  # gradient bytes held (as sharded), and at the peak
 
     def _track(self, out) -> None:
         from torch.utils._pytree import tree_flatten
@@ -52,8 +53,15 @@ class LiveBytes:
                 n = t.untyped_storage().nbytes()
                 self.seen.add(id(t))
                 self.current += n
-                self.peak = max(self.peak, self.current)
+                if self.current > self.peak:
+                    self.peak, self.grads_at_peak = self.current, self.grads
                 weakref.finalize(t, self._free, id(t), n)
+
+    def gradient(self, nbytes: int, shards: int) -> None:
+        """A parameter's gradient was accumulated: it counts 1/shards of its bytes from now on (FSDP keeps a shard;
+        the whole one is freed after the reduce-scatter)."""
+        self.current -= nbytes - nbytes // shards
+        self.grads += nbytes // shards
 
     def _free(self, key: int, n: int) -> None:
         self.seen.discard(key)
@@ -93,8 +101,9 @@ def _masked_cross_attention():
 
 
 def trace(cfg: CascadeConfig, i: int, batch: int, *, train: bool, bf16: bool = False,
-          grad_checkpointing: bool = False, crop: int = 0) -> dict:
-    """Traced bytes of stage i at `batch`: {"peak", "end_of_forward"} (shape-only tensors, nothing allocated)."""
+          grad_checkpointing: bool = False, crop: int = 0, shards: int = 1) -> dict:
+    """Traced bytes of stage i at `batch` (shape-only tensors, nothing allocated): {"peak" (of everything the step
+    creates, gradients included as they appear, 1/shards of each), "grads_at_peak", "end_of_forward"}."""
     from imagen.unet import EfficientUNet
 
     st = cfg.stages[i]
@@ -116,6 +125,9 @@ def trace(cfg: CascadeConfig, i: int, batch: int, *, train: bool, bf16: bool = F
         if not train:
             net.requires_grad_(False)
         live = LiveBytes()
+        if train:
+            for p in net.parameters():
+                p.register_post_accumulate_grad_hook(lambda p: live.gradient(p.grad.untyped_storage().nbytes(), shards))
         with live, torch.set_grad_enabled(train):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = net(x, ls, text, mask, **kw)
@@ -123,7 +135,7 @@ def trace(cfg: CascadeConfig, i: int, batch: int, *, train: bool, bf16: bool = F
             end = live.current
             if train:
                 loss.backward()
-        return {"peak": live.peak, "end_of_forward": end}
+        return {"peak": live.peak, "grads_at_peak": live.grads_at_peak, "end_of_forward": end}
 
 
 def _adafactor_elements(shape: tuple[int, ...]) -> int:
@@ -144,7 +156,8 @@ class Plan:
     optimizer: int
     ema: int
     gathered: int  # FSDP: whole weights of the blocks being run
-    activations: int  # traced peak of the step (training: gradients included as they appear)
+    activations: int  # the step's traced peak, less the gradients held at that moment
+    # total = weights + optimizer + ema + gathered + the step's peak (activations and gradients as they appear)
     total: int
     gpu_memory: int | None
     fits: bool | None
@@ -180,11 +193,12 @@ def _static(cfg: CascadeConfig, i: int, mode: str, precision: str, optimizer: st
     return n, 4 * n // shard, 4 * n // shard, opt // shard, 4 * n // shard, gathered
 
 
-def _activations(cfg, i, batch, mode, precision, grad_checkpointing, crop=0) -> int:
+def _step(cfg, i, batch, mode, precision, grad_checkpointing, crop=0, shards=1) -> dict:
     low = precision in ("bf16", "fp16")  # fp16 is traced as bf16: the same widths
     if mode == "sample":
-        return trace(cfg, i, 2 * batch, train=False, bf16=low)["peak"]
-    return trace(cfg, i, batch, train=True, bf16=low, grad_checkpointing=grad_checkpointing, crop=crop)["peak"]
+        return trace(cfg, i, 2 * batch, train=False, bf16=low)
+    return trace(cfg, i, batch, train=True, bf16=low, grad_checkpointing=grad_checkpointing, crop=crop,
+                 shards=shards)
 
 
 def plan(cfg: CascadeConfig, stage: str, batch: int, *, mode: str = "train", precision: str = "bf16",
@@ -200,19 +214,22 @@ def plan(cfg: CascadeConfig, stage: str, batch: int, *, mode: str = "train", pre
         raise UserError("--mode must be train or sample, --precision fp32, bf16 or fp16")
     if optimizer not in ("adamw", "adafactor") or parallel not in ("none", "ddp", "fsdp"):
         raise UserError("--optimizer must be adamw or adafactor, --parallel none, ddp or fsdp")
+    if optimizer == "adafactor" and parallel == "fsdp" and gpus > 1:
+        raise UserError("adafactor does not run on FSDP-sharded parameters (imagen.train refuses it): plan adafactor "
+                        "with --parallel ddp, or adamw with fsdp")
     i = names.index(stage)
     n, w, g, o, e, gathered = _static(cfg, i, mode, precision, optimizer, parallel, gpus)
     if crop and not (cfg.stages[i].is_sr and crop <= cfg.stages[i].resolution):
         raise UserError("--crop is for training an SR stage on crops no larger than its resolution")
-    act = _activations(cfg, i, batch, mode, precision, grad_checkpointing, crop)
-    # in training, the traced peak already holds the gradients (whole); FSDP keeps only its shard of them
-    grads_in_trace = 4 * n if mode == "train" else 0
-    fixed = w + o + e + gathered + g - grads_in_trace
+    shards = gpus if (parallel == "fsdp" and gpus > 1 and mode == "train") else 1
+    step = _step(cfg, i, batch, mode, precision, grad_checkpointing, crop, shards)
+    fixed = w + o + e + gathered  # the step's own peak holds the gradients (sharded) as they appear
 
-    def total_at(b: int, a: int | None = None) -> int:
-        return fixed + (a if a is not None else _activations(cfg, i, b, mode, precision, grad_checkpointing, crop))
+    def total_at(b: int) -> int:
+        return fixed + _step(cfg, i, b, mode, precision, grad_checkpointing, crop, shards)["peak"]
 
-    total = total_at(batch, act)
+    total = fixed + step["peak"]
+    act = step["peak"] - step["grads_at_peak"]
     fits = max_batch = None
     if gpu_memory:
         budget = gpu_memory * (1 - margin)
@@ -225,7 +242,7 @@ def plan(cfg: CascadeConfig, stage: str, batch: int, *, mode: str = "train", pre
             if not max_batch or total_at(max_batch) <= budget:
                 break
             max_batch = int(max_batch * 0.95)
-    return Plan(stage, mode, batch, precision, n, w, g, o, e, gathered, act - grads_in_trace, total, gpu_memory,
+    return Plan(stage, mode, batch, precision, n, w, g, o, e, gathered, act, total, gpu_memory,
                 fits, max_batch, crop if mode == "train" else 0, optimizer, parallel if gpus > 1 else "none", gpus, grad_checkpointing)
 
 

@@ -102,7 +102,10 @@ def wrap(module: nn.Module, mode: str, d: Dist, device: torch.device) -> nn.Modu
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # static_graph: the same parameters take part every step (a config without cross-attention leaves the text
+        # projection unused, which plain DDP refuses); gradients live in the buckets (no second copy)
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False, static_graph=True,
+                                       gradient_as_bucket_view=True)
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

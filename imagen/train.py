@@ -62,7 +62,9 @@ class TrainConfig:
     ema_warmup: int = 10  # EMA decay min(ema_decay, (1+s)/(ema_warmup+s)); 0 = constant decay
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "fp32" | "bf16" | "fp16" (GPU)
-    optimizer: str = "adamw"  # "adamw" | "adafactor" (the paper's optimiser for the base model; torch.optim)
+    # "adamw" | "adafactor" (the paper's optimiser for the base model; torch.optim.Adafactor, whose lr is relative:
+    # the step is min(lr, 1/sqrt(step)) x RMS(param), torch's default lr 1e-2; betas unused; not with fsdp)
+    optimizer: str = "adamw"
     parallel: str = "ddp"  # with several processes: "ddp" (whole model per rank) | "fsdp" (sharded, FSDP2)
     grad_checkpointing: bool = False  # recompute each residual / attention block in backward (less memory)
     sample_every: int = 500  # preview grid every N steps (0 = only at the end)
@@ -362,7 +364,33 @@ def state_paths(out: Path, stage: str) -> tuple[Path, Path]:
     return out / "train_state" / f"{stage}.safetensors", out / "train_state" / f"{stage}.json"
 
 
-def read_train_state(out: Path, stage: str, expect_hash: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _config_difference(saved: dict | None, run: RunConfig | None, device) -> str:
+    """'; it differs in train.precision: saved "fp32", now "auto" (bf16 on cuda)', or '' when nothing names it."""
+    if not saved or run is None:
+        return ""
+    now = config_to_toml_dict(run)
+    diffs = []
+    for sec in ("model", "train", "data"):
+        a, b = saved.get(sec, {}), now.get(sec, {})
+        for k in sorted(set(a) | set(b)):
+            if sec == "train" and k in _NO_HASH + ("init",):
+                continue
+            va, vb = a.get(k), b.get(k)
+            if sec == "train" and k == "precision":
+                va = "fp32" if va is None else va
+                if resolved_precision(dataclasses.replace(run.train, precision=va), device) == \
+                        resolved_precision(run.train, device):
+                    continue
+                vb = f"{vb} ({resolved_precision(run.train, device)} on {torch.device(device).type})"
+            if sec == "train" and k == "optimizer" and {va, vb} <= {None, "adamw"}:
+                continue
+            if va != vb and not (isinstance(va, list) and isinstance(vb, (list, tuple)) and list(vb) == va):
+                diffs.append(f"{sec}.{k}: saved {json.dumps(va)}, now {json.dumps(vb, default=str)}")
+    return ("; it differs in " + "; ".join(diffs[:4])) if diffs else ""
+
+
+def read_train_state(out: Path, stage: str, expect_hash: str, run: RunConfig | None = None,
+                     device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """The saved tensors and metadata of `stage`; a corrupt file or another config's state is a UserError."""
     from safetensors.torch import load_file
 
@@ -374,7 +402,8 @@ def read_train_state(out: Path, stage: str, expect_hash: str) -> tuple[dict[str,
                         f"to start over") from None
     if meta.get("config_hash") != expect_hash:
         raise UserError(f"{out} holds a {stage!r} checkpoint of a different config (hash {meta.get('config_hash', '?')[:12]}"
-                        f" != {expect_hash[:12]}); use the config it was trained with, or another --out")
+                        f" != {expect_hash[:12]}{_config_difference(meta.get('config'), run, device)}); use the "
+                        f"config it was trained with, or another --out")
     if not tpath.is_file() or sha256_file(tpath) != meta.get("tensors_sha256"):
         raise UserError(f"{tpath} is missing, truncated or corrupt (sha256 does not match {jpath.name}); "
                         f"delete {out / 'train_state'} to start over")
@@ -449,6 +478,18 @@ def _swapped(cascade, i: int, module):
         cascade.unets[i] = old
 
 
+def _check_parallel(t: TrainConfig, world: int) -> None:
+    if world > 1 and t.parallel == "fsdp" and t.optimizer == "adafactor":
+        raise UserError("[train] optimizer = \"adafactor\" does not run on FSDP-sharded parameters (torch.optim."
+                        "Adafactor's factored statistics need whole rows and columns); use parallel = \"ddp\" with "
+                        "adafactor, or adamw with fsdp")
+
+
+def _derived_seed(*parts) -> int:
+    """A 62-bit seed from any parts, the same in every process (Python's hash() of a str is not)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 62) - 1)
+
+
 def _build_unet(st, device: torch.device, meta: bool = False):
     from imagen.unet import EfficientUNet
 
@@ -467,7 +508,7 @@ def preview(cfg: CascadeConfig, i: int, ema_module, tok, mask, out: Path, step: 
 
     dev = next(ema_module.parameters()).device
     earlier = []
-    with torch.random.fork_rng(devices=[]):  # the training RNG streams are not touched
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # training RNG streams untouched
         for k in range(i):
             torch.manual_seed(t.seed + k)
             m = _build_unet(cfg.stages[k], dev)
@@ -545,6 +586,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     if precision == "fp16" and dev.type != "cuda":
         raise UserError("[train] precision = \"fp16\" needs a CUDA device; use fp32 (or bf16) on CPU")
     sharded = world > 1 and t.parallel == "fsdp"
+    _check_parallel(t, world)
 
     # -- the run folder: one cascade config per folder
     cfg_file = out / CONFIG_FILE
@@ -585,7 +627,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         unet.grad_checkpointing = True
     step, elapsed, init_sha, meta, tensors = 0, 0.0, None, None, None
     if resume and jpath.is_file():
-        tensors, meta = read_train_state(out, st.name, chash)
+        tensors, meta = read_train_state(out, st.name, chash, run, dev)
         unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         step, elapsed, init_sha = int(meta["step"]), float(meta.get("seconds", 0.0)), meta.get("init_sha256")
     else:
@@ -611,10 +653,14 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     gen.manual_seed(t.seed * 1_000_003 + rank)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     if meta is not None:
-        parallel.load_optim_state(unet, opt, _optim_state(
-            {k: v.to(dev) for k, v in tensors.items() if k.startswith("optim.")}, meta["optim"]))
+        parallel.load_optim_state(unet, opt, _optim_state(  # FSDP shards it from the CPU copy
+            {k: v if sharded else v.to(dev) for k, v in tensors.items() if k.startswith("optim.")}, meta["optim"]))
         saved_world = int(meta.get("world", 1))
-        _set_rng_state(meta["rng"][min(rank, len(meta["rng"]) - 1)], gen)
+        if saved_world == world:
+            _set_rng_state(meta["rng"][rank], gen)
+        else:  # another number of ranks: fresh, distinct streams per rank from (seed, step, rank)
+            torch.manual_seed(_derived_seed(t.seed, step, rank, "resume"))
+            gen.manual_seed(_derived_seed(t.seed, step, rank, "loss"))
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
         if saved_world != world and rank == 0 and progress:
@@ -623,24 +669,31 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
                   f"{saved_world}-process run (exact to the step, not bit for bit)")
         del tensors
 
-    def ema_module_and_state():
-        """(a whole EMA module on this device or None, its state dict on the CPU); a collective under FSDP."""
+    def ema_module_and_state(for_preview: bool):
+        """(the whole EMA module or None, its state on the CPU or None); rank 0 gets them. A collective under FSDP
+        (every rank calls it); the gathered module is built on the CPU and moved to the device only to preview."""
         if not sharded:
+            if rank != 0:
+                return None, None
             return ema.module, {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
         state = ema.full_state()
         if rank != 0:
-            return None, state
-        with torch.random.fork_rng(devices=[]):
-            m = _build_unet(st, dev)
-        m.load_state_dict(state)
-        return m.eval().requires_grad_(False), state
+            return None, None
+        with torch.device("meta"):
+            m = _build_unet(st, dev, meta=True)
+        m.load_state_dict(state, assign=True)
+        m = m.eval().requires_grad_(False)
+        return (m.to(dev) if for_preview else m), state
 
     # -- checkpointing (the single-device format whatever the parallelism)
     def checkpoint(at: int, seconds: float):
         rngs = parallel.gather_objects(_rng_state(gen), dd)
-        model_state = parallel.full_model_state(unet)
-        optim_sd = parallel.full_optim_state(unet, opt)
-        ema_mod, ema_state = ema_module_and_state()
+        if sharded:
+            model_state = parallel.full_model_state(unet)  # collectives: every rank
+            optim_sd = parallel.full_optim_state(unet, opt)
+        elif rank == 0:
+            model_state, optim_sd = parallel.full_model_state(unet), parallel.full_optim_state(unet, opt)
+        ema_mod, ema_state = ema_module_and_state(for_preview=False)
         if rank != 0:
             return None
         tens = {f"model.{k}": v for k, v in model_state.items()}
@@ -710,8 +763,12 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
                 _append_log(out / "loss.csv", log_rows, st.name)
             log_rows = []
         if (t.sample_every and step % t.sample_every == 0) or step == t.steps:
-            if not saved:  # a collective under FSDP: every rank takes part (rank 0 gets the module)
-                ema_mod = ema_module_and_state()[0]
+            if not sharded:
+                ema_mod = ema.module
+            elif not saved:  # a collective under FSDP: every rank takes part (rank 0 gets the module)
+                ema_mod = ema_module_and_state(for_preview=True)[0]
+            elif rank == 0:
+                ema_mod = ema_mod.to(dev)
             if rank == 0:
                 preview(cfg, i, ema_mod, prompt_tok, prompt_mask, out, step, prompts, t)
     bar.close()

@@ -147,7 +147,8 @@ class ResBlock(nn.Module):
 
 # How text cross-attention handles padding: "grouped" runs one unmasked SDPA call per distinct prompt length on
 # the keys cut to that length, so SDPA may pick its flash or memory-efficient kernel (a mask rules flash out);
-# "masked" is one call with the boolean mask; "auto" groups on CUDA and masks elsewhere. Equal results (a test).
+# "masked" is one call with the boolean mask; "auto" groups on CUDA in bf16/fp16 and masks elsewhere. Equal
+# results (a test).
 CROSS_ATTENTION = os.environ.get("IMAGEN_CROSS_ATTENTION", "auto")
 
 
@@ -158,8 +159,10 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     mode = mode or CROSS_ATTENTION
     if mode not in ("auto", "grouped", "masked"):
         raise ValueError(f"IMAGEN_CROSS_ATTENTION must be auto, grouped or masked, got {mode!r}")
-    grouped = mode == "grouped" or (mode == "auto" and q.device.type == "cuda")
-    if not grouped or mask.device.type == "meta":
+    # auto: where flash can run (CUDA, half precision) and not while torch.compile traces (data-dependent groups)
+    grouped = mode == "grouped" or (mode == "auto" and q.device.type == "cuda"
+                                    and q.dtype in (torch.bfloat16, torch.float16))
+    if not grouped or mask.device.type == "meta" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
     if bool(mask.all()):
         return F.scaled_dot_product_attention(q, k, v)  # no padding at all: no mask needed

@@ -117,6 +117,29 @@ def test_a_two_process_state_resumes_in_one_process(tmp_path, mode, capsys):
     last = load_file(str(run / "train_state" / "base.safetensors"))
     assert set(last) == set(end) and all(torch.isfinite(v).all() for v in last.values() if v.is_floating_point())
     assert any(not torch.equal(end[k], last[k]) for k in end if k.startswith("ema."))
+    # resumed from 1 process into 2: each rank got its own random stream, not a copy of the saved one
+    assert meta["rng"][0]["loss_generator"] != meta["rng"][1]["loss_generator"]
+
+
+NO_CROSS = '''
+    import dataclasses, sys, torch
+    sys.path.insert(0, sys.argv[1])
+    torch.set_num_threads(1)
+    import imagen.train as T
+    from test_train import FakeEncoder, micro_run
+    run = micro_run(sys.argv[2], steps=3, checkpoint_every=3)
+    stages = tuple(dataclasses.replace(st, unet=dataclasses.replace(st.unet, cross_attn=(False, False)))
+                   for st in run.model.stages)
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, stages=stages))
+    T.train(run, progress=False, encoder=FakeEncoder())
+'''
+
+
+def test_ddp_trains_a_model_whose_text_projection_is_unused(tmp_path):
+    """Without cross-attention the token projection gets no gradient; DDP (static graph) trains on regardless."""
+    (tmp_path / "run").mkdir()
+    _torchrun(tmp_path, NO_CROSS, tmp_path / "run", port=29537)
+    assert json.loads((tmp_path / "run" / "train_state" / "base.json").read_text())["step"] == 3
 
 
 @pytest.mark.slow

@@ -280,3 +280,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
+
+
+def test_fsdp_with_adafactor_is_refused_in_one_line():
+    from imagen.train import _check_parallel
+
+    t = TrainConfig(optimizer="adafactor", parallel="fsdp")
+    _check_parallel(t, 1)  # one process: nothing is sharded
+    with pytest.raises(UserError, match="adafactor.*does not run on FSDP"):
+        _check_parallel(t, 2)
+
+
+def test_a_state_of_another_config_names_the_difference(tmp_path):
+    enc = FakeEncoder()
+    train(micro_run(tmp_path / "r", steps=2), progress=False, encoder=enc)
+    with pytest.raises(UserError, match=r"differs in train.lr: saved 0.001, now 0.002"):
+        train(micro_run(tmp_path / "r", steps=4, lr=2e-3), progress=False, encoder=enc, resume=True)

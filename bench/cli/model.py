@@ -33,8 +33,8 @@ def _info(args: argparse.Namespace) -> int:
 
 PLAN_EPILOG = """examples:
   imagen-bench model plan --preset paper --stage base --batch 64 --gpu-memory 80GiB
-  imagen-bench model plan --preset paper --stage base --batch 256 --gpus 8 --parallel fsdp --grad-checkpointing \\
-      --optimizer adafactor --gpu-memory 80GiB --json
+  imagen-bench model plan --preset paper --stage base --batch 64 --gpus 8 --parallel fsdp --grad-checkpointing \\
+      --gpu-memory 80GiB --json
   imagen-bench model plan --preset paper --stage sr1024 --batch 4 --mode sample --gpu-memory 141GiB
   imagen-bench model plan --preset paper --stage sr1024 --batch 16 --mode train --crop 256 --gpu-memory 80GiB
   imagen-bench model plan --preset small --stage base --batch 16 --precision fp32   # a CPU run's peak
@@ -70,6 +70,8 @@ def _plan(args: argparse.Namespace) -> int:
         if mem:
             line += f"  {'yes' if p.fits else 'NO ':<4}  {p.max_batch if p.max_batch is not None else '-'}"
         print(line)
+    print("  total = weights + optim + ema + the step's traced peak (activations, with the gradients as they appear; "
+          "grads shows them at the end of the step)")
     if mem:
         print(f"  budget: {mem / GiB:.1f} GiB less a 10% margin for the CUDA context and allocator slack")
     print("method: " + METHOD)

@@ -27,7 +27,7 @@ examples:
   imagen-bench train configs/shapes_base.toml --set train.steps=200 --set train.init= --out runs/quick
   torchrun --nproc-per-node 2 -m bench train configs/shapes_base_pos.toml  # data-parallel (gloo on CPU, nccl on GPU)
   torchrun --nproc-per-node 8 -m bench train configs/paper_base.toml --set train.parallel=fsdp \\
-      --set train.grad_checkpointing=true   # the 2B base sharded over 8 GPUs
+      --set train.optimizer=adamw --set train.lr=1e-4   # the 2B base sharded over 8 GPUs
   scripts/train_reference.sh                                           # both stages + copy into imagen/weights/shapes
 """
 
