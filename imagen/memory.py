@@ -10,7 +10,7 @@ Method (`imagen-bench model plan` prints it):
   forward + backward, gradients included as they appear. Sampling's is the peak of one forward of 2 x batch rows
   (classifier-free guidance runs cond and uncond together), with bf16 weights at bf16.
 - on top: the CUDA context and allocator slack are not counted; keep a margin (the plan reserves 10%).
-`tests/test_memory.py` checks the plan against a measured CPU training step (peak RSS) within 25%.
+`tests/test_memory.py` checks the plan against measured CPU training steps (resident anonymous memory) within 25%.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def _plan(args: argparse.Namespace) -> int:
 METHOD = ("weights, gradients, optimiser state and EMA counted from the parameter shapes (fp32 master weights); "
           "activations traced: the stage's forward (+ backward) on shape-only tensors while every tensor the code "
           "creates is counted until freed (peak); sampling runs 2 x batch rows (guidance). Checked against a "
-          "measured CPU training step within 25% (tests/test_memory.py).")
+          "measured CPU training steps within 25% (tests/test_memory.py).")
 
 
 def register(subparsers) -> None:
