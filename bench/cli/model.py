@@ -80,7 +80,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 METHOD = ("weights, gradients, optimiser state and EMA counted from the parameter shapes (fp32 master weights); "
           "activations traced: the stage's forward (+ backward) on shape-only tensors while every tensor the code "
-          "creates is counted until freed (peak); sampling runs 2 x batch rows (guidance). Checked against a "
+          "creates is counted until freed (peak); sampling runs 2 x batch rows (guidance). Checked against "
           "measured CPU training steps within 25% (tests/test_memory.py).")
 
 
