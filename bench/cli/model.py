@@ -57,15 +57,18 @@ def _plan(args: argparse.Namespace) -> int:
         print(json.dumps({"preset": cfg.name, "plans": [p.as_dict() for p in plans], "method": METHOD}))
         return 0
 
+    unit, scale = ("GiB", GiB) if max(p.total for p in plans) >= GiB else ("MiB", 2 ** 20)
+
     def g(b):
-        return f"{b / GiB:8.2f}"
+        return f"{b / scale:8.2f}"
 
     print(f"preset {cfg.name}, {args.precision}, batch {args.batch} per device"
-          + (f", {args.gpus} GPUs ({parallel})" if args.gpus > 1 else "") + " (GiB per device)")
+          + (f", {args.gpus} GPUs ({parallel})" if args.gpus > 1 else "") + f" ({unit} per device)")
     print(f"  {'stage':<8} {'mode':<6} {'params':>8} {'weights':>8} {'grads':>8} {'optim':>8} {'ema':>8} "
           f"{'activ.':>8} {'total':>8}" + ("  fits  max batch" if mem else ""))
     for p in plans:
-        line = (f"  {p.stage:<8} {p.mode:<6} {p.params / 1e9:7.2f}B {g(p.weights)} {g(p.gradients)} {g(p.optimizer)} "
+        count = f"{p.params / 1e9:7.2f}B" if p.params >= 1e8 else f"{p.params / 1e6:7.2f}M"
+        line = (f"  {p.stage:<8} {p.mode:<6} {count} {g(p.weights)} {g(p.gradients)} {g(p.optimizer)} "
                 f"{g(p.ema)} {g(p.activations + p.gathered)} {g(p.total)}")
         if mem:
             line += f"  {'yes' if p.fits else 'NO ':<4}  {p.max_batch if p.max_batch is not None else '-'}"
