@@ -4,7 +4,8 @@ A simulated study: P prompts, R raters, each rater judging every prompt (or `per
 A vote prefers A, B or neither. The true shares are prefer_a = (1 - ties + effect) / 2, prefer_b = (1 - ties -
 effect) / 2, and `ties` indifferent; prompts and raters shift the A-versus-B log-odds by normal random effects
 (sd `prompt_sd`, `rater_sd`), as real prompts and raters differ. The analysis is the report's: the share
-difference prefer_a - prefer_b with its 95% prompt x rater cluster-robust t interval (`stats.crossed_mean_interval`); a study detects the
+difference prefer_a - prefer_b with its 95% prompt x rater cluster-robust t interval
+(`stats.crossed_mean_interval`); a study detects the
 preference when that interval excludes 0 on the right side. Power is the share of simulated studies that do.
 """
 
