@@ -32,25 +32,21 @@ CUDA_PEAKS = {"H200": {"bf16": 989.0, "fp32": 67.0}, "H100": {"bf16": 989.0, "fp
               "A10": {"bf16": 125.0, "fp32": 31.2}}
 
 
-def _inputs(cfg, i, batch, device, dtype=torch.float32):
-    st = cfg.stages[i]
-    r, L = st.resolution, cfg.text.max_length
-    x = torch.randn(batch, 3, r, r, device=device)
-    kw = dict(lowres=torch.randn(batch, 3, r, r, device=device), aug_level=torch.zeros(batch, device=device)) \
-        if st.is_sr else {}
-    return (x, torch.zeros(batch, device=device), torch.randn(batch, L, st.unet.text_dim, device=device),
-            torch.ones(batch, L, dtype=torch.bool, device=device), kw)
+def _inputs(cfg, i, batch, device):
+    from imagen.memory import _inputs as shapes_only  # the memory plan's inputs for a stage, on `device`
+
+    with torch.device(device):
+        return shapes_only(cfg, i, batch)
 
 
 def count_flops(cfg, i, batch, train: bool) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from imagen import unet as U
+    from imagen.memory import _masked_cross_attention
 
     st = cfg.stages[i]
-    old = U.CROSS_ATTENTION
-    U.CROSS_ATTENTION = "masked"
-    try:
+    with _masked_cross_attention():  # meta tensors: nothing to group prompt lengths by
         with torch.device("meta"):
             net = U.EfficientUNet(st.unet, null_text=st.null_text)
             x, ls, text, mask, kw = _inputs(cfg, i, batch, "meta")
@@ -59,8 +55,6 @@ def count_flops(cfg, i, batch, train: bool) -> int:
             if train:
                 out.square().mean().backward()
         return int(fc.get_total_flops())
-    finally:
-        U.CROSS_ATTENTION = old
 
 
 def peak_tflops(device: torch.device, precision: str, given: float | None) -> tuple[float, str]:
