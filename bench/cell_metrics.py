@@ -18,7 +18,7 @@ import numpy as np
 
 from bench import store
 from bench.generate import load_images
-from bench.suites import parse_name
+from bench.suites import WORLD_SUITES
 from bench.work import GridSpec, now
 from imagen.errors import UserError
 
@@ -130,10 +130,9 @@ def make_default_distribution(device: str = "cpu", nets: Networks | None = None)
 
 
 def default_alignment(image, facts_json: str) -> dict:
-    from imagen.shapes import row_to_facts
-    from imagen.shapes_scorer import score
+    from bench.metrics.alignment import as_facts, score  # the facts say their world
 
-    return score(image, row_to_facts(json.loads(facts_json)))
+    return score(image, as_facts(facts_json))
 
 
 def _importable(module: str) -> bool:
@@ -209,13 +208,15 @@ def _with_inputs(table: dict | None) -> dict | None:
 
 def _shapes_reference(spec: GridSpec, size: int):
     """Clean renders of the held-out scenes the shapes suite captions describe, at the model's resolution."""
-    from imagen.shapes import ShapesWorld, render
+    from bench.suites import world_suite
+    from imagen.worlds import get_world
 
-    n = next((parse_name(s)[1] or 64 for s in spec.suites if parse_name(s)[0] == "shapes"), None)
-    if n is None:
+    found = world_suite(spec.suites)
+    if found is None:
         raise UserError("metrics.fid.reference = \"shapes\" needs the shapes suite in suites, e.g. \"shapes:64\"")
-    world = ShapesWorld(spec.seed, "heldout")
-    return np.stack([render(world.item(i)[0], size) for i in range(n)])
+    world = get_world(found[0])
+    data = world.dataset(spec.seed, "heldout")
+    return np.stack([world.render(data.item(i)[0], size) for i in range(found[1])])
 
 
 def _value_row(cell_id, name, value, n, ihash, details: dict | None = None) -> dict:
@@ -332,7 +333,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3] (object array: mixed sizes)
         cats = [c if isinstance(c, str) and c else None for c in df[store.COL_CATEGORY]]  # NaN/None: no category
         if m.fid:
-            sel = (df[store.COL_SUITE] == "shapes").to_numpy() if m.fid["reference"] == "shapes" else None
+            sel = df[store.COL_SUITE].isin(WORLD_SUITES).to_numpy() if m.fid["reference"] == "shapes" else None
             shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
             ihash = _inputs_hash("fid", fid_settings, shas)
             if (cell_id, ihash) not in have:
@@ -342,7 +343,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
                                      reference if sel is not None else None)
                 rows.append(_value_row(cell_id, name, value, len(shas), ihash))
         for key, table in m.distribution().items():  # KID, precision/recall, CMMD, FD-CLIP against the reference
-            sel = (df[store.COL_SUITE] == "shapes").to_numpy() if table["reference"] == "shapes" else None
+            sel = df[store.COL_SUITE].isin(WORLD_SUITES).to_numpy() if table["reference"] == "shapes" else None
             shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
             ihash = _inputs_hash(key, dist_settings[key], shas)
             if (cell_id, ihash) not in have:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import cell_metrics, generate, store
 from bench.generators import Request, contract, kind_of, load_generator, model_defaults, rank_device
-from bench.suites import Prompt, load_suites, parse_name
+from bench.suites import WORLD_SUITES, Prompt, load_suites, parse_name, world_suite
 from bench.work import Cell, GridSpec, MetricsSpec, WorkItem, expand, item_seed, now, plan, work_items
 from imagen.config import SamplerConfig, normalize_threshold
 from imagen.errors import UserError
@@ -216,6 +216,13 @@ def _maybe(values: list | None, fn) -> tuple | None:
 
 def _sampler(name, kind: str) -> str:
     samplers = _known_samplers()
+    if isinstance(name, (list, tuple)) or (isinstance(name, str) and "," in name):  # one per stage
+        from imagen.config import normalize_sampler
+
+        value = normalize_sampler(name, "axes.sampler")
+        for part in value.split(","):
+            _sampler(part, kind)
+        return value
     if isinstance(name, str) and (name in samplers or (kind == "diffusers" and name.endswith("Scheduler"))):
         return name
     extra = " or a diffusers scheduler class name (e.g. EulerDiscreteScheduler)" if kind == "diffusers" else ""
@@ -407,10 +414,10 @@ def check_reference(spec: GridSpec, prompts: list[Prompt], ref, key: str, need_i
         raise UserError(f"{key}.reference: {ref!r}; use \"shapes\", a folder of images, a study folder or a "
                         f"statistics .npz file")
     if ref == "shapes":
-        if not any(parse_name(s)[0] == "shapes" for s in spec.suites):
+        if world_suite(spec.suites) is None:
             raise UserError(f"{key}.reference = \"shapes\" needs the shapes suite in suites, e.g. "
-                            "\"shapes:64\"; or give a folder of reference images")
-        n_images = sum(p.suite == "shapes" for p in prompts) * spec.samples_per_prompt
+                            "\"shapes:64\" (or \"shapes-hard:64\"); or give a folder of reference images")
+        n_images = sum(p.suite in WORLD_SUITES for p in prompts) * spec.samples_per_prompt
     else:
         if not Path(ref).exists():
             raise UserError(f"{key}.reference: {ref} not found; give \"shapes\", a folder of images, a study "

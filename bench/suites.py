@@ -1,6 +1,6 @@
 """Prompt suites: DrawBench, COCO captions (zero-shot protocol), the shapes world's held-out captions, any CSV.
 
-A suite is named by a string: `drawbench`, `coco`, `shapes`, or the path of a prompt file: CSV or TSV (by the
+A suite is named by a string: `drawbench`, `coco`, `shapes`, `shapes-hard` (imagen.worlds), or the path of a prompt file: CSV or TSV (by the
 extension, else sniffed from the header line), a `prompt` column and an optional `category`, header names matched
 without regard to case (`Prompt`, `Category`); any other columns are kept with each prompt as metadata (JSON) and
 land in its sample rows. `NAME:N` takes a seeded subset of N prompts (stratified over categories where there are any,
@@ -23,7 +23,8 @@ from typing import Callable
 from bench.ids import prompt_id
 from imagen.errors import UserError
 
-BUILTIN = ("drawbench", "coco", "shapes")
+BUILTIN = ("drawbench", "coco", "shapes", "shapes-hard")
+WORLD_SUITES = ("shapes", "shapes-hard")  # the suites whose prompts carry facts, and whose scenes are the reference
 DRAWBENCH_FILE = Path("drawbench") / "prompts.csv"
 COCO_FILE = Path("coco") / "val2014_captions_5k.csv"
 
@@ -160,17 +161,17 @@ def coco(data_dir: Path | None, n: int | None, seed: int) -> list[Prompt]:
     return [Prompt("coco", prompt_id("coco", c.caption), c.caption, None) for c in captions]
 
 
-def shapes(n: int | None, seed: int) -> list[Prompt]:
-    """Held-out captions of the shapes world, with the facts its scorer checks."""
-    from imagen import shapes as world
+def shapes(n: int | None, seed: int, world_name: str = "shapes") -> list[Prompt]:
+    """Held-out captions of a shapes world (`shapes` or `shapes-hard`), with the facts its scorer checks."""
+    from imagen.worlds import get_world
 
-    held_out = getattr(world, "held_out_captions", None) or getattr(world, "heldout_captions")
+    world = get_world(world_name)
     prompts = []
-    for item in held_out(n or 64, seed):
+    for item in world.held_out_captions(n or 64, seed):
         text, facts, category = _caption_parts(item)
         if dataclasses.is_dataclass(facts):
-            facts = dataclasses.asdict(facts)
-        prompts.append(Prompt("shapes", prompt_id("shapes", text), text, category,
+            facts = world.facts_to_row(facts)
+        prompts.append(Prompt(world_name, prompt_id(world_name, text), text, category,
                               json.dumps(facts, sort_keys=True, default=str)))
     return _dedupe(prompts)
 
@@ -226,12 +227,24 @@ def load_suite(name: str, data_dir: str | os.PathLike | None = None, seed: int =
         prompts = _dedupe(coco(root, n, seed))
     elif base == "shapes":
         return (shapes_fn or shapes)(n, seed)  # the world draws exactly n captions from the seed
+    elif base == "shapes-hard":
+        return shapes(n, seed, "shapes-hard")
     elif base.lower().endswith((".csv", ".tsv", ".tab")) or Path(base).is_file():
         prompts = _dedupe(read_prompt_csv(Path(base), suite_label(base)))
     else:
-        raise UserError(f"unknown suite {base!r}: use drawbench, coco, shapes, or the path of a CSV/TSV file "
+        raise UserError(f"unknown suite {base!r}: use drawbench, coco, shapes, shapes-hard, or the path of a CSV/TSV file "
                         f"with a 'prompt' column (add ':N' for a seeded subset)")
     return prompts if n is None else subset(prompts, n, seed, base)
+
+
+def world_suite(suites) -> tuple[str, int] | None:
+    """(name, n) of the one shapes-world suite among suite names (the FID reference "shapes" renders its scenes);
+    None without one; two worlds in one study is a UserError (their scenes are not one reference set)."""
+    found = [(parse_name(s)[0], parse_name(s)[1] or 64) for s in suites if parse_name(s)[0] in WORLD_SUITES]
+    if len({name for name, _ in found}) > 1:
+        raise UserError(f"suites {sorted({name for name, _ in found})}: a study takes one shapes world (the reference "
+                        f"\"shapes\" renders its scenes); run the worlds as two studies")
+    return found[0] if found else None
 
 
 def load_suites(names: list[str] | tuple[str, ...], data_dir=None, seed: int = 0, shapes_fn=None) -> list[Prompt]:
@@ -243,4 +256,4 @@ def load_suites(names: list[str] | tuple[str, ...], data_dir=None, seed: int = 0
 
 
 __all__ = ["Prompt", "prompt_id", "parse_name", "load_suite", "load_suites", "read_prompt_csv", "subset",
-           "BUILTIN"]
+           "BUILTIN", "WORLD_SUITES", "world_suite"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagen import diffusion
-from imagen.config import CascadeConfig, SamplerConfig, StageConfig
+from imagen.config import CascadeConfig, SamplerConfig, StageConfig, stage_values
 from imagen.errors import UserError
 from imagen.sampling import BatchNoise, get_sampler, guided, log_snr_grid, parse_threshold, thresholded
 
@@ -157,17 +157,20 @@ class Cascade(nn.Module):
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, text_mask: torch.Tensor, seeds: list[int], sampler: SamplerConfig,
-               progress: bool = False, *, exact: bool = True) -> torch.Tensor:
+               progress: bool = False, *, exact: bool = True, lowres: torch.Tensor | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] at the last stage's resolution for text [B, L, D], mask [B, L].
+
+        `lowres` [B, 3, r, r] in [-1, 1] (r = the base's resolution) replaces the base stage's output: the SR stages
+        upsample given images (an oracle low-res input: real renders instead of the base's samples).
 
         Stage k draws its noise from BatchNoise([stage_seed(seed, k)]): the initial z, then (SR stages) the
         augmentation noise, then the sampler's noise. `exact` (default) keeps float32 math on CUDA (no TF32) so
         an image does not depend on the batch it was made in; exact=False is faster on Ampere and later GPUs.
         """
         with full_fp32(self.device) if exact else contextlib.nullcontext():
-            return self._sample(text, text_mask, seeds, sampler, progress)
+            return self._sample(text, text_mask, seeds, sampler, progress, lowres)
 
-    def _sample(self, text, text_mask, seeds, sampler, progress):
+    def _sample(self, text, text_mask, seeds, sampler, progress, given=None):
         stages = self.cfg.stages
         if len(seeds) != text.shape[0]:
             raise UserError(f"give one seed per prompt: {len(seeds)} seeds for {text.shape[0]} prompts")
@@ -176,12 +179,19 @@ class Cascade(nn.Module):
         augs = sampler.per_stage(tuple(sampler.aug_level), n_sr, "aug_level") if n_sr else ()
         if any(not 0.0 <= a <= 1.0 for a in augs):
             raise UserError(f"aug_level values must be in [0, 1], got {list(augs)}")
-        sample_fn = get_sampler(sampler.sampler)
-        threshold_fn = parse_threshold(sampler.threshold)
+        sample_fns = [get_sampler(name) for name in stage_values(sampler.sampler, len(stages), "sampler")]
+        threshold_fns = [parse_threshold(t) for t in stage_values(sampler.threshold, len(stages), "threshold")]
         dev = self.device
         text, text_mask = text.to(dev), text_mask.to(dev)
         img = None
+        if given is not None:
+            if len(stages) < 2 or tuple(given.shape[1:]) != (3, stages[0].resolution, stages[0].resolution):
+                raise UserError(f"lowres images must be [B, 3, {stages[0].resolution}, {stages[0].resolution}] for a "
+                                f"cascade with SR stages, got {list(given.shape)} for {len(stages)} stage(s)")
+            img = given.to(dev, torch.float32)
         for k, st in enumerate(stages):
+            if k == 0 and given is not None:
+                continue
             noise = BatchNoise([stage_seed(s, k) for s in seeds], dev)
             z = noise.randn((3, st.resolution, st.resolution))  # z_1 ~ N(0, I), [B, 3, H, W]
             lowres = aug = None
@@ -190,9 +200,9 @@ class Cascade(nn.Module):
                 aug = torch.full((len(seeds),), float(augs[k - 1]), device=dev)
                 lowres = noise_augment(up, aug, noise.randn(up.shape[1:]), st.schedule)
             model_fn = self.stage_model_fn(k, text, text_mask, lowres, aug)
-            denoise = thresholded(guided(model_fn, ws[k]), threshold_fn)
+            denoise = thresholded(guided(model_fn, ws[k]), threshold_fns[k])
             grid = log_snr_grid(sampler.steps, st.schedule)
-            img = sample_fn(denoise, z, grid, noise, disable=not progress).clamp(-1.0, 1.0)
+            img = sample_fns[k](denoise, z, grid, noise, disable=not progress).clamp(-1.0, 1.0)
         return img
 
 

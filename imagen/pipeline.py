@@ -88,14 +88,19 @@ class Pipeline:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], sampler: SamplerConfig, batch_size: int = 8,
-                 progress: bool = False) -> np.ndarray:
-        """uint8 [B, H, W, 3] images for prompts[i] with seeds[i]; each image is independent of its batch."""
+                 progress: bool = False, lowres: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [B, H, W, 3] images for prompts[i] with seeds[i]; each image is independent of its batch.
+
+        `lowres` (uint8 [B, r, r, 3] at the base's resolution): the SR stages upsample these instead of the base's
+        samples (Cascade.sample)."""
         if isinstance(prompts, str):
             raise TypeError("generate takes a list of prompts, not one string")
         if len(prompts) != len(seeds):
             raise UserError(f"give one seed per prompt: {len(seeds)} seeds for {len(prompts)} prompts")
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        if lowres is not None and len(lowres) != len(prompts):
+            raise UserError(f"give one low-res image per prompt: {len(lowres)} images for {len(prompts)} prompts")
         res = self.resolution
         if not prompts:
             return np.zeros((0, res, res, 3), dtype=np.uint8)
@@ -108,7 +113,11 @@ class Pipeline:
         for start in batches:
             chunk = list(prompts[start:start + batch_size])
             tokens, mask = self.encoder.encode(chunk)  # [b, L, D], [b, L]
-            images = self.cascade.sample(tokens, mask, list(seeds[start:start + batch_size]), sampler)
+            low = None
+            if lowres is not None:
+                low = torch.from_numpy(np.ascontiguousarray(lowres[start:start + batch_size])).permute(0, 3, 1, 2)
+                low = low.float() / 127.5 - 1.0
+            images = self.cascade.sample(tokens, mask, list(seeds[start:start + batch_size]), sampler, lowres=low)
             out.append(to_uint8(images))
         return np.concatenate(out)
 

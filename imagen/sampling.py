@@ -224,6 +224,18 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def check_sampler(value, key: str = "sampler") -> str:
+    """A sampler name, or one per stage (a list or 'ddim,ddpm'), checked and in canonical form (normalize_sampler)."""
+    from imagen.config import normalize_sampler
+
+    value = normalize_sampler(value, key)
+    for name in value.split(","):
+        if name not in SAMPLERS:
+            raise UserError(f"{key}: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)} (one per stage: "
+                            f"comma-separated)")
+    return value
+
+
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     """The sampler called `name`; an unknown name is a UserError listing the known ones."""
     if name not in SAMPLERS:
@@ -234,5 +246,5 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
 __all__ = [
     "Denoiser", "BatchNoise", "guided", "static_threshold", "dynamic_threshold", "parse_threshold", "thresholded",
     "normalize_threshold",  # from imagen.config
-    "THRESHOLD_FORMS", "log_snr_grid", "SAMPLERS", "get_sampler", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
+    "THRESHOLD_FORMS", "log_snr_grid", "SAMPLERS", "get_sampler", "check_sampler", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
 ]

@@ -140,14 +140,31 @@ def _load_minilm(cfg: TextEncoderConfig, device, dtype) -> HFTextEncoder:
                          dim=cfg.dim, max_length=cfg.max_length, device=device)
 
 
+def _load_minilm_random(cfg: TextEncoderConfig, device, dtype) -> HFTextEncoder:
+    """all-MiniLM-L6-v2's architecture and tokenizer with weights drawn from its config's initialiser (seed 0), not
+    trained: the ablation of a pretrained text encoder (paper 4.4), same size, same recipe."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    config = AutoConfig.from_pretrained(str(path))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModel.from_config(config).to(dtype or torch.float32).eval()
+    return HFTextEncoder(model.to(device), tokenizer, dim=cfg.dim, max_length=cfg.max_length, device=device,
+                         id=f"minilm-random:seed0:{cfg.max_length}{_dtype_tag(dtype)}")
+
+
 def load_text_encoder(cfg: TextEncoderConfig, device: torch.device | str = "cpu",
                       dtype: torch.dtype | None = None) -> HFTextEncoder:
     """The frozen encoder a config names: `minilm` (offline default), `t5` (any T5EncoderModel) or `hf` (AutoModel)."""
     if cfg.kind == "minilm":
         return _load_minilm(cfg, device, dtype)
+    if cfg.kind == "minilm-random":
+        return _load_minilm_random(cfg, device, dtype)
     if cfg.kind in ("t5", "hf"):
         return _load_hf(cfg, device, dtype, t5=cfg.kind == "t5")
-    raise UserError(f"unknown text encoder kind {cfg.kind!r}; choose minilm, t5 or hf")
+    raise UserError(f"unknown text encoder kind {cfg.kind!r}; choose minilm, minilm-random, t5 or hf")
 
 
 # ----------------------------------------------------------------------------- embedding cache

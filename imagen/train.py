@@ -41,6 +41,7 @@ import torch
 from imagen.config import CascadeConfig, cascade_to_json, from_dict, preset, to_dict
 from imagen.errors import UserError
 from imagen.fileio import atomic_write, sha256_file
+from imagen.worlds import WORLD_FILE, WORLDS, model_world
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -87,7 +88,7 @@ class TrainConfig:
 class DataConfig:
     """[data]: what the stage is trained on. Images are square-cropped and resized to the stage resolution."""
 
-    kind: str = "shapes"  # "shapes" | "folder" | "coco"
+    kind: str = "shapes"  # a world of imagen.worlds ("shapes" | "shapes-hard") | "folder" | "coco"
     n: int = 10000  # shapes: number of training scenes
     seed: int = 0  # shapes: world seed
     split: str = "train"  # shapes: world split
@@ -229,6 +230,35 @@ def parse_config(data: dict, base: Path = Path("."), overrides: dict | None = No
     return run
 
 
+# The ablations of the findings report (paper 4.4 and 2.4), each a change of [model] on the same recipe:
+ABLATIONS: dict[str, str] = {
+    "random-text": "the text encoder's architecture with random weights (minilm-random) instead of pretrained MiniLM",
+    "pooled-text": "no cross-attention on the text tokens: every stage sees the pooled text vector only",
+    "no-aug": "SR stages trained without noise-conditioning augmentation (noise_aug_max = 0)",
+}
+
+
+def ablate(run: RunConfig, name: str) -> RunConfig:
+    """The run with one ablation of ABLATIONS applied to its [model] (a different cascade: train it into its own
+    out folder)."""
+    if name not in ABLATIONS:
+        raise UserError(f"unknown ablation {name!r}; choose one of {', '.join(ABLATIONS)}")
+    m = run.model
+    if name == "random-text":
+        if m.text.kind != "minilm":
+            raise UserError(f"ablation random-text needs the minilm text encoder, the config has {m.text.kind!r}")
+        m = dataclasses.replace(m, text=dataclasses.replace(m.text, kind="minilm-random"))
+    elif name == "pooled-text":
+        m = dataclasses.replace(m, stages=tuple(dataclasses.replace(
+            s, unet=dataclasses.replace(s.unet, cross_attn=(False,) * len(s.unet.cross_attn))) for s in m.stages))
+    else:
+        if not run.model.stages[run.stage_index()].is_sr:
+            raise UserError("ablation no-aug changes SR stages only; train an SR stage with it")
+        m = dataclasses.replace(m, stages=tuple(dataclasses.replace(s, noise_aug_max=0.0) if s.is_sr else s
+                                                for s in m.stages))
+    return dataclasses.replace(run, model=m)
+
+
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
     path = Path(path)
     if not path.is_file():
@@ -261,21 +291,22 @@ def _validate(run: RunConfig) -> None:
          f"[train] log_snr_shift must be a number in [-10, 10] (0 = off), got {t.log_snr_shift}"),
         (min(t.sample_every, t.checkpoint_every, t.num_workers) >= 0 and t.log_every >= 1,
          "[train] sample_every, checkpoint_every, num_workers must be >= 0 and log_every >= 1"),
-        (d.kind in ("shapes", "folder", "coco"), f"[data] kind must be shapes, folder or coco, got {d.kind!r}"),
-        (d.kind != "shapes" or d.n >= 1, "[data] n must be >= 1"),
-        (d.kind == "shapes" or (d.path and d.captions),
+        (d.kind in (*WORLDS, "folder", "coco"),
+         f"[data] kind must be {', '.join(WORLDS)}, folder or coco, got {d.kind!r}"),
+        (d.kind not in WORLDS or d.n >= 1, "[data] n must be >= 1"),
+        (d.kind in WORLDS or (d.path and d.captions),
          f"[data] kind = {d.kind!r} needs path = IMAGE_FOLDER and captions = FILE"),
         (d.crop == 0 or st.is_sr, "[data] crop is for SR stages only (the base stage sees whole images)"),
-        (not d.categories or d.kind == "shapes", "[data] categories is for kind = \"shapes\" only"),
+        (not d.categories or d.kind in WORLDS, "[data] categories is for the shapes worlds only"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
     if d.categories:  # the world checks its own arguments; here, before any work and naming the section
-        from imagen.shapes import ShapesWorld
+        from imagen.worlds import get_world
 
         try:
-            ShapesWorld(d.seed, d.split, tuple(d.categories))
+            get_world(d.kind).dataset(d.seed, d.split, tuple(d.categories))
         except UserError as e:
             raise UserError(f"[data] {e}") from None
     if d.crop:
@@ -593,6 +624,9 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     if cfg_file.is_file() and cfg_file.read_text() != cascade_to_json(cfg):
         raise UserError(f"{out} already holds a different cascade (config.json differs from [model]); use the same "
                         f"[model] for every stage of a cascade, or another out folder")
+    if run.data.kind in WORLDS and (out / WORLD_FILE).is_file() and model_world(out) != run.data.kind:
+        raise UserError(f"{out} holds a model of the {model_world(out)!r} world; [data] kind = {run.data.kind!r} "
+                        f"needs another out folder")
     if jpath.is_file() and not resume:
         raise UserError(f"{out} already has a training state for stage {st.name!r}; pass --resume to continue it, "
                         f"or choose another out folder")
@@ -600,7 +634,7 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         init_weights(run)  # a fresh run starts there: a missing file is an error before any work
 
     # -- data and text (captions encoded once, rank 0 first)
-    render = max(s.resolution for s in cfg.stages) if run.data.kind == "shapes" else st.resolution
+    render = max(s.resolution for s in cfg.stages) if run.data.kind in WORLDS else st.resolution
     ds = make_dataset(run.data, size=render, render_size=render)
     captions, cap_ids = unique_captions(ds)
     prompts = list(t.sample_prompts) or captions[:8]
@@ -708,6 +742,8 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
         atomic_write(jpath, lambda tmp: Path(tmp).write_text(json.dumps(meta_out)))
         with _swapped(cascade, i, ema_mod):
             save_cascade(cascade, out, stages=[st.name])
+        if run.data.kind in WORLDS:  # the world the model is scored on (imagen.worlds.model_world)
+            atomic_write(out / WORLD_FILE, lambda tmp: Path(tmp).write_text(run.data.kind + "\n"))
         return ema_mod
 
     # -- the loop

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from imagen.checkpoint import CONFIG_FILE, SAMPLER_FILE, parse_sampler_defaults, read_config, sampler_defaults
 from imagen.errors import UserError
+from imagen.worlds import WORLD_FILE
 
 
 def main(src: str, name: str, sampler: str | None = None) -> None:
@@ -38,6 +39,8 @@ def main(src: str, name: str, sampler: str | None = None) -> None:
         if sampler_file.is_file():
             shutil.copy(sampler_file, tmp / SAMPLER_FILE)
             sampler_defaults(tmp)  # its per-stage lists must fit this model's stages, or nothing is shipped
+        if (src_dir / WORLD_FILE).is_file():  # which world the model is scored on
+            shutil.copy(src_dir / WORLD_FILE, tmp / WORLD_FILE)
         for st in cfg.stages:
             sd = load_file(str(src_dir / f"{st.name}.safetensors"))
             save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()},

@@ -16,11 +16,12 @@ from imagen.errors import UserError
 
 # Subcommand groups, in the order `--help` lists them. A module that fails to import (a missing optional
 # dependency) only disables its own commands.
-GROUPS = ("model", "sample", "data", "train", "metrics", "grid", "drawbench")
+GROUPS = ("model", "sample", "data", "train", "metrics", "grid", "drawbench", "findings")
 
 EPILOG = """examples:
   imagen-bench quickstart                              # the main job: a grid on the shipped model, with a report
   imagen-bench model info --preset paper               # stage resolutions and parameter counts
+  imagen-bench findings                                # the paper's findings on our own model (docs/findings.md)
   imagen-bench sample --preset tiny --prompt "a red circle" --guidance 3 --threshold dynamic:0.995 --out a.png
   imagen-bench <command> --help                        # every command has its own examples
 """
@@ -44,13 +45,14 @@ def sampler_flags(args: argparse.Namespace) -> dict:
 
     from imagen.config import normalize_threshold
     from imagen.errors import UserError
-    from imagen.sampling import get_sampler
+    from imagen.sampling import check_sampler
 
     flags = {k: getattr(args, k, None) for k in ("sampler", "steps", "guidance", "threshold", "aug_level")}
-    if flags["threshold"] is not None:
+    if flags["threshold"] is not None:  # 'static' or one per stage: 'static,dynamic:0.99'
         flags["threshold"] = normalize_threshold(flags["threshold"], "--threshold")
     if flags["sampler"] is not None and not flags["sampler"].endswith("Scheduler"):
-        get_sampler(flags["sampler"])  # a diffusers scheduler class name is checked by the diffusers generator
+        # a diffusers scheduler class name is checked by the diffusers generator
+        flags["sampler"] = check_sampler(flags["sampler"], "--sampler")
     if flags["steps"] is not None and flags["steps"] < 1:
         raise UserError(f"--steps must be at least 1, got {flags['steps']}")
     if flags["guidance"] is not None:

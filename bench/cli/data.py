@@ -84,32 +84,48 @@ def _data_shapes(args: argparse.Namespace) -> int:
 
 
 def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: int | None, threshold: str | None,
-                    sampler: str | None, batch_size: int, progress: bool = False) -> list[dict]:
+                    sampler: str | None, batch_size: int, progress: bool = False, world: str = "shapes",
+                    lowres_oracle: bool = False, aug_level: tuple[float, ...] | None = None) -> list[dict]:
     """For each guidance weight: n held-out captions sampled with seeds seed+i (the same prompts and seeds at
-    every weight), scored by the shapes scorer. A setting that is None is the pipeline's default (its model's
-    sampler.toml, else SamplerConfig's). Returns [{"guidance", "n", "sampler", "accuracy", "by_category"}]."""
+    every weight), scored by the world's scorer. A setting that is None is the pipeline's default (its model's
+    sampler.toml, else SamplerConfig's). `lowres_oracle`: the SR stages upsample clean renders of the captions'
+    scenes at the base's resolution instead of the base's samples. Returns [{"guidance", "n", "sampler",
+    "accuracy", "by_category"}]."""
     import numpy as np
 
     from bench.generators import Request, contract
     from bench.metrics.alignment import accuracy_dict, alignment
     from imagen.config import to_dict
-    from imagen.shapes import held_out_captions
+    from imagen.worlds import get_world
 
+    w = get_world(world)
     gen = contract(pipeline)
     if gen.sampler_defaults is None:
         raise UserError(f"{gen.model_id} is a precomputed image set; eval shapes samples held-out captions at "
                         f"several guidance weights, so it needs a model (use grid run with the shapes suite instead)")
 
-    captions = held_out_captions(n, seed)
+    captions = w.held_out_captions(n, seed)
+    lowres = None
+    if lowres_oracle:  # the held-out scenes behind the captions, drawn at the base's resolution
+        from PIL import Image
+
+        base_res = pipeline.cascade.cfg.stages[0].resolution
+        data = w.dataset(seed, "heldout")
+        lowres = np.stack([np.asarray(Image.fromarray(w.render(data.item(i)[0], pipeline.resolution)).resize(
+            (base_res, base_res), Image.BOX)) for i in range(n)])
     prompts = [c for c, _, _ in captions]
     facts = [f for _, f, _ in captions]
     seeds = [seed + i for i in range(n)]
     results = []
     for g in guidances:
-        cfg = gen.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold, guidance=(float(g),))
+        cfg = gen.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold, guidance=(float(g),),
+                                         aug_level=aug_level)
         requests = [Request(p, s) for p, s in zip(prompts, seeds)]
         gen.check([cfg], requests)
-        images = gen.generate(requests, cfg, batch_size=batch_size).images  # the generator batches
+        if lowres is not None:
+            images = pipeline.generate(prompts, seeds, cfg, batch_size=batch_size, lowres=lowres)
+        else:
+            images = gen.generate(requests, cfg, batch_size=batch_size).images  # the generator batches
         res = alignment(np.stack(images), facts)
         results.append({
             "guidance": float(g), "n": n, "sampler": to_dict(cfg),
@@ -120,7 +136,7 @@ def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: 
 
 
 def _table(results: list[dict]) -> str:
-    from imagen.shapes_scorer import FACT_TYPES
+    from bench.metrics.alignment import FACT_TYPES
 
     cols = [t for t in (*FACT_TYPES, "overall") if any(t in r["accuracy"] for r in results)]
     lines = [f"{'guidance':>8}  {'n':>5}  " + "  ".join(f"{c:>8}" for c in cols)]
@@ -152,17 +168,20 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     flags = sampler_flags(args)  # --guidance here is the list of weights to sweep, each for every stage
+    from imagen.checkpoint import model_world_of
+
+    world = args.world or model_world_of(args.model)
     pipeline = load_generator(args.model, device=args.device, precision=args.precision)
     results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, flags["steps"], flags["threshold"],
-                              flags["sampler"], args.batch_size, progress=True)
-    report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed,
+                              flags["sampler"], args.batch_size, progress=True, world=world)
+    report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed, "world": world,
               "precision": args.precision,
               "defaults": to_dict(pipeline.sampler_defaults), "results": results}
     if args.json:
         print(json.dumps(report))
     else:
         used = results[0]["sampler"]
-        print(f"model {args.model} ({pipeline.checkpoint_hash[:12]}), {args.n} held-out shapes captions, "
+        print(f"model {args.model} ({pipeline.checkpoint_hash[:12]}), {args.n} held-out {world} captions, "
               f"seed {args.seed}, {used['sampler']} {used['steps']} steps, threshold {used['threshold']} (model's "
               f"default guidance: {_weights(pipeline.sampler_defaults.guidance)}); fraction of images passing each "
               f"fact (overall: every fact of the caption)")
@@ -216,15 +235,18 @@ def register(subparsers) -> None:
     esub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
     es = esub.add_parser(
         "shapes", formatter_class=HelpFormatter, help="caption alignment on held-out shapes captions",
-        description="Sample n held-out shapes captions (balanced over Colors, Counting, Positional, Binding, "
-                    "Misspellings) at each guidance weight, with seeds seed..seed+n-1 (the same prompts and seeds "
-                    "at every weight), and score each image against its caption's facts with the shapes scorer. "
+        description="Sample n held-out captions of the model's world (shapes: balanced over Colors, Counting, "
+                    "Positional, Binding, Misspellings; shapes-hard: Attributes, Counting, Positional, Inside, "
+                    "Largest) at each guidance weight, with seeds seed..seed+n-1 (the same prompts and seeds "
+                    "at every weight), and score each image against its caption's facts with the world's scorer. "
                     "Accuracy per fact type = fraction of the images whose caption tests it that pass it; overall = "
                     "fraction of images passing every fact their caption tests. A fact type the sample did not "
                     "test is absent, not zero.",
         epilog="examples:\n"
                "  imagen-bench eval shapes --model shapes --guidance 1 3 5 --n 64 --json\n"
                "  imagen-bench eval shapes --model shapes --guidance 1 5 --n 200 --steps 50 --threshold static\n"
+               "  imagen-bench eval shapes --model shapes-hard --guidance 1 3 5 --n 100   # its own (hard) world\n"
+               "  imagen-bench eval shapes --model shapes-hard --threshold static,dynamic:0.99   # per stage\n"
                "  imagen-bench eval shapes --model runs/shapes/ckpt --guidance 3 --n 32 --device cuda --batch-size 32\n"
                "  imagen-bench eval shapes --model tiny --guidance 1 --n 5 --steps 2 --json   # untrained preset\n",
     )
@@ -237,10 +259,14 @@ def register(subparsers) -> None:
     es.add_argument("--steps", type=int, default=None,
                     help="sampling steps (default: the model's sampler.toml, else the SamplerConfig default)")
     es.add_argument("--threshold", default=None, metavar="T",
-                    help="none | static | dynamic:P (default: the model's sampler.toml, else the SamplerConfig "
-                         "default)")
+                    help="none | static | dynamic:P | dynamic:P:M, or one per stage comma-separated "
+                         "(static,dynamic:0.99) (default: the model's sampler.toml, else the SamplerConfig default)")
     es.add_argument("--sampler", default=None,
-                    help="sampler name (default: the model's sampler.toml, else the SamplerConfig default)")
+                    help="sampler name, or one per stage comma-separated (ddim,ddpm) (default: the model's "
+                         "sampler.toml, else the SamplerConfig default)")
+    es.add_argument("--world", default=None, choices=("shapes", "shapes-hard"),
+                    help="which world's held-out captions and scorer (default: the one the model was trained on, "
+                         "its world.txt; shapes for models without one)")
     es.add_argument("--seed", type=int, default=0, help="picks the held-out captions and the first image seed")
     es.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     es.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 DESCRIPTION = """\
@@ -29,6 +30,8 @@ examples:
   torchrun --nproc-per-node 8 -m bench train configs/paper_base.toml --set train.parallel=fsdp \\
       --set train.optimizer=adamw --set train.lr=1e-4   # the 2B base sharded over 8 GPUs
   scripts/train_reference.sh                                           # both stages + copy into imagen/weights/shapes
+  imagen-bench train configs/hard_base.toml --ablation pooled-text     # an ablation of the findings report, into
+                                                                       # runs/shapes-hard-pooled-text
 """
 
 
@@ -63,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["train.steps"] = args.steps
     cfg = load_config(args.config, overrides)
+    if args.ablation:
+        from imagen.train import ablate
+
+        cfg = ablate(cfg, args.ablation)
+        if not args.out:  # an ablated model is another cascade: its own folder beside the recipe's
+            cfg = dataclasses.replace(cfg, out=f"{cfg.out}-{args.ablation}")
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.json,
                    stop_at=args.stop_at, text_cache=args.text_cache)
     if args.json:
@@ -85,6 +94,10 @@ def register(subparsers) -> None:
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's train_state (bit-exact); starts fresh if there is none")
+    p.add_argument("--ablation", choices=("random-text", "pooled-text", "no-aug"),
+                   help="train an ablation of the config's model (the findings report): random-text = MiniLM's "
+                        "architecture with random weights; pooled-text = no cross-attention, the pooled text vector "
+                        "only; no-aug = SR without noise-conditioning augmentation. Default out: OUT-ABLATION")
     p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed), as if interrupted")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     p.add_argument("--threads", type=int, default=0,

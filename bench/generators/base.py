@@ -111,7 +111,8 @@ def contract(generator) -> Contract:
 
 
 def check_stage_lists(settings: SamplerConfig | None, n_stages: int, model_id: str) -> None:
-    """Per-stage guidance has one weight or one per stage; the aug level one or one per SR stage."""
+    """Per-stage guidance, thresholding and sampler have one value or one per stage; the aug level one or one per
+    SR stage."""
     if settings is None:
         return
     for key, values, n, what in (("axes.guidance", settings.guidance, n_stages, "stage"),
@@ -119,6 +120,11 @@ def check_stage_lists(settings: SamplerConfig | None, n_stages: int, model_id: s
         if len(values) > 1 and n > 0 and len(values) != n:
             raise UserError(f"{key}: {list(values)} has {len(values)} values but model {model_id!r} needs one value "
                             f"or {n} (one per {what})")
+    for key, value in (("axes.threshold", settings.threshold), ("axes.sampler", settings.sampler)):
+        parts = str(value).split(",") if value is not None else [None]
+        if len(parts) > 1 and len(parts) != n_stages:
+            raise UserError(f"{key}: {value!r} has {len(parts)} values but model {model_id!r} needs one value or "
+                            f"{n_stages} (one per stage)")
 
 
 def _n_stages(generator) -> int | None:

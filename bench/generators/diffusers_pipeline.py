@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from imagen.config import SamplerConfig, threshold_parts
+from imagen.config import SamplerConfig, stage_values, threshold_parts
 from imagen.errors import UserError
 
 from bench.filehash import HashMemo, digest_of
@@ -271,7 +271,11 @@ class DiffusersGenerator:
         base = self.base_schedulers[stage]
         if settings.sampler is None and settings.threshold is None:
             return base  # the stage's own scheduler, as it ships
-        name = settings.sampler or type(base).__name__
+        n = self.n_stages  # a per-stage value ('ddim,ddpm', 'static,dynamic:0.95') gives each stage its own
+        sampler = stage_values(settings.sampler, n, "axes.sampler")[stage] if settings.sampler is not None else None
+        threshold = (stage_values(settings.threshold, n, "axes.threshold")[stage]
+                     if settings.threshold is not None else None)
+        name = sampler or type(base).__name__
         cls_name, extra = SAMPLERS.get(name, (name, {}))
         cls = getattr(diffusers, cls_name, None)
         if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
@@ -279,7 +283,7 @@ class DiffusersGenerator:
                             f"(e.g. EulerDiscreteScheduler, UniPCMultistepScheduler)")
         params = inspect.signature(cls.__init__).parameters
         over = dict(extra)
-        kind, p, cap = threshold_parts(settings.threshold) if settings.threshold is not None else (None, None, None)
+        kind, p, cap = threshold_parts(threshold) if threshold is not None else (None, None, None)
         where = f"stage {stage + 1} ({type(self.pipes[stage]).__name__}) with {cls_name}"
         if kind is None:
             pass  # thresholding left out: the stage's own config says
@@ -297,7 +301,7 @@ class DiffusersGenerator:
                                 f"on {where}; use ddpm, ddim or dpmpp-2m, or threshold = none")
         else:
             if "thresholding" not in params:
-                raise UserError(f"axes.threshold: {cls_name} has no thresholding, so {settings.threshold!r} cannot "
+                raise UserError(f"axes.threshold: {cls_name} has no thresholding, so {threshold!r} cannot "
                                 f"be honoured on {where}; use ddpm, ddim or dpmpp-2m")
             over.update(thresholding=True, dynamic_thresholding_ratio=p,
                         sample_max_value=cap if cap is not None else float("inf"))

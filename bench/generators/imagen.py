@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imagen.config import SamplerConfig, normalize_threshold
 from imagen.errors import UserError
-from imagen.sampling import get_sampler
+from imagen.sampling import check_sampler
 
 from bench.generators.base import AXES, Generated, check_stage_lists
 
@@ -36,7 +36,7 @@ class ImagenGenerator:
         n = self.n_stages
         return {"sampler": settings.sampler, "steps": int(settings.steps),
                 "guidance": list(settings.per_stage(settings.guidance, n, "axes.guidance")),
-                "threshold": normalize_threshold(settings.threshold, "axes.threshold"),
+                "threshold": normalize_threshold(settings.threshold, "axes.threshold"),  # 'a' or 'a,b': one per stage
                 "aug_level": list(settings.per_stage(settings.aug_level, n - 1, "axes.aug_level")) if n > 1 else []}
 
     def check(self, settings: list, requests) -> None:
@@ -44,7 +44,7 @@ class ImagenGenerator:
             if s is None:
                 raise UserError(f"model {self.model_id!r} needs sampling settings; give the spec its [axes]")
             check_stage_lists(s, self.n_stages, self.model_id)
-            get_sampler(s.sampler)  # a diffusers scheduler name means nothing to our cascade
+            check_sampler(s.sampler, "axes.sampler")  # a diffusers scheduler name means nothing to our cascade
 
     def describe(self, settings: SamplerConfig) -> dict:
         return {"kind": self.kind, "stages": [s.name for s in self.pipeline.cascade.cfg.stages],

@@ -1,15 +1,17 @@
-"""Caption alignment on the shapes world: the shapes scorer as a metric.
+"""Caption alignment on the shapes worlds: each world's scorer as a metric.
 
-Every image is scored on the facts its caption states (imagen.shapes_scorer.tested_facts): colour, shape, count,
-relative position. Definitions of the metrics (each a fraction in [0, 1] with a 95% Wilson interval):
+Every image is scored on the facts its caption states (the world's `tested_facts`): colour, shape, count, relative
+position, and in the hard world (imagen.shapes_hard) also size and style. A facts row says its world ("world":
+"shapes-hard"; the plain world's rows have no key). Definitions of the metrics (each a fraction in [0, 1] with a
+95% Wilson interval):
 
-- `align_color`, `align_shape`, `align_count`, `align_position`: over the images whose caption tests that fact,
-  the fraction that pass it. A fact type no image tested is absent, never 0.
+- `align_color`, `align_shape`, `align_count`, `align_position`, `align_size`, `align_style`: over the images
+  whose caption tests that fact, the fraction that pass it. A fact type no image tested is absent, never 0.
 - `align_overall`: over all images, the fraction whose EVERY tested fact passes (an image is aligned only if
   the whole caption is right; this is the number to compare models by).
 
-Each metric is also given per caption category (Colors, Counting, Positional, Binding, Misspellings; see
-imagen.shapes for how they map to DrawBench's). Pure functions: images + facts in, a DataFrame and dicts out.
+Each metric is also given per caption category (plain world: Colors, Counting, Positional, Binding, Misspellings;
+hard world: Attributes, Counting, Positional, Inside, Largest; see imagen.shapes and imagen.shapes_hard). Pure functions: images + facts in, a DataFrame and dicts out.
 """
 
 from __future__ import annotations
@@ -23,15 +25,27 @@ import pandas as pd
 
 from bench.store import COL_CATEGORY, COL_HIGH, COL_LOW, COL_METRIC, COL_N, COL_VALUE
 from imagen.shapes import Facts, row_to_facts
-from imagen.shapes_scorer import FACT_TYPES, score
+from imagen.shapes_hard import WORLD as HARD_WORLD
+from imagen.shapes_hard import HardFacts
+from imagen.shapes_hard import row_to_facts as hard_row_to_facts
+from imagen.shapes_hard_scorer import FACT_TYPES as HARD_FACT_TYPES
+from imagen.shapes_hard_scorer import score as hard_score
+from imagen.shapes_scorer import FACT_TYPES as PLAIN_FACT_TYPES
+from imagen.shapes_scorer import score as plain_score
+
+# every fact type of either world, in report order
+FACT_TYPES: tuple[str, ...] = PLAIN_FACT_TYPES + tuple(t for t in HARD_FACT_TYPES if t not in PLAIN_FACT_TYPES)
 
 ALIGN_COLOR = "align_color"
 ALIGN_SHAPE = "align_shape"
 ALIGN_COUNT = "align_count"
 ALIGN_POSITION = "align_position"
+ALIGN_SIZE = "align_size"
+ALIGN_STYLE = "align_style"
 ALIGN_OVERALL = "align_overall"
 METRIC_NAMES: dict[str, str] = {
-    "color": ALIGN_COLOR, "shape": ALIGN_SHAPE, "count": ALIGN_COUNT, "position": ALIGN_POSITION, "overall": ALIGN_OVERALL,
+    "color": ALIGN_COLOR, "shape": ALIGN_SHAPE, "count": ALIGN_COUNT, "position": ALIGN_POSITION, "size": ALIGN_SIZE,
+    "style": ALIGN_STYLE, "overall": ALIGN_OVERALL,
 }
 ALL = "all"  # the category label of the aggregate over every category
 
@@ -69,13 +83,24 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (min(p, max(0.0, mid - half)), max(p, min(1.0, mid + half)))
 
 
-def as_facts(value) -> Facts:
-    """Facts from a Facts, a fact-column dict/row, or its JSON text (the samples table's `facts` column)."""
-    if isinstance(value, Facts):
+def as_facts(value) -> Facts | HardFacts:
+    """Facts (of either world) from a Facts / HardFacts, a fact-column dict/row, or its JSON text (the samples
+    table's `facts` column); a row with "world": "shapes-hard" is the hard world's."""
+    if isinstance(value, (Facts, HardFacts)):
         return value
     if isinstance(value, str):
         value = json.loads(value)
-    return row_to_facts(value)
+    get = value.get if hasattr(value, "get") else (lambda k: value[k])
+    try:
+        world = get("world")
+    except KeyError:
+        world = None
+    return hard_row_to_facts(value) if world == HARD_WORLD else row_to_facts(value)
+
+
+def score(image, facts) -> dict[str, bool]:
+    """The facts' own world's scorer on one image."""
+    return hard_score(image, facts) if isinstance(facts, HardFacts) else plain_score(image, facts)
 
 
 def score_images(images, facts_list, categories=None) -> pd.DataFrame:

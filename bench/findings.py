@@ -1,0 +1,362 @@
+"""The paper's findings, measured by the harness on its own offline model (`imagen-bench findings`).
+
+Four findings of Saharia et al. 2022, each measured here and given a verdict (reports/findings.py writes them up):
+
+1. guidance trades fidelity against alignment (Figure A.11): a grid of w x {none, static, dynamic} on the model,
+   alignment (the world's scorer, Wilson intervals) against FID;
+2. dynamic thresholding beats static and none at large guidance (w >= 5), and its percentile p matters (a second
+   grid over p at those weights);
+3. noise-conditioning augmentation is critical for the SR stage: the SR stage trained with and without it
+   (`--ablation no-aug`), sampled at aug levels 0 .. 0.5 on the base's own samples and on clean low-res renders
+   (the oracle input: what the base costs);
+4. a pretrained text encoder beats the same architecture randomly initialised (`--ablation random-text`), and
+   cross-attention on the tokens beats the pooled vector alone (`--ablation pooled-text`): three bases trained by
+   the same recipe and budget, scored at the base's resolution.
+
+Findings 1-2 run as grids (bench.grid, study folders under CACHE/studies, resumable); 3-4 sample through
+imagen.pipeline with given low-res inputs and truncated cascades. Ablation models are trained by imagen.train with
+the same config and a flag, into CACHE/<name>, and reused when their recipe (config, overrides, ablation, steps) is
+unchanged. Every part records its wall and CPU minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imagen.errors import UserError
+
+FINDINGS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class FindingsConfig:
+    model: str = "shapes-hard"  # the reference cascade of findings 1-3 (its base makes finding 3's low-res inputs)
+    cache: str = "runs/findings-cache"
+    n: int = 100  # held-out captions per cell
+    seed: int = 0
+    sampler: str | None = None  # None: the model's sampler.toml
+    steps: int | None = None
+    guidance: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0)
+    percentiles: tuple[float, ...] = (0.9, 0.95, 0.99)  # finding 2's p sweep, beside finding 1's dynamic:0.995
+    large_guidance: float = 5.0  # finding 2 looks at w >= this
+    aug_levels: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
+    base_config: str = "configs/hard_base.toml"
+    sr_config: str = "configs/hard_sr.toml"
+    base_steps: int = 500  # finding 4: each of the three bases
+    sr_steps: int | None = None  # finding 3: each SR stage (None: the SR config's steps)
+    train_n: int | None = None  # training scenes of the ablation runs (None: the configs' [data] n)
+    findings: tuple[int, ...] = FINDINGS
+    device: str = "cpu"
+    batch_size: int = 25
+    progress: bool = True
+
+
+@dataclass
+class Timer:
+    """Wall and CPU minutes of one part (CPU: this process's threads, as time.process_time counts them)."""
+
+    wall: float = field(default_factory=time.perf_counter)
+    cpu: float = field(default_factory=time.process_time)
+
+    def minutes(self) -> dict:
+        return {"wall_minutes": round((time.perf_counter() - self.wall) / 60, 2),
+                "cpu_minutes": round((time.process_time() - self.cpu) / 60, 2)}
+
+
+# ----------------------------------------------------------------------------- training (cached)
+
+
+def recipe_key(config: str, overrides: dict, ablation: str | None) -> str:
+    text = Path(config).read_text(encoding="utf-8")
+    model = ""
+    import tomllib
+
+    raw = tomllib.loads(text)
+    if isinstance(raw.get("model"), dict) and "file" in raw["model"]:
+        model = (Path(config).parent / raw["model"]["file"]).read_text(encoding="utf-8")
+    blob = json.dumps({"config": text, "model": model, "overrides": overrides, "ablation": ablation}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def trained(config: str, name: str, cache: Path, steps: int, ablation: str | None, train_n: int | None,
+            device: str, progress: bool, log=print) -> tuple[Path, dict]:
+    """The run folder CACHE/NAME trained from `config` (+ ablation) for `steps`: reused when its recipe.json matches
+    and its state reached `steps`, resumed when it stopped early, else trained afresh. Returns (folder, cost)."""
+    from imagen.train import ablate, load_config, state_paths, train
+
+    overrides: dict = {"train.steps": int(steps), "train.sample_every": 0}
+    if train_n is not None:
+        overrides["data.n"] = int(train_n)
+    key = recipe_key(config, overrides, ablation)
+    folder = cache / name
+    recipe = folder / "recipe.json"
+    run = load_config(config, {**overrides, "out": str(folder)})
+    if ablation:
+        run = ablate(run, ablation)
+    _, jpath = state_paths(folder, run.train.stage)
+    if recipe.is_file() and json.loads(recipe.read_text()).get("key") != key:
+        raise UserError(f"{folder} holds a model of another recipe (its recipe.json differs); delete the folder or "
+                        f"give another --cache")
+    if jpath.is_file() and json.loads(jpath.read_text()).get("step") == steps and recipe.is_file():
+        cost = json.loads(recipe.read_text()).get("cost", {})
+        log(f"findings: reusing {folder} ({run.train.stage}, {steps} steps{', ' + ablation if ablation else ''})")
+        return folder, cost
+    folder.mkdir(parents=True, exist_ok=True)
+    timer = Timer()
+    log(f"findings: training {folder} ({run.train.stage}, {steps} steps{', ' + ablation if ablation else ''})")
+    train(run, resume=True, device=device, progress=progress)
+    cost = timer.minutes()
+    from imagen.fileio import atomic_write
+
+    atomic_write(recipe, lambda tmp: Path(tmp).write_text(json.dumps(
+        {"key": key, "config": config, "overrides": overrides, "ablation": ablation, "cost": cost})))
+    return folder, cost
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def _pipeline(folder_or_name: str, device: str, n_stages: int | None = None):
+    """A Pipeline of a cascade folder whose stages may be partly trained (a missing stage keeps its seed-0 weights,
+    and must not be sampled), truncated to its first n_stages."""
+    import torch
+
+    from imagen.checkpoint import checkpoint_hash, load_cascade, resolve, sampler_defaults
+    from imagen.config import CascadeConfig
+    from imagen.pipeline import Pipeline
+    from imagen.text import EmbeddingCache, load_text_encoder
+
+    folder = resolve(folder_or_name)
+    cascade = load_cascade(folder, "cpu", allow_missing=True)
+    if n_stages is not None and n_stages < len(cascade.cfg.stages):
+        from imagen.checkpoint import build_untrained
+
+        cfg = CascadeConfig(cascade.cfg.name, cascade.cfg.text, cascade.cfg.stages[:n_stages])
+        short = build_untrained(cfg)
+        for k in range(n_stages):
+            short.unets[k].load_state_dict(cascade.unets[k].state_dict())
+        cascade = short
+    cascade = cascade.to(torch.device(device)).eval()
+    encoder = EmbeddingCache(load_text_encoder(cascade.cfg.text, device))
+    return Pipeline(model_id=str(folder_or_name), checkpoint_hash=checkpoint_hash(folder), cascade=cascade,
+                    encoder=encoder, sampler_defaults=sampler_defaults(folder))
+
+
+def _held_out(world_name: str, n: int, seed: int, size: int, base_res: int | None = None):
+    """(captions, facts, categories, clean renders at `size`, the same box-filtered to base_res) of the held-out
+    scenes."""
+    from PIL import Image
+
+    from imagen.worlds import get_world
+
+    w = get_world(world_name)
+    caps = w.held_out_captions(n, seed)
+    data = w.dataset(seed, "heldout")
+    full = [w.render(data.item(i)[0], size) for i in range(n)]
+    low = None
+    if base_res is not None:
+        low = np.stack([np.asarray(Image.fromarray(im).resize((base_res, base_res), Image.BOX)) for im in full])
+    return [c for c, _, _ in caps], [f for _, f, _ in caps], [c for _, _, c in caps], np.stack(full), low
+
+
+class _Fid:
+    """FID (effnet-lite0, clean protocol) of image sets against reference renders, the extractor loaded once."""
+
+    def __init__(self, device: str):
+        from bench.cell_metrics import Networks
+
+        self.nets = Networks(device)
+        self.name = None
+
+    def __call__(self, images, reference) -> float:
+        from bench.metrics import fid as F
+        from bench.metrics.features import parse_protocol
+
+        ext = self.nets.extractor("effnet-lite0")
+        protocol = parse_protocol("clean")
+        self.name = F.fid_metric_name("effnet-lite0", protocol)
+        ref = F.stats_from_images(list(reference), ext, protocol)
+        return float(F.fid_images(list(images), ref, extractor=ext, protocol=protocol))
+
+
+def _alignment(images, facts) -> dict:
+    from bench.metrics.alignment import alignment
+
+    res = alignment(np.stack(images), facts)
+    return {t: {"value": a.value, "low": a.low, "high": a.high, "n": a.n} for t, a in res.accuracy.items()}
+
+
+# ----------------------------------------------------------------------------- findings 1 and 2: grids
+
+
+def _grid(cfg: FindingsConfig, name: str, world: str, guidance, thresholds, log) -> str:
+    """Run (or resume) one grid study CACHE/studies/NAME (generation and metrics); returns its folder (its rows are
+    read by reports.findings through the store, like any report)."""
+    from bench.grid import parse_spec, run_grid
+
+    axes = [f"guidance = [{', '.join(repr(float(g)) for g in guidance)}]",
+            f"threshold = [{', '.join(json.dumps(t) for t in thresholds)}]"]
+    if cfg.sampler:
+        axes.append(f"sampler = [{json.dumps(cfg.sampler)}]")
+    if cfg.steps:
+        axes.append(f"steps = [{int(cfg.steps)}]")
+    text = "\n".join([
+        f"name = {json.dumps('findings ' + name)}", f"model = {json.dumps(cfg.model)}",
+        f"suites = [{json.dumps(f'{world}:{cfg.n}')}]", "samples_per_prompt = 1", f"seed = {int(cfg.seed)}",
+        f"batch_size = {int(cfg.batch_size)}", "", "[axes]", *axes, "", "[metrics]",
+        'fid = { extractor = "effnet-lite0", reference = "shapes", protocol = "clean" }', "alignment = true", ""])
+    study = Path(cfg.cache) / "studies" / name
+    spec = parse_spec(text, f"findings {name}")
+    run_grid(spec, study, device=cfg.device, progress=cfg.progress, log=log)
+    return str(study)
+
+
+def finding_guidance(cfg: FindingsConfig, world: str, log=print) -> dict:
+    timer = Timer()
+    study = _grid(cfg, "guidance", world, cfg.guidance, ["none", "static", "dynamic:0.995"], log)
+    return {"study": study, **timer.minutes()}
+
+
+def finding_dynamic(cfg: FindingsConfig, world: str, log=print) -> dict:
+    timer = Timer()
+    large = [g for g in cfg.guidance if g >= cfg.large_guidance] or [max(cfg.guidance)]
+    study = _grid(cfg, "percentile", world, large, [f"dynamic:{p!r}" for p in cfg.percentiles], log)
+    return {"study": study, "large_guidance": large, **timer.minutes()}
+
+
+# ----------------------------------------------------------------------------- finding 3: SR augmentation
+
+
+def finding_sr_aug(cfg: FindingsConfig, world: str, log=print) -> dict:
+    """SR with / without augmentation x aug levels x (the base's samples, clean low-res renders)."""
+    import torch
+
+    timer = Timer()
+    cache = Path(cfg.cache)
+    steps = cfg.sr_steps
+    if steps is None:
+        from imagen.train import load_config
+
+        steps = load_config(cfg.sr_config).train.steps
+    costs = {}
+    folders = {}
+    for label, ablation in (("with augmentation", None), ("without augmentation", "no-aug")):
+        folders[label], costs[label] = trained(cfg.sr_config, f"sr-{ablation or 'recipe'}-{steps}", cache, steps,
+                                               ablation, cfg.train_n, cfg.device, cfg.progress, log)
+    ref = _pipeline(cfg.model, cfg.device)
+    base_res, res = ref.cascade.cfg.stages[0].resolution, ref.resolution
+    prompts, facts, _, clean, clean_low = _held_out(world, cfg.n, cfg.seed, res, base_res)
+    seeds = [cfg.seed + i for i in range(cfg.n)]
+    settings = ref.sampler_defaults.given(sampler=cfg.sampler, steps=cfg.steps)
+    base = _pipeline(cfg.model, cfg.device, n_stages=1)
+    base_images = base.generate(prompts, seeds, settings.given(guidance=(settings.per_stage(
+        settings.guidance, len(ref.cascade.cfg.stages), "guidance")[0],)), batch_size=cfg.batch_size)
+    fid = _Fid(cfg.device)
+    out = {"base_samples": {"alignment": _alignment(_upsample(base_images, res), facts),
+                            "fid": fid(_upsample(base_images, res), clean)},
+           "oracle": {"alignment": _alignment(_upsample(clean_low, res), facts),
+                      "fid": fid(_upsample(clean_low, res), clean)}}
+    curves = []
+    for label, folder in folders.items():
+        pipe = _pipeline(str(folder), cfg.device)
+        for source, low in (("base samples", base_images), ("oracle low-res", clean_low)):
+            for level in cfg.aug_levels:
+                s = settings.given(aug_level=(float(level),))
+                with torch.no_grad():
+                    images = pipe.generate(prompts, seeds, s, batch_size=cfg.batch_size, lowres=low)
+                curves.append({"sr": label, "input": source, "aug_level": float(level),
+                               "alignment": _alignment(images, facts), "fid": fid(images, clean)})
+                log(f"findings 3: {label}, {source}, aug {level:g}: overall "
+                    f"{curves[-1]['alignment']['overall']['value']:.3f}, FID {curves[-1]['fid']:.2f}")
+    return {"curves": curves, "reference_inputs": out, "fid_metric": fid.name, "sr_steps": steps,
+            "training": costs, "settings": dataclasses.asdict(settings), **timer.minutes()}
+
+
+def _upsample(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of uint8 images to `size` (the low-res input as a 64 px image: what the SR starts from)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+
+
+# ----------------------------------------------------------------------------- finding 4: text conditioning
+
+
+def finding_text(cfg: FindingsConfig, world: str, log=print) -> dict:
+    """Three bases by one recipe and budget: pretrained MiniLM + cross-attention (the recipe), random-init MiniLM,
+    pooled text only; sampled at the base's resolution, at guidance 1 and the model's weight."""
+    timer = Timer()
+    cache = Path(cfg.cache)
+    runs = {}
+    costs = {}
+    for label, ablation in (("pretrained MiniLM, cross-attention", None),
+                            ("random-init MiniLM, cross-attention", "random-text"),
+                            ("pretrained MiniLM, pooled vector only", "pooled-text")):
+        runs[label], costs[label] = trained(cfg.base_config, f"base-{ablation or 'recipe'}-{cfg.base_steps}", cache,
+                                            cfg.base_steps, ablation, cfg.train_n, cfg.device, cfg.progress, log)
+    fid = _Fid(cfg.device)
+    results = []
+    settings = None
+    for label, folder in runs.items():
+        pipe = _pipeline(str(folder), cfg.device, n_stages=1)
+        res = pipe.resolution
+        prompts, facts, _, clean, _ = _held_out(world, cfg.n, cfg.seed, res)
+        seeds = [cfg.seed + i for i in range(cfg.n)]
+        model_w = _sampler_of(cfg).guidance[0]
+        for w in sorted({1.0, float(model_w)}):
+            settings = _sampler_of(cfg).given(guidance=(w,))
+            images = pipe.generate(prompts, seeds, settings, batch_size=cfg.batch_size)
+            results.append({"base": label, "guidance": w, "alignment": _alignment(images, facts),
+                            "fid": fid(images, clean)})
+            log(f"findings 4: {label}, w {w:g}: overall {results[-1]['alignment']['overall']['value']:.3f}")
+    return {"results": results, "base_steps": cfg.base_steps, "training": costs, "fid_metric": fid.name,
+            "settings": dataclasses.asdict(settings) if settings else None, **timer.minutes()}
+
+
+def _sampler_of(cfg: FindingsConfig):
+    """The reference model's settings for its base stage alone (first per-stage values), --sampler / --steps over
+    them."""
+    from bench.generators import model_defaults
+
+    d = model_defaults(cfg.model).given(sampler=cfg.sampler, steps=cfg.steps)
+    return dataclasses.replace(d, guidance=(d.guidance[0],), threshold=d.threshold.split(",")[0],
+                               sampler=d.sampler.split(",")[0], aug_level=(0.0,))
+
+
+# ----------------------------------------------------------------------------- all
+
+
+def run_findings(cfg: FindingsConfig, log=print) -> dict:
+    """Measure the findings cfg.findings names; returns a JSON-ready dict (reports.findings writes it up)."""
+    from imagen.checkpoint import model_world_of
+
+    bad = sorted(set(cfg.findings) - set(FINDINGS))
+    if bad:
+        raise UserError(f"--only: unknown finding(s) {bad}; choose from {list(FINDINGS)}")
+    if cfg.n < 2:
+        raise UserError(f"--n must be at least 2 (FID needs two images), got {cfg.n}")
+    for path in (cfg.base_config, cfg.sr_config):
+        if not Path(path).is_file():
+            raise UserError(f"training config {path} not found (run from the repository root, or pass "
+                            f"--base-config / --sr-config)")
+    world = model_world_of(cfg.model)
+    timer = Timer()
+    out: dict = {"model": cfg.model, "world": world, "config": dataclasses.asdict(cfg)}
+    parts = {1: ("guidance", finding_guidance), 2: ("dynamic", finding_dynamic), 3: ("sr_aug", finding_sr_aug),
+             4: ("text", finding_text)}
+    for k in cfg.findings:
+        key, fn = parts[k]
+        log(f"findings: measuring finding {k} ({key})")
+        out[key] = fn(cfg, world, log)
+    out["total"] = timer.minutes()
+    return out
+
+
+__all__ = ["FindingsConfig", "run_findings", "trained", "recipe_key", "FINDINGS"]

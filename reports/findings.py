@@ -1,0 +1,380 @@
+"""Write the findings report (docs/findings.md + figures) from bench.findings' measurements, with verdicts.
+
+A verdict compares intervals, never bare numbers: alignment is a proportion with a 95% Wilson interval, and a claim
+"A beats B" holds when A's interval lies above B's, does not hold when B's lies above A's, and is inconclusive at
+this n when they overlap. FID has no interval here; it is reported beside alignment and enters a verdict only where
+the paper's claim is about it (finding 1's trade-off: the weight with the best FID is below the weight with the
+best alignment, and FID is worse there).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from bench import store
+from imagen.fileio import atomic_write
+
+HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive at this n"
+FIG_DIR = "findings"
+
+
+def _a(entry: dict, key: str = "overall") -> dict:
+    return entry["alignment"][key] if "alignment" in entry else entry
+
+
+def _beats(a: dict, b: dict) -> str:
+    """HOLDS if a's interval lies above b's, FAILS if below, else OPEN (a, b: {"value", "low", "high"})."""
+    if a["low"] > b["high"]:
+        return HOLDS
+    if b["low"] > a["high"]:
+        return FAILS
+    return OPEN
+
+
+def _fmt(acc: dict) -> str:
+    return f"{acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]"
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def _row_acc(row: dict, metric: str = "align_overall") -> dict:
+    return {"value": row[metric], "low": row.get(f"{metric}_ci_low", row[metric]),
+            "high": row.get(f"{metric}_ci_high", row[metric])}
+
+
+def study_rows(study: str | Path) -> tuple[list[dict], str | None]:
+    """A grid study's summary rows (reports.build.summary_table: one per cell, overall metrics with intervals) and
+    the name of its FID column."""
+    from reports.build import latest_spec_metrics, summary_table
+
+    samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
+    metrics = latest_spec_metrics(store.read_table(study, store.METRICS), store.read_table(study, store.STUDY))
+    rows = json.loads(summary_table(samples, metrics).to_json(orient="records"))
+    fid = next((k for k in (rows[0] if rows else {}) if k.startswith("fid_")
+                and not k.endswith(("_n", "_ci_low", "_ci_high"))), None)
+    return rows, fid
+
+
+def with_rows(results: dict) -> dict:
+    """The results with each grid part's summary rows read from its study (finding 1 and 2)."""
+    out = dict(results)
+    for key in ("guidance", "dynamic"):
+        if key in out and "rows" not in out[key]:
+            rows, fid = study_rows(out[key]["study"])
+            out[key] = {**out[key], "rows": rows, "fid_metric": fid}
+    return out
+
+
+# ----------------------------------------------------------------------------- finding 1
+
+
+def guidance_verdict(part: dict) -> tuple[str, list[str]]:
+    rows, fid = part["rows"], part["fid_metric"]
+    lines, verdicts = [], []
+    for t in sorted({r["threshold"] for r in rows}, key=_t_rank):
+        curve = sorted([r for r in rows if r["threshold"] == t], key=lambda r: r["guidance"])
+        if len(curve) < 2:
+            continue
+        first = curve[0]
+        best_a = max(curve, key=lambda r: r["align_overall"])
+        best_f = min(curve, key=lambda r: r[fid]) if fid else None
+        gain = _beats(_row_acc(best_a), _row_acc(first))
+        trade = (best_f is not None and best_f["guidance"] < best_a["guidance"] and best_a[fid] > best_f[fid])
+        v = HOLDS if gain == HOLDS and trade else FAILS if gain == FAILS or (gain == HOLDS and not trade) else OPEN
+        verdicts.append(v)
+        lines.append(f"| {t} | {_fmt(_row_acc(first))} | w = {best_a['guidance']:g}: {_fmt(_row_acc(best_a))} | "
+                     + (f"w = {best_f['guidance']:g}: {best_f[fid]:.2f} | {best_a[fid]:.2f} |" if best_f else "- | - |")
+                     + f" {v} |")
+    verdict = HOLDS if HOLDS in verdicts else OPEN if OPEN in verdicts else FAILS
+    return verdict, lines
+
+
+def _t_rank(t: str) -> float:
+    return {"none": 0.0, "static": 1.0}.get(t, 2.0 + float(t.split(":")[1]) if ":" in t else 3.0)
+
+
+def guidance_figure(part: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, fid = part["rows"], part["fid_metric"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for t in sorted({r["threshold"] for r in rows}, key=_t_rank):
+        curve = sorted([r for r in rows if r["threshold"] == t], key=lambda r: r["guidance"])
+        ws = [r["guidance"] for r in curve]
+        acc = [r["align_overall"] for r in curve]
+        err = [[r["align_overall"] - r.get("align_overall_ci_low", r["align_overall"]) for r in curve],
+               [r.get("align_overall_ci_high", r["align_overall"]) - r["align_overall"] for r in curve]]
+        axes[0].errorbar(ws, acc, yerr=err, marker="o", capsize=3, label=t)
+        if fid:
+            axes[1].plot(acc, [r[fid] for r in curve], marker="o", label=t)
+            for r in curve:
+                axes[1].annotate(f"{r['guidance']:g}", (r["align_overall"], r[fid]), fontsize=7,
+                                 textcoords="offset points", xytext=(3, 3))
+    axes[0].set(xlabel="guidance weight w", ylabel="alignment (every fact right)", title="alignment vs w")
+    axes[1].set(xlabel="alignment", ylabel=fid or "FID", title="FID vs alignment (labels: w), cf. Fig. A.11")
+    for ax in axes:
+        ax.legend(title="thresholding", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- finding 2
+
+
+def dynamic_verdict(part1: dict, part2: dict) -> tuple[str, str, list[str]]:
+    """(dynamic beats static and none at large w, the percentile matters, table lines)."""
+    rows = part1["rows"] + part2["rows"]
+    fid = part1["fid_metric"]
+    large = part2["large_guidance"]
+    lines, beat, spread = [], [], []
+    for w in large:
+        at = {r["threshold"]: r for r in rows if r["guidance"] == w}
+        dyn = {t: r for t, r in at.items() if t.startswith("dynamic")}
+        if not dyn or "static" not in at or "none" not in at:
+            continue
+        d = at.get("dynamic:0.995") or max(dyn.values(), key=lambda r: r["align_overall"])
+        others = [_beats(_row_acc(d), _row_acc(at[t])) for t in ("static", "none")]
+        beat.append(HOLDS if all(o == HOLDS for o in others) else FAILS if FAILS in others else OPEN)
+        lo = min(dyn.values(), key=lambda r: r["align_overall"])
+        hi = max(dyn.values(), key=lambda r: r["align_overall"])
+        spread.append(_beats(_row_acc(hi), _row_acc(lo)))
+        cells = " | ".join(f"{_fmt(_row_acc(at[t]))}" + (f" / {at[t][fid]:.2f}" if fid else "")
+                           for t in ("none", "static", d["threshold"]))
+        lines.append(f"| {w:g} | {cells} | {hi['threshold']} ({hi['align_overall']:.3f}) vs {lo['threshold']} "
+                     f"({lo['align_overall']:.3f}) | {beat[-1]} |")
+    v_beat = HOLDS if beat and all(b == HOLDS for b in beat) else FAILS if FAILS in beat else OPEN
+    v_p = HOLDS if HOLDS in spread else OPEN
+    return v_beat, v_p, lines
+
+
+def dynamic_figure(part1: dict, part2: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = part1["rows"] + part2["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for w in part2["large_guidance"]:
+        dyn = sorted([r for r in rows if r["guidance"] == w and r["threshold"].startswith("dynamic")],
+                     key=lambda r: float(r["threshold"].split(":")[1]))
+        line = ax.plot([float(r["threshold"].split(":")[1]) for r in dyn], [r["align_overall"] for r in dyn],
+                       marker="o", label=f"dynamic, w = {w:g}")[0]
+        for t, style in (("static", "--"), ("none", ":")):
+            ref = [r for r in rows if r["guidance"] == w and r["threshold"] == t]
+            if ref:
+                ax.axhline(ref[0]["align_overall"], color=line.get_color(), linestyle=style, linewidth=1,
+                           label=f"{t}, w = {w:g}")
+    ax.set(xlabel="dynamic thresholding percentile p", ylabel="alignment", title="the percentile at large guidance")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- finding 3
+
+
+def sr_verdict(part: dict) -> tuple[str, list[str]]:
+    curves = part["curves"]
+    best = {}
+    for sr in ("with augmentation", "without augmentation"):
+        on_base = [c for c in curves if c["sr"] == sr and c["input"] == "base samples"]
+        if on_base:
+            best[sr] = max(on_base, key=lambda c: c["alignment"]["overall"]["value"])
+    lines = []
+    for c in curves:
+        lines.append(f"| {c['sr']} | {c['input']} | {c['aug_level']:g} | {_fmt(c['alignment']['overall'])} | "
+                     f"{c['fid']:.2f} |")
+    if len(best) < 2:
+        return OPEN, lines
+    return _beats(best["with augmentation"]["alignment"]["overall"],
+                  best["without augmentation"]["alignment"]["overall"]), lines
+
+
+def sr_figure(part: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for sr in ("with augmentation", "without augmentation"):
+        for source, style in (("base samples", "-"), ("oracle low-res", "--")):
+            c = sorted([c for c in part["curves"] if c["sr"] == sr and c["input"] == source],
+                       key=lambda c: c["aug_level"])
+            if not c:
+                continue
+            xs = [x["aug_level"] for x in c]
+            axes[0].plot(xs, [x["alignment"]["overall"]["value"] for x in c], style, marker="o",
+                         label=f"SR {sr}, {source}")
+            axes[1].plot(xs, [x["fid"] for x in c], style, marker="o", label=f"SR {sr}, {source}")
+    axes[0].set(xlabel="aug level at sampling", ylabel="alignment at 64 px", title="SR stage: alignment")
+    axes[1].set(xlabel="aug level at sampling", ylabel=part.get("fid_metric") or "FID", title="SR stage: FID")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- finding 4
+
+
+def text_verdicts(part: dict) -> tuple[str, str, list[str], float]:
+    res = part["results"]
+    w = max(r["guidance"] for r in res)
+    at = {r["base"]: r for r in res if r["guidance"] == w}
+    lines = [f"| {r['base']} | {r['guidance']:g} | {_fmt(r['alignment']['overall'])} | {r['fid']:.2f} |" for r in res]
+    p, rnd, pooled = (at.get("pretrained MiniLM, cross-attention"), at.get("random-init MiniLM, cross-attention"),
+                      at.get("pretrained MiniLM, pooled vector only"))
+    v_enc = _beats(p["alignment"]["overall"], rnd["alignment"]["overall"]) if p and rnd else OPEN
+    v_xattn = _beats(p["alignment"]["overall"], pooled["alignment"]["overall"]) if p and pooled else OPEN
+    return v_enc, v_xattn, lines, w
+
+
+def text_figure(part: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = part["results"]
+    bases = list(dict.fromkeys(r["base"] for r in res))
+    ws = sorted({r["guidance"] for r in res})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(ws), 1)
+    for j, w in enumerate(ws):
+        vals = [next(r for r in res if r["base"] == b and r["guidance"] == w)["alignment"]["overall"] for b in bases]
+        xs = [i + (j - (len(ws) - 1) / 2) * width for i in range(len(bases))]
+        ax.bar(xs, [v["value"] for v in vals], width,
+               yerr=[[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]], capsize=3,
+               label=f"w = {w:g}")
+    ax.set_xticks(range(len(bases)))
+    ax.set_xticklabels([b.replace(", ", "\n") for b in bases], fontsize=8)
+    ax.set(ylabel="alignment at the base's resolution", title="text conditioning (same recipe and budget)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _cost(part: dict) -> str:
+    extra = ""
+    if part.get("training"):
+        tr = "; ".join(f"{k}: {v.get('cpu_minutes', '?')} CPU min" for k, v in part["training"].items())
+        extra = f" (training, reused from the cache where it shows 0 or was trained earlier: {tr})"
+    return f"Cost: {part['wall_minutes']} wall minutes, {part['cpu_minutes']} CPU minutes{extra}."
+
+
+def write_findings(results: dict, out: str | Path, command: str) -> Path:
+    """docs/findings.md (or OUT/findings.md), OUT/findings/*.png and OUT/findings.json from run_findings' dict."""
+    results = with_rows(results)
+    out = Path(out)
+    figs = out / FIG_DIR
+    figs.mkdir(parents=True, exist_ok=True)
+    cfg = results["config"]
+    md = [
+        "# The paper's findings, measured by the harness", "",
+        f"Regenerate: `{command}`", "",
+        f"Model `{results['model']}` on its world `{results['world']}`: {cfg['n']} held-out captions per setting "
+        f"(seed {cfg['seed']}), scored by the world's scorer. Alignment = the share of images whose every stated "
+        "fact is right, with a 95% Wilson interval; FID is `" + str(_first_fid(results)) + "` against clean renders "
+        "of the same scenes (no interval: at this n it is biased upwards, so compare it between settings only).",
+        "",
+        "A verdict compares intervals: *holds* when ours lies on the paper's side of the comparison with "
+        "non-overlapping intervals, *does not hold* when it lies on the other side, *inconclusive at this n* when "
+        "they overlap.", "",
+        f"Total: {results['total']['wall_minutes']} wall minutes, {results['total']['cpu_minutes']} CPU minutes "
+        "(CPU minutes count every thread of the process).", ""]
+    verdicts = {}
+    if "guidance" in results:
+        part = results["guidance"]
+        v, lines = guidance_verdict(part)
+        verdicts[1] = v
+        guidance_figure(part, figs / "guidance.png")
+        md += ["## 1. Guidance trades fidelity against alignment", "",
+               "Paper (section 4.1, Figure A.11): increasing the guidance weight improves image-text alignment and "
+               "worsens fidelity (FID); the curves of CLIP score against FID bend away from each other.", "",
+               f"**Verdict: {v}.** Per thresholding: alignment at w = 1 and at its best weight, the best FID and FID "
+               "at the best-alignment weight.", "",
+               "| thresholding | alignment at w = 1 | best alignment | best FID | FID there | verdict |",
+               "|---|---|---|---|---|---|", *lines, "", f"![guidance]({FIG_DIR}/guidance.png)", "", _cost(part), ""]
+    if "guidance" in results and "dynamic" in results:
+        part = results["dynamic"]
+        v_beat, v_p, lines = dynamic_verdict(results["guidance"], part)
+        verdicts[2] = f"{v_beat} (dynamic vs static and none); {v_p} (the percentile matters)"
+        dynamic_figure(results["guidance"], part, figs / "percentile.png")
+        md += ["## 2. Dynamic thresholding at large guidance, and its percentile", "",
+               "Paper (section 2.3, Figures 4 and A.11): at large guidance weights dynamic thresholding gives better "
+               "photorealism and alignment than static thresholding or none; the percentile p is a setting that "
+               "matters.", "",
+               f"**Verdict: dynamic beats static and none: {v_beat}; the percentile matters: {v_p}.** Alignment "
+               "[interval] / FID at each large weight; the dynamic column is p = 0.995 (the paper's default).", "",
+               "| w | none | static | dynamic | p spread (best vs worst) | dynamic beats both |",
+               "|---|---|---|---|---|---|", *lines, "", f"![percentile]({FIG_DIR}/percentile.png)", "",
+               _cost(part), ""]
+    if "sr_aug" in results:
+        part = results["sr_aug"]
+        v, lines = sr_verdict(part)
+        verdicts[3] = v
+        sr_figure(part, figs / "sr_aug.png")
+        ref = part["reference_inputs"]
+        md += ["## 3. Noise-conditioning augmentation for the SR stage", "",
+               "Paper (section 2.4, appendix): noise-conditioning augmentation is critical for the super-resolution "
+               "stages: an SR model trained without it copes badly with the base's imperfect samples.", "",
+               f"**Verdict: {v}** (the SR trained with augmentation, at its best aug level on the base's samples, "
+               "against the SR trained without it at its best level). Both SR stages were trained by "
+               f"`{cfg['sr_config']}` for {part['sr_steps']} steps; the second with `--ablation no-aug`.", "",
+               f"The inputs alone, upsampled bilinearly: the base's samples {_fmt(ref['base_samples']['alignment']['overall'])} "
+               f"(FID {ref['base_samples']['fid']:.2f}); clean low-res renders {_fmt(ref['oracle']['alignment']['overall'])} "
+               f"(FID {ref['oracle']['fid']:.2f}).", "",
+               "| SR stage | input | aug level | alignment at 64 px | FID |", "|---|---|---|---|---|", *lines, "",
+               f"![sr]({FIG_DIR}/sr_aug.png)", "", _cost(part), ""]
+    if "text" in results:
+        part = results["text"]
+        v_enc, v_x, lines, w = text_verdicts(part)
+        verdicts[4] = f"{v_enc} (pretrained vs random encoder); {v_x} (cross-attention vs pooled)"
+        text_figure(part, figs / "text.png")
+        md += ["## 4. Text conditioning: a pretrained encoder, and cross-attention", "",
+               "Paper (section 4.4): a pretrained text encoder is what makes text-to-image alignment work, and "
+               "\"text conditioning method is critical\": cross-attention on the text tokens beats a pooled text "
+               "embedding alone.", "",
+               f"**Verdicts at w = {w:g}: pretrained beats random-init: {v_enc}; cross-attention beats pooled: "
+               f"{v_x}.** Three bases, each trained by `{cfg['base_config']}` for {part['base_steps']} steps "
+               "(the second with `--ablation random-text`, the third with `--ablation pooled-text`), sampled at the "
+               "base's resolution and scored there (the scorer is 98-99% right per fact on clean renders at 32 px).",
+               "", "| base | w | alignment | FID |", "|---|---|---|---|", *lines, "", f"![text]({FIG_DIR}/text.png)",
+               "", _cost(part), ""]
+    md += ["## Summary", "", "| finding | verdict |", "|---|---|",
+           *[f"| {k} | {v} |" for k, v in verdicts.items()], ""]
+    path = out / "findings.md"
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
+    atomic_write(out / "findings.json", lambda tmp: Path(tmp).write_text(json.dumps(
+        {**results, "verdicts": verdicts}, indent=1, default=str), encoding="utf-8"))
+    return path
+
+
+def _first_fid(results: dict) -> str | None:
+    for key in ("guidance", "sr_aug", "text"):
+        if key in results and results[key].get("fid_metric"):
+            return results[key]["fid_metric"]
+    return None
+
+
+__all__ = ["write_findings", "HOLDS", "FAILS", "OPEN"]

@@ -1,0 +1,153 @@
+"""Per-stage thresholding and sampler settings, SR from given low-res images, ablations, the random-init encoder."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imagen.config import SamplerConfig, normalize_sampler, normalize_threshold, stage_values, threshold_parts
+from imagen.errors import UserError
+from imagen.sampling import check_sampler
+
+
+def test_per_stage_threshold_and_sampler_spellings():
+    assert normalize_threshold("Static,dynamic:.99") == "static,dynamic:0.99"
+    assert normalize_threshold(["none", "dynamic:0.95:1.5"]) == "none,dynamic:0.95:1.5"
+    assert normalize_threshold("static,static") == "static"  # the same setting on every stage is one setting
+    assert normalize_threshold("dynamic") == "dynamic:0.995"
+    with pytest.raises(UserError, match="fraction P"):
+        normalize_threshold("static,dynamic:1.5")
+    with pytest.raises(UserError, match="cap M"):
+        normalize_threshold("dynamic:0.9:0.5")  # IF's cap s = min(max(s, 1), M) needs M >= 1
+    assert threshold_parts("dynamic:0.95:1.5") == ("dynamic", 0.95, 1.5)
+    assert stage_values("static", 2, "threshold") == ("static", "static")
+    assert stage_values("none,static", 2, "threshold") == ("none", "static")
+    with pytest.raises(UserError, match="one per stage \\(2\\)"):
+        stage_values("none,static,static", 2, "threshold")
+    assert normalize_sampler(["ddim", "ddpm"]) == "ddim,ddpm" and normalize_sampler("ddim,ddim") == "ddim"
+    assert check_sampler("ddim, dpmpp-2m") == "ddim,dpmpp-2m"
+    with pytest.raises(UserError, match="unknown sampler 'euler'"):
+        check_sampler("ddim,euler")
+
+
+def test_dynamic_cap_clamps_the_scale():
+    from imagen.sampling import dynamic_threshold
+
+    x = torch.full((1, 3, 4, 4), 3.0)  # s = 3 without a cap
+    assert torch.allclose(dynamic_threshold(x, 0.9, None), torch.ones_like(x))
+    assert torch.allclose(dynamic_threshold(x, 0.9, 1.5), torch.full_like(x, 1.0))  # clip to 1.5, / 1.5
+    y = torch.full((1, 3, 4, 4), 0.5)  # s = max(0.5, 1) = 1: nothing changes
+    assert torch.allclose(dynamic_threshold(y, 0.9, 1.5), y)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from imagen.pipeline import Pipeline
+
+    return Pipeline.load("shapes")  # trained: thresholding changes its samples (an untrained one saturates)
+
+
+def _gen(pipe, **settings):
+    cfg = SamplerConfig(sampler="ddim", steps=4, guidance=(8.0,), aug_level=(0.0,)).given(**settings)
+    return pipe.generate(["a red circle", "two blue squares"], [1, 2], cfg)
+
+
+def test_the_cascade_takes_a_threshold_and_a_sampler_per_stage(tiny):
+    both_static = _gen(tiny, threshold="static")
+    assert np.array_equal(_gen(tiny, threshold="static,static"), both_static)
+    mixed = _gen(tiny, threshold="none,static")
+    assert not np.array_equal(mixed, both_static) and not np.array_equal(mixed, _gen(tiny, threshold="none"))
+    # the SR stage's setting is the second one: the same base (none) under another SR setting differs
+    assert not np.array_equal(mixed, _gen(tiny, threshold="none,dynamic:0.9"))
+    assert not np.array_equal(_gen(tiny, threshold="static", sampler="ddim,ddpm"), both_static)
+    with pytest.raises(UserError, match="one per stage"):
+        _gen(tiny, threshold="none,static,static")
+
+
+def test_sr_stages_upsample_given_lowres_images(tiny):
+    from imagen.shapes import ShapesWorld, render
+
+    world = ShapesWorld(0, "heldout")
+    low = np.stack([render(world.item(i)[0], 16) for i in range(2)])
+    cfg = SamplerConfig(sampler="ddim", steps=2, guidance=(1.0,), threshold="static")
+    a = tiny.generate(["a", "b"], [1, 2], cfg, lowres=low)
+    assert a.shape == (2, 64, 64, 3)
+    assert not np.array_equal(a, tiny.generate(["a", "b"], [1, 2], cfg))  # the base's samples are not used
+    assert np.array_equal(a[:1], tiny.generate(["a"], [1], cfg, lowres=low[:1]))
+    with pytest.raises(UserError, match="lowres images must be"):
+        tiny.generate(["a"], [1], cfg, lowres=np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(UserError, match="one low-res image per prompt"):
+        tiny.generate(["a", "b"], [1, 2], cfg, lowres=low[:1])
+
+
+def test_sampler_toml_takes_per_stage_lists(tmp_path):
+    import shutil
+
+    from imagen.checkpoint import WEIGHTS_DIR, sampler_defaults
+
+    folder = tmp_path / "m"
+    shutil.copytree(WEIGHTS_DIR / "shapes", folder)
+    (folder / "sampler.toml").write_text('threshold = ["static", "dynamic:0.99"]\nsampler = ["ddim", "ddpm"]\n')
+    d = sampler_defaults(folder)
+    assert d.threshold == "static,dynamic:0.99" and d.sampler == "ddim,ddpm"
+    (folder / "sampler.toml").write_text('threshold = ["static", "none", "none"]\n')
+    with pytest.raises(UserError, match="threshold has 3 values but this model needs one value or 2"):
+        sampler_defaults(folder)
+
+
+def test_ablations_change_only_what_they_name():
+    from imagen.train import ablate, load_config
+
+    base = load_config("configs/hard_base.toml")
+    sr = load_config("configs/hard_sr.toml")
+    r = ablate(base, "random-text")
+    assert r.model.text.kind == "minilm-random" and r.model.stages == base.model.stages and r.train == base.train
+    p = ablate(base, "pooled-text")
+    assert all(not any(s.unet.cross_attn) for s in p.model.stages) and p.model.text == base.model.text
+    assert [dataclasses.replace(s, unet=dataclasses.replace(s.unet, cross_attn=b.unet.cross_attn))
+            for s, b in zip(p.model.stages, base.model.stages)] == list(base.model.stages)
+    n = ablate(sr, "no-aug")
+    assert [s.noise_aug_max for s in n.model.stages] == [sr.model.stages[0].noise_aug_max, 0.0]
+    with pytest.raises(UserError, match="SR stages only"):
+        ablate(base, "no-aug")
+    with pytest.raises(UserError, match="unknown ablation"):
+        ablate(base, "no-text")
+
+
+def test_random_init_minilm_has_the_architecture_but_not_the_weights():
+    from imagen.config import TextEncoderConfig
+    from imagen.text import load_text_encoder
+
+    cfg = TextEncoderConfig(max_length=16)
+    pre = load_text_encoder(cfg)
+    rnd = load_text_encoder(dataclasses.replace(cfg, kind="minilm-random"))
+    rnd2 = load_text_encoder(dataclasses.replace(cfg, kind="minilm-random"))
+    a, ma = pre.encode(["a red circle"])
+    b, mb = rnd.encode(["a red circle"])
+    assert a.shape == b.shape and torch.equal(ma, mb)
+    assert not torch.allclose(a, b, atol=1e-2)
+    assert torch.equal(b, rnd2.encode(["a red circle"])[0])  # seeded: the same random encoder every time
+    assert rnd.id != pre.id and rnd.id.startswith("minilm-random")
+    assert sum(p.numel() for p in pre.model.parameters()) == sum(p.numel() for p in rnd.model.parameters())
+
+
+def test_training_on_the_hard_world_records_it(tmp_path, capsys):
+    from bench.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "configs/tiny_test.toml", "--out", str(out), "--steps", "2", "--set", "data.kind=shapes-hard",
+            "--set", "data.n=8", "--json"]
+    assert main(args) == 0
+    assert (out / "world.txt").read_text().strip() == "shapes-hard"
+    capsys.readouterr()
+    assert main(["train", "configs/tiny_test.toml", "--out", str(out), "--steps", "2", "--resume", "--json"]) == 2
+    assert "holds a model of the 'shapes-hard' world" in capsys.readouterr().err
+    # --ablation trains into OUT-ABLATION by default and says so in its result
+    assert main(["train", "configs/tiny_test.toml", "--steps", "1", "--set", f"out={tmp_path / 'abl'}",
+                 "--set", "data.n=8", "--ablation", "pooled-text", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["out"].endswith("abl-pooled-text")
+    cfg = json.loads((tmp_path / "abl-pooled-text" / "config.json").read_text())
+    assert not any(any(s["unet"]["cross_attn"]) for s in cfg["stages"])
