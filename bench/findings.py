@@ -73,16 +73,13 @@ class Timer:
 # ----------------------------------------------------------------------------- training (cached)
 
 
-def recipe_key(config: str, overrides: dict, ablation: str | None) -> str:
-    text = Path(config).read_text(encoding="utf-8")
-    model = ""
-    import tomllib
+def recipe_key(run) -> str:
+    """A hash of everything a training run's weights depend on: its whole config after overrides and ablation
+    (model, [train], [data]), not its out folder."""
+    from imagen.train import config_to_toml_dict
 
-    raw = tomllib.loads(text)
-    if isinstance(raw.get("model"), dict) and "file" in raw["model"]:
-        model = (Path(config).parent / raw["model"]["file"]).read_text(encoding="utf-8")
-    blob = json.dumps({"config": text, "model": model, "overrides": overrides, "ablation": ablation}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    blob = {k: v for k, v in config_to_toml_dict(run).items() if k != "out"}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def trained(config: str, name: str, cache: Path, steps: int, ablation: str | None, train_n: int | None,
@@ -94,12 +91,12 @@ def trained(config: str, name: str, cache: Path, steps: int, ablation: str | Non
     overrides: dict = {"train.steps": int(steps), "train.sample_every": 0}
     if train_n is not None:
         overrides["data.n"] = int(train_n)
-    key = recipe_key(config, overrides, ablation)
     folder = cache / name
     recipe = folder / "recipe.json"
     run = load_config(config, {**overrides, "out": str(folder)})
     if ablation:
         run = ablate(run, ablation)
+    key = recipe_key(run)
     _, jpath = state_paths(folder, run.train.stage)
     if recipe.is_file() and json.loads(recipe.read_text()).get("key") != key:
         raise UserError(f"{folder} holds a model of another recipe (its recipe.json differs); delete the folder or "

@@ -47,8 +47,13 @@ def _save(fig, path: Path) -> None:
 
 
 def _row_acc(row: dict, metric: str = "align_overall") -> dict:
-    return {"value": row[metric], "low": row.get(f"{metric}_ci_low", row[metric]),
-            "high": row.get(f"{metric}_ci_high", row[metric])}
+    """A grid cell's alignment with its 95% Wilson interval (from its value and n, as findings 3-4 give theirs; the
+    grid's stored interval is a prompt bootstrap, which collapses to a point at 0 or 1)."""
+    from bench.metrics.alignment import wilson
+
+    n = int(row.get(f"{metric}_n") or 0)
+    low, high = wilson(int(round(row[metric] * n)), n) if n else (row[metric], row[metric])
+    return {"value": row[metric], "low": low, "high": high}
 
 
 def study_rows(study: str | Path) -> tuple[list[dict], str | None]:
@@ -114,8 +119,8 @@ def guidance_figure(part: dict, path: Path) -> None:
         curve = sorted([r for r in rows if r["threshold"] == t], key=lambda r: r["guidance"])
         ws = [r["guidance"] for r in curve]
         acc = [r["align_overall"] for r in curve]
-        err = [[r["align_overall"] - r.get("align_overall_ci_low", r["align_overall"]) for r in curve],
-               [r.get("align_overall_ci_high", r["align_overall"]) - r["align_overall"] for r in curve]]
+        err = [[r["align_overall"] - _row_acc(r)["low"] for r in curve],
+               [_row_acc(r)["high"] - r["align_overall"] for r in curve]]
         axes[0].errorbar(ws, acc, yerr=err, marker="o", capsize=3, label=t)
         if fid:
             axes[1].plot(acc, [r[fid] for r in curve], marker="o", label=t)
@@ -277,9 +282,11 @@ def text_figure(part: dict, path: Path) -> None:
 def _cost(part: dict) -> str:
     extra = ""
     if part.get("training"):
-        tr = "; ".join(f"{k}: {v.get('cpu_minutes', '?')} CPU min" for k, v in part["training"].items())
-        extra = f" (training, reused from the cache where it shows 0 or was trained earlier: {tr})"
-    return f"Cost: {part['wall_minutes']} wall minutes, {part['cpu_minutes']} CPU minutes{extra}."
+        tr = "; ".join(f"{k}: {v.get('wall_minutes', '?')} wall / {v.get('cpu_minutes') or '?'} CPU minutes"
+                       for k, v in part["training"].items())
+        extra = (f" Training, as recorded when each model was trained (a model reused from the cache costs nothing "
+                 f"in this run): {tr}.")
+    return f"Cost of this run's part: {part['wall_minutes']} wall minutes, {part['cpu_minutes']} CPU minutes.{extra}"
 
 
 def write_findings(results: dict, out: str | Path, command: str) -> Path:
@@ -294,7 +301,7 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
         f"Regenerate: `{command}`", "",
         f"Model `{results['model']}` on its world `{results['world']}`: {cfg['n']} held-out captions per setting "
         f"(seed {cfg['seed']}), scored by the world's scorer. Alignment = the share of images whose every stated "
-        "fact is right, with a 95% Wilson interval; FID is `" + str(_first_fid(results)) + "` against clean renders "
+        "fact is right, with a 95% Wilson interval (n = the images); FID is `" + str(_first_fid(results)) + "` against clean renders "
         "of the same scenes (no interval: at this n it is biased upwards, so compare it between settings only).",
         "",
         "A verdict compares intervals: *holds* when ours lies on the paper's side of the comparison with "

@@ -1,0 +1,95 @@
+"""The second reference model `shapes-hard`, `eval shapes` on its own world, and `imagen-bench findings` end to end
+on a tiny budget (the full run is `imagen-bench findings`, its output committed as docs/findings.md)."""
+
+import functools
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from imagen.checkpoint import model_world_of, read_config, resolve, sampler_defaults, shipped_models
+from imagen.config import to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shapes_hard_is_shipped_small_with_its_world_and_recipe():
+    assert "shapes-hard" in shipped_models()
+    folder = resolve("shapes-hard")
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 12e6
+    assert model_world_of("shapes-hard") == "shapes-hard" and model_world_of("shapes") == "shapes"
+    recipe = tomllib.loads((ROOT / "configs" / "hard_model.toml").read_text())
+    shipped = to_dict(read_config(folder))
+    assert shipped["text"] == recipe["text"]
+    for st, want in zip(shipped["stages"], recipe["stages"]):
+        assert {k: st["unet"][k] for k in want["unet"]} == want["unet"]
+    assert sampler_defaults("shapes-hard").guidance  # the shipped sampler.toml parses and fits the model
+    text = (ROOT / "configs" / "hard_sampler.toml").read_text()
+    assert (folder / "sampler.toml").read_text() == text
+
+
+def test_eval_shapes_scores_a_model_on_its_own_world(capsys):
+    assert main(["eval", "shapes", "--model", "shapes-hard", "--guidance", "1", "--n", "5", "--steps", "2",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["world"] == "shapes-hard"
+    acc = report["results"][0]["accuracy"]
+    assert {"color", "shape", "overall"} <= set(acc) and set(acc) <= {"color", "shape", "count", "size", "style",
+                                                                       "position", "overall"}
+    cats = set(report["results"][0]["by_category"])
+    assert cats <= {"Attributes", "Counting", "Positional", "Inside", "Largest"} and len(cats) == 5
+    assert main(["eval", "shapes", "--model", "shapes", "--world", "shapes-hard", "--guidance", "1", "--n", "2",
+                 "--steps", "1", "--json"]) == 0  # another world on request
+    assert json.loads(capsys.readouterr().out)["world"] == "shapes-hard"
+
+
+def test_findings_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    out, cache = tmp_path / "docs", tmp_path / "cache"
+    args = ["findings", "--n", "4", "--steps", "2", "--guidance", "1", "5", "--percentiles", "0.9",
+            "--aug-levels", "0", "0.3", "--base-steps", "2", "--sr-steps", "2", "--train-n", "16",
+            "--batch-size", "4", "--out", str(out), "--cache", str(cache), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    md = (out / "findings.md").read_text()
+    for k in ("## 1.", "## 2.", "## 3.", "## 4.", "## Summary", "CPU minutes"):
+        assert k in md
+    for fig in ("guidance", "percentile", "sr_aug", "text"):
+        assert (out / "findings" / f"{fig}.png").stat().st_size > 1000
+    data = json.loads((out / "findings.json").read_text())
+    assert set(data["verdicts"]) == {"1", "2", "3", "4"}
+    for v in data["verdicts"].values():
+        assert any(w in v for w in ("holds", "does not hold", "inconclusive at this n"))
+    assert len(data["guidance"]["rows"]) == 6  # 2 weights x none/static/dynamic
+    assert {c["sr"] for c in data["sr_aug"]["curves"]} == {"with augmentation", "without augmentation"}
+    assert len(data["text"]["results"]) >= 3
+    assert summary["total"]["cpu_minutes"] >= 0
+    # a second run reuses every trained model and grid cell
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("reusing") == 5 and "training" not in err.replace("reusing", "")
+    # a cache entry of another recipe is refused, naming the folder
+    (cache / "base-recipe-2" / "recipe.json").write_text(json.dumps({"key": "other"}))
+    assert main(args) == 2
+    assert "another recipe" in capsys.readouterr().err
+
+
+def test_findings_refuses_bad_input_in_one_line(tmp_path, capsys):
+    for bad in (["--only", "5"], ["--n", "1"], ["--percentiles", "1.5"], ["--base-config", "nope.toml"]):
+        assert main(["findings", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")] + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("imagen-bench: error:") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@functools.cache
+def _accuracy(sampler, n: int):
+    from bench.metrics.alignment import accuracy_dict, alignment
+    from imagen.pipeline import Pipeline
+    from imagen.worlds import get_world
+
+    pipe = Pipeline.load("shapes-hard")
+    caps = get_world("shapes-hard").held_out_captions(n, 0)
+    images = pipe.generate([c[0] for c in caps], list(range(n)), sampler, batch_size=25)
+    return accuracy_dict(alignment(list(images), [c[1] for c in caps], [c[2] for c in caps]).accuracy)
