@@ -81,7 +81,9 @@ def _threshold_rank(t) -> float:
     """none, static, then dynamic by percentile: the order of the paper's figure legends (no setting: last)."""
     if not isinstance(t, str):
         return 4.0
-    return {"none": 0.0, "static": 1.0}.get(t, 2.0 + float(t.split(":")[1]) if ":" in t else 3.0)
+    first = t.split(",")[0]  # per-stage settings ("static,dynamic:0.99") sort by the base stage's
+    rank = {"none": 0.0, "static": 1.0}.get(first, 2.0 + float(first.split(":")[1]) if ":" in first else 3.0)
+    return rank + (0.5 if "," in t else 0.0)
 
 
 def _first(names, prefix: str) -> str | None:

@@ -104,7 +104,9 @@ def guidance_verdict(part: dict) -> tuple[str, list[str]]:
 
 
 def _t_rank(t: str) -> float:
-    return {"none": 0.0, "static": 1.0}.get(t, 2.0 + float(t.split(":")[1]) if ":" in t else 3.0)
+    from reports.build import _threshold_rank
+
+    return _threshold_rank(t)
 
 
 def guidance_figure(part: dict, path: Path) -> None:

@@ -151,3 +151,20 @@ def test_training_on_the_hard_world_records_it(tmp_path, capsys):
     assert result["out"].endswith("abl-pooled-text")
     cfg = json.loads((tmp_path / "abl-pooled-text" / "config.json").read_text())
     assert not any(any(s["unet"]["cross_attn"]) for s in cfg["stages"])
+
+
+def test_grid_axes_take_per_stage_thresholds_and_samplers(tmp_path):
+    from bench.generators import contract, load_generator
+    from bench.grid import parse_spec
+    from reports.build import _threshold_rank
+
+    spec = parse_spec('name = "x"\nmodel = "shapes"\nsuites = ["shapes:2"]\n[axes]\n'
+                      'threshold = [["static", "dynamic:.99"], "none"]\nsampler = [["ddim", "ddpm"]]\n')
+    assert spec.threshold == ("static,dynamic:0.99", "none") and spec.sampler == ("ddim,ddpm",)
+    with pytest.raises(UserError, match="axes.sampler: unknown sampler 'euler'"):
+        parse_spec('name = "x"\nmodel = "shapes"\nsuites = ["shapes:2"]\n[axes]\nsampler = [["ddim", "euler"]]\n')
+    gen = contract(load_generator("shapes"))
+    with pytest.raises(UserError, match="axes.threshold: 'none,none,static' has 3 values but model 'shapes' needs"):
+        gen.check([SamplerConfig(threshold="none,none,static")], [])
+    # reports order per-stage settings by the base stage's, after the single settings of the same kind
+    assert _threshold_rank("none") < _threshold_rank("none,static") < _threshold_rank("static")
