@@ -93,3 +93,20 @@ def _accuracy(sampler, n: int):
     caps = get_world("shapes-hard").held_out_captions(n, 0)
     images = pipe.generate([c[0] for c in caps], list(range(n)), sampler, batch_size=25)
     return accuracy_dict(alignment(list(images), [c[1] for c in caps], [c[2] for c in caps]).accuracy)
+
+
+@pytest.mark.slow
+def test_shapes_hard_meets_every_fact_target_at_its_default_settings():
+    """Every fact type >= 0.70 at the model's own settings (its sampler.toml), on 100 held-out captions."""
+    guided = _accuracy(sampler_defaults("shapes-hard"), 100)
+    print(json.dumps({"guided": guided}))
+    assert all(v >= 0.70 for k, v in guided.items() if k != "overall"), guided
+
+
+@pytest.mark.slow
+def test_shapes_hard_guidance_beats_no_guidance_by_a_tenth():
+    """Overall alignment at the model's default settings beats the same settings at w = 1 by 0.10."""
+    d = sampler_defaults("shapes-hard")
+    guided, plain = _accuracy(d, 100), _accuracy(d.given(guidance=(1.0,)), 100)
+    print(json.dumps({"guided": guided, "plain": plain}))
+    assert guided["overall"] >= plain["overall"] + 0.10, (guided, plain)

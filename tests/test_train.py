@@ -128,7 +128,7 @@ def test_config_validation(tmp_path):
         ({**good, "train": {"log_snr_shift": -40}}, r"\[train\] log_snr_shift must be a number in \[-10, 10\]"),
         ({**good, "data": {"kind": "shapes", "categories": ["Colors", "Colours"]}}, r"\[data\] unknown shapes categories 'Colours'"),
         ({**good, "data": {"kind": "folder", "path": "p", "captions": "c", "categories": ["Colors"]}},
-         "shapes\" only"),
+         "for the shapes worlds only"),
         ({**good, "extra": 1}, "extra"),
         ({k: v for k, v in good.items() if k != "model"}, r"\[model\]"),
     ]:
