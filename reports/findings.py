@@ -103,6 +103,19 @@ def guidance_verdict(part: dict) -> tuple[str, list[str]]:
     return verdict, lines
 
 
+def fact_table(part: dict) -> list[str]:
+    rows, fid = part["rows"], part["fid_metric"]
+    facts = [k for k in ("color", "shape", "count", "size", "style", "position")
+             if any(f"align_{k}" in r for r in rows)]
+    out = ["| thresholding | w | " + " | ".join(facts) + " | overall | FID |",
+           "|---|---|" + "---|" * (len(facts) + 2)]
+    for r in sorted(rows, key=lambda r: (_t_rank(r["threshold"]), r["guidance"])):
+        cells = [f"{r[f'align_{k}']:.2f}" if r.get(f"align_{k}") is not None else "-" for k in facts]
+        out.append(f"| {r['threshold']} | {r['guidance']:g} | " + " | ".join(cells)
+                   + f" | {r['align_overall']:.2f} | " + (f"{r[fid]:.1f}" if fid else "-") + " |")
+    return out
+
+
 def _t_rank(t: str) -> float:
     from reports.build import _threshold_rank
 
@@ -301,8 +314,9 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
     md = [
         "# The paper's findings, measured by the harness", "",
         f"Regenerate: `{command}`", "",
-        f"Model `{results['model']}` on its world `{results['world']}`: {cfg['n']} held-out captions per setting "
-        f"(seed {cfg['seed']}), scored by the world's scorer. Alignment = the share of images whose every stated "
+        f"Model `{results['model']}` on its world `{results['world']}`: {cfg['n']} held-out captions drawn per setting "
+        f"(seed {cfg['seed']}; {_distinct(results)} distinct, the grids keep each caption once), scored by the world's "
+        "scorer. Alignment = the share of images whose every stated "
         "fact is right, with a 95% Wilson interval (n = the images); FID is `" + str(_first_fid(results)) + "` against clean renders "
         "of the same scenes (no interval: at this n it is biased upwards, so compare it between settings only).",
         "",
@@ -323,7 +337,9 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
                f"**Verdict: {v}.** Per thresholding: alignment at w = 1 and at its best weight, the best FID and FID "
                "at the best-alignment weight.", "",
                "| thresholding | alignment at w = 1 | best alignment | best FID | FID there | verdict |",
-               "|---|---|---|---|---|---|", *lines, "", f"![guidance]({FIG_DIR}/guidance.png)", "", _cost(part), ""]
+               "|---|---|---|---|---|---|", *lines, "", "Every cell, per fact type (share of the images whose caption "
+               "states the fact that get it right) and FID:", "", *fact_table(part), "",
+               f"![guidance]({FIG_DIR}/guidance.png)", "", _cost(part), ""]
     if "guidance" in results and "dynamic" in results:
         part = results["dynamic"]
         v_beat, v_p, lines = dynamic_verdict(results["guidance"], part)
@@ -375,8 +391,16 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
     path = out / "findings.md"
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
     atomic_write(out / "findings.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {**results, "verdicts": verdicts}, indent=1, default=str), encoding="utf-8"))
+        {**results, "command": command, "verdicts": verdicts}, indent=1, default=str), encoding="utf-8"))
     return path
+
+
+def _distinct(results: dict) -> str:
+    for key in ("guidance", "dynamic"):
+        rows = results.get(key, {}).get("rows")
+        if rows and rows[0].get("align_overall_n"):
+            return str(int(rows[0]["align_overall_n"]))
+    return "all"
 
 
 def _first_fid(results: dict) -> str | None:
@@ -386,4 +410,16 @@ def _first_fid(results: dict) -> str | None:
     return None
 
 
-__all__ = ["write_findings", "HOLDS", "FAILS", "OPEN"]
+def rewrite(out: Path) -> Path:
+    """findings.md and the figures again from OUT/findings.json (a changed write-up, no new measurement)."""
+    from imagen.errors import UserError
+
+    src = out / "findings.json"
+    if not src.is_file():
+        raise UserError(f"{src} not found: run `imagen-bench findings --out {out}` first")
+    data = json.loads(src.read_text(encoding="utf-8"))
+    data.pop("verdicts", None)
+    return write_findings(data, out, data.get("command") or "imagen-bench findings")
+
+
+__all__ = ["write_findings", "rewrite", "HOLDS", "FAILS", "OPEN"]

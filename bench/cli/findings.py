@@ -47,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
                     ("--steps", args.steps), ("--batch-size", args.batch_size)):
         if v is not None and v < 1:
             raise UserError(f"{flag} must be at least 1, got {v}")
+    if args.rewrite:  # the write-up again from OUT/findings.json, measuring nothing
+        from pathlib import Path
+
+        from reports.findings import rewrite
+
+        path = rewrite(Path(args.out))
+        print(json.dumps({"report": str(path)}) if args.json else f"findings rewritten: {path}")
+        return 0
     cfg = FindingsConfig(
         model=args.model, cache=args.cache, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
         guidance=tuple(args.guidance), percentiles=tuple(args.percentiles), aug_levels=tuple(args.aug_levels),
@@ -93,5 +101,7 @@ def register(subparsers) -> None:
                                                              "configs' [data] n)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--batch-size", type=int, default=25, help="images per forward pass")
+    p.add_argument("--rewrite", action="store_true",
+                   help="rewrite OUT/findings.md and its figures from OUT/findings.json without measuring anything")
     p.add_argument("--json", action="store_true", help="print only a JSON summary (progress on stderr)")
     p.set_defaults(func=run)
