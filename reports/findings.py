@@ -296,8 +296,15 @@ def text_figure(part: dict, path: Path) -> None:
 
 def _cost(part: dict) -> str:
     extra = ""
+    rows = part.get("rows") or []
+    if rows and all(r.get("seconds_per_image") is not None for r in rows):
+        images = sum(int(r.get("images") or 0) for r in rows)
+        minutes = sum(float(r["seconds_per_image"]) * int(r.get("images") or 0) for r in rows) / 60
+        extra = (f" Generation as recorded in the study (a resumed grid reuses its images): {images} images, "
+                 f"{minutes:.1f} wall minutes.")
     if part.get("training"):
-        tr = "; ".join(f"{k}: {v.get('wall_minutes', '?')} wall / {v.get('cpu_minutes') or '?'} CPU minutes"
+        tr = "; ".join(f"{k}: {v.get('wall_minutes', '?')} wall / "
+                       + (f"{v['cpu_minutes']} CPU minutes" if v.get("cpu_minutes") is not None else "CPU not recorded")
                        for k, v in part["training"].items())
         extra = (f" Training, as recorded when each model was trained (a model reused from the cache costs nothing "
                  f"in this run): {tr}.")
