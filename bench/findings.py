@@ -85,8 +85,10 @@ def recipe_key(run) -> str:
 
 def trained(config: str, name: str, cache: Path, steps: int, ablation: str | None, train_n: int | None,
             device: str, progress: bool, log=print) -> tuple[Path, dict]:
-    """The run folder CACHE/NAME trained from `config` (+ ablation) for `steps`: reused when its recipe.json matches
-    and its state reached `steps`, resumed when it stopped early, else trained afresh. Returns (folder, cost)."""
+    """The run folder CACHE/NAME trained from `config` (+ ablation) for `steps`: reused when its recipe.json has this
+    recipe's key, its state reached `steps` and its weights file has the recorded sha256; resumed when it stopped
+    early (or trained afresh); a folder of another recipe is a UserError. Returns (folder, cost)."""
+    from imagen.fileio import sha256_file
     from imagen.train import ablate, load_config, state_paths, train
 
     overrides: dict = {"train.steps": int(steps), "train.sample_every": 0}
@@ -102,8 +104,13 @@ def trained(config: str, name: str, cache: Path, steps: int, ablation: str | Non
     if recipe.is_file() and json.loads(recipe.read_text()).get("key") != key:
         raise UserError(f"{folder} holds a model of another recipe (its recipe.json differs); delete the folder or "
                         f"give another --cache")
+    weights = folder / f"{run.train.stage}.safetensors"
     if jpath.is_file() and json.loads(jpath.read_text()).get("step") == steps and recipe.is_file():
-        cost = json.loads(recipe.read_text()).get("cost", {})
+        rec = json.loads(recipe.read_text())
+        if rec.get("weights_sha256") not in (None, sha256_file(weights) if weights.is_file() else None):
+            raise UserError(f"{weights} is not the file its recipe.json recorded (sha256 differs); delete {folder} "
+                            f"to train it again")
+        cost = rec.get("cost", {})
         log(f"findings: reusing {folder} ({run.train.stage}, {steps} steps{', ' + ablation if ablation else ''})")
         return folder, cost
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,7 +121,8 @@ def trained(config: str, name: str, cache: Path, steps: int, ablation: str | Non
     from imagen.fileio import atomic_write
 
     atomic_write(recipe, lambda tmp: Path(tmp).write_text(json.dumps(
-        {"key": key, "config": config, "overrides": overrides, "ablation": ablation, "cost": cost})))
+        {"key": key, "config": config, "overrides": overrides, "ablation": ablation, "cost": cost,
+         "weights_sha256": sha256_file(weights)})))
     return folder, cost
 
 
@@ -194,23 +202,30 @@ def _alignment(images, facts) -> dict:
 # ----------------------------------------------------------------------------- findings 1 and 2: grids
 
 
-def _grid(cfg: FindingsConfig, name: str, world: str, guidance, thresholds, log) -> str:
-    """Run (or resume) one grid study CACHE/studies/NAME (generation and metrics); returns its folder (its rows are
-    read by reports.findings through the store, like any report)."""
-    from bench.grid import parse_spec, run_grid
-
+def spec_text(cfg: FindingsConfig, name: str, world: str, guidance, thresholds) -> str:
+    """The TOML grid spec of one findings study."""
     axes = [f"guidance = [{', '.join(repr(float(g)) for g in guidance)}]",
             f"threshold = [{', '.join(json.dumps(t) for t in thresholds)}]"]
     if cfg.sampler:
         axes.append(f"sampler = [{json.dumps(cfg.sampler)}]")
     if cfg.steps:
         axes.append(f"steps = [{int(cfg.steps)}]")
-    text = "\n".join([
+    return "\n".join([
         f"name = {json.dumps('findings ' + name)}", f"model = {json.dumps(cfg.model)}",
         f"suites = [{json.dumps(f'{world}:{cfg.n}')}]", "samples_per_prompt = 1", f"seed = {int(cfg.seed)}",
         f"batch_size = {int(cfg.batch_size)}", "", "[axes]", *axes, "", "[metrics]",
         'fid = { extractor = "effnet-lite0", reference = "shapes", protocol = "clean" }', "alignment = true", ""])
-    study = Path(cfg.cache) / "studies" / name
+
+
+def _grid(cfg: FindingsConfig, name: str, world: str, guidance, thresholds, log) -> str:
+    """Run (or resume) one grid study CACHE/studies/NAME-<spec hash> (generation and metrics); returns its folder
+    (its rows are read by reports.findings through the store, like any report)."""
+    from bench.grid import parse_spec, run_grid
+
+    text = spec_text(cfg, name, world, guidance, thresholds)
+    # one study per spec: a rerun with other settings (steps, weights, captions) gets its own folder, so a verdict
+    # never mixes cells of two runs
+    study = Path(cfg.cache) / "studies" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
     spec = parse_spec(text, f"findings {name}")
     run_grid(spec, study, device=cfg.device, progress=cfg.progress, log=log)
     return str(study)
@@ -263,6 +278,9 @@ def finding_sr_aug(cfg: FindingsConfig, world: str, log=print) -> dict:
     curves = []
     for label, folder in folders.items():
         pipe = _pipeline(str(folder), cfg.device)
+        if pipe.resolution != res or pipe.cascade.cfg.stages[0].resolution != base_res:
+            raise UserError(f"{folder} samples {pipe.resolution} px from {pipe.cascade.cfg.stages[0].resolution} px "
+                            f"but {cfg.model} is {base_res} -> {res} px; give an --sr-config of the same cascade")
         for source, low in (("base samples", base_images), ("oracle low-res", clean_low)):
             for level in cfg.aug_levels:
                 s = settings.given(aug_level=(float(level),))
@@ -273,6 +291,7 @@ def finding_sr_aug(cfg: FindingsConfig, world: str, log=print) -> dict:
                 log(f"findings 3: {label}, {source}, aug {level:g}: overall "
                     f"{curves[-1]['alignment']['overall']['value']:.3f}, FID {curves[-1]['fid']:.2f}")
     return {"curves": curves, "reference_inputs": out, "fid_metric": fid.name, "sr_steps": steps,
+            "noise_aug_max": max(s.noise_aug_max for s in ref.cascade.cfg.stages[1:]),
             "training": costs, "settings": dataclasses.asdict(settings), **timer.minutes()}
 
 
@@ -333,6 +352,17 @@ def _first_stage(d):
 # ----------------------------------------------------------------------------- all
 
 
+def _check_world(config: str, world: str, model: str) -> None:
+    """An ablation model must be trained on the reference model's world, or its scores would be of another world."""
+    from imagen.train import load_config
+
+    kind = load_config(config).data.kind
+    if kind != world:
+        raise UserError(f"{config} trains on [data] kind = {kind!r} but model {model!r} is of the {world!r} world; "
+                        f"give --base-config / --sr-config of that world")
+
+
+
 def run_findings(cfg: FindingsConfig, log=print) -> dict:
     """Measure the findings cfg.findings names; returns a JSON-ready dict (reports.findings writes it up)."""
     from imagen.checkpoint import model_world_of
@@ -346,7 +376,13 @@ def run_findings(cfg: FindingsConfig, log=print) -> dict:
         if not Path(path).is_file():
             raise UserError(f"training config {path} not found (run from the repository root, or pass "
                             f"--base-config / --sr-config)")
+    if 2 in cfg.findings and 1 not in cfg.findings:  # finding 2 compares against finding 1's none/static cells
+        log("findings: finding 2 compares dynamic thresholding with finding 1's grid; measuring finding 1 too")
+        cfg = dataclasses.replace(cfg, findings=tuple(sorted({1, *cfg.findings})))
     world = model_world_of(cfg.model)
+    for path, stage in ((cfg.base_config, "base"), (cfg.sr_config, "SR")):
+        if (3 in cfg.findings and stage == "SR") or (4 in cfg.findings and stage == "base"):
+            _check_world(path, world, cfg.model)
     timer = Timer()
     out: dict = {"model": cfg.model, "world": world, "config": dataclasses.asdict(cfg)}
     parts = {1: ("guidance", finding_guidance), 2: ("dynamic", finding_dynamic), 3: ("sr_aug", finding_sr_aug),

@@ -185,9 +185,11 @@ class Cascade(nn.Module):
         text, text_mask = text.to(dev), text_mask.to(dev)
         img = None
         if given is not None:
-            if len(stages) < 2 or tuple(given.shape[1:]) != (3, stages[0].resolution, stages[0].resolution):
-                raise UserError(f"lowres images must be [B, 3, {stages[0].resolution}, {stages[0].resolution}] for a "
-                                f"cascade with SR stages, got {list(given.shape)} for {len(stages)} stage(s)")
+            if (len(stages) < 2 or given.shape[0] != len(seeds)
+                    or tuple(given.shape[1:]) != (3, stages[0].resolution, stages[0].resolution)):
+                raise UserError(f"lowres images must be [{len(seeds)}, 3, {stages[0].resolution}, "
+                                f"{stages[0].resolution}] for a cascade with SR stages, got {list(given.shape)} for "
+                                f"{len(stages)} stage(s)")
             img = given.to(dev, torch.float32)
         for k, st in enumerate(stages):
             if k == 0 and given is not None:

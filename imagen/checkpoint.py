@@ -175,8 +175,12 @@ def sampler_defaults(model: str | os.PathLike) -> SamplerConfig:
             if want and len(values) != 1 and len(values) != want:
                 raise UserError(f"{file}: {key} has {len(values)} values but this model needs one value or {want} "
                                 f"(one per {'stage' if key == 'guidance' else 'SR stage'})")
+        import tomllib
+
+        raw = tomllib.loads(text)  # the lists as written: equal values collapse in cfg, their count must fit too
         for key in ("threshold", "sampler"):
-            parts = getattr(cfg, key).split(",")
+            value = raw.get(key, getattr(cfg, key))
+            parts = value if isinstance(value, list) else str(value).split(",")
             if len(parts) not in (1, n):
                 raise UserError(f"{file}: {key} has {len(parts)} values but this model needs one value or {n} "
                                 f"(one per stage)")

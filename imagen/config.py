@@ -106,6 +106,9 @@ def _normalize_one_threshold(value, key: str = "threshold") -> str:
     if not isinstance(value, str):
         raise UserError(f"{key}: {value!r} is not a string; valid forms: {THRESHOLD_FORMS}")
     v = value.strip().lower()
+    if "," in v:
+        raise UserError(f"{key}: {value!r} gives one setting per stage, where one stage's setting is expected "
+                        f"(split it with imagen.config.stage_values)")
     if v in ("none", "static"):
         return v
     if v == "dynamic":

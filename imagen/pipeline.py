@@ -99,8 +99,12 @@ class Pipeline:
             raise UserError(f"give one seed per prompt: {len(seeds)} seeds for {len(prompts)} prompts")
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        if lowres is not None and len(lowres) != len(prompts):
-            raise UserError(f"give one low-res image per prompt: {len(lowres)} images for {len(prompts)} prompts")
+        if lowres is not None:
+            lowres = np.asarray(lowres)
+            if lowres.dtype != np.uint8 or lowres.ndim != 4 or lowres.shape[-1] != 3:
+                raise UserError(f"lowres must be uint8 RGB images [B, r, r, 3], got {lowres.dtype} {list(lowres.shape)}")
+            if len(lowres) != len(prompts):
+                raise UserError(f"give one low-res image per prompt: {len(lowres)} images for {len(prompts)} prompts")
         res = self.resolution
         if not prompts:
             return np.zeros((0, res, res, 3), dtype=np.uint8)

@@ -106,7 +106,9 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float, cap: float | None = N
 def parse_threshold(spec: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """'none' -> None, 'static' -> static_threshold, 'dynamic:P' -> dynamic thresholding at fraction P.
 
-    Any spelling normalize_threshold accepts ('Static', 'dynamic', 'dynamic:.995') means the same here."""
+    Any spelling of one stage's setting that normalize_threshold accepts ('Static', 'dynamic', 'dynamic:.995')
+    means the same here; a per-stage string ('static,none') is split by the caller (imagen.config.stage_values)."""
+    threshold_parts(spec)  # one stage's setting: a per-stage string is a UserError here
     spec = normalize_threshold(spec, "threshold")
     if spec == "none":
         return None

@@ -148,11 +148,18 @@ def _load_minilm_random(cfg: TextEncoderConfig, device, dtype) -> HFTextEncoder:
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     config = AutoConfig.from_pretrained(str(path))
+    if config.hidden_size != cfg.dim:
+        raise UserError(f"all-MiniLM-L6-v2 makes {config.hidden_size}-d tokens; set dim=384 in the config")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = AutoModel.from_config(config).to(dtype or torch.float32).eval()
-    return HFTextEncoder(model.to(device), tokenizer, dim=cfg.dim, max_length=cfg.max_length, device=device,
-                         id=f"minilm-random:seed0:{cfg.max_length}{_dtype_tag(dtype)}")
+        model = AutoModel.from_config(config).to(torch.float32).eval()
+    # the weights' own hash in the id: another transformers initialiser is another encoder, never a cache hit
+    digest = hashlib.sha256()
+    for v in model.state_dict().values():
+        digest.update(v.detach().cpu().numpy().tobytes())
+    return HFTextEncoder(model.to(device, dtype or torch.float32), tokenizer, dim=cfg.dim, max_length=cfg.max_length,
+                         device=device,
+                         id=f"minilm-random:seed0-{digest.hexdigest()[:12]}:{cfg.max_length}{_dtype_tag(dtype)}")
 
 
 def load_text_encoder(cfg: TextEncoderConfig, device: torch.device | str = "cpu",

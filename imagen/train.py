@@ -624,7 +624,11 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
     if cfg_file.is_file() and cfg_file.read_text() != cascade_to_json(cfg):
         raise UserError(f"{out} already holds a different cascade (config.json differs from [model]); use the same "
                         f"[model] for every stage of a cascade, or another out folder")
-    if run.data.kind in WORLDS and (out / WORLD_FILE).is_file() and model_world(out) != run.data.kind:
+    has_weights = any((out / f"{s.name}.safetensors").is_file() for s in cfg.stages)
+    if run.data.kind in WORLDS and (has_weights or (out / WORLD_FILE).is_file()) and model_world(out) != run.data.kind:
+        raise UserError(f"{out} holds a model of the {model_world(out)!r} world; [data] kind = {run.data.kind!r} "
+                        f"needs another out folder")
+    if run.data.kind not in WORLDS and (out / WORLD_FILE).is_file():
         raise UserError(f"{out} holds a model of the {model_world(out)!r} world; [data] kind = {run.data.kind!r} "
                         f"needs another out folder")
     if jpath.is_file() and not resume:

@@ -83,7 +83,7 @@ def _threshold_rank(t) -> float:
         return 4.0
     first = t.split(",")[0]  # per-stage settings ("static,dynamic:0.99") sort by the base stage's
     rank = {"none": 0.0, "static": 1.0}.get(first, 2.0 + float(first.split(":")[1]) if ":" in first else 3.0)
-    return rank + (0.5 if "," in t else 0.0)
+    return rank + (0.0005 if "," in t else 0.0)  # just after the same base-stage setting alone
 
 
 def _first(names, prefix: str) -> str | None:

@@ -75,8 +75,47 @@ def test_findings_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     assert "another recipe" in capsys.readouterr().err
 
 
+def _row(t, w, acc, n=50, fid=100.0):
+    return {"threshold": t, "guidance": w, "align_overall": acc, "align_overall_n": n, "fid_x": fid}
+
+
+def test_verdicts_follow_the_intervals():
+    from reports.findings import FAILS, HOLDS, OPEN, dynamic_verdict, guidance_verdict, text_verdicts
+
+    def part(rows):
+        return {"rows": rows, "fid_metric": "fid_x"}
+
+    # alignment 0.1 -> 0.6 beyond the intervals, FID worse there than at w = 1: the trade-off holds
+    assert guidance_verdict(part([_row("static", 1, 0.1, fid=10), _row("static", 5, 0.6, fid=20)]))[0] == HOLDS
+    # the same gain with FID better at the larger weight: no trade-off seen
+    assert guidance_verdict(part([_row("static", 1, 0.1, fid=20), _row("static", 5, 0.6, fid=10)]))[0] == OPEN
+    # guidance only hurts: does not hold; a small difference: inconclusive; one curve failing fails the finding
+    assert guidance_verdict(part([_row("none", 1, 0.6), _row("none", 5, 0.1)]))[0] == FAILS
+    assert guidance_verdict(part([_row("none", 1, 0.30), _row("none", 5, 0.36)]))[0] == OPEN
+    assert guidance_verdict(part([_row("static", 1, 0.1, fid=10), _row("static", 5, 0.6, fid=20),
+                                  _row("none", 1, 0.6), _row("none", 5, 0.1)]))[0] == FAILS
+    assert guidance_verdict(part([_row("none", 5, 0.6)]))[0] == OPEN  # no curve of two weights
+    assert guidance_verdict(part([_row("static", 1, 0.1, n=0), _row("static", 5, 0.6, n=0)]))[0] == OPEN
+    p1 = part([_row(t, w, a) for t, w, a in (("none", 5, 0.1), ("static", 5, 0.1), ("dynamic:0.995", 5, 0.7))])
+    p2 = {**part([_row("dynamic:0.9", 5, 0.2)]), "large_guidance": [5.0]}
+    beat, p_matters, _ = dynamic_verdict(p1, p2)
+    assert beat == HOLDS and p_matters == HOLDS
+    p1["rows"][2]["align_overall"] = 0.12
+    assert dynamic_verdict(p1, p2)[:2] == (OPEN, OPEN)
+
+    def res(base, acc):
+        return {"base": base, "guidance": 3.0, "fid": 1.0, "alignment": {"overall": {"value": acc, "low": acc - 0.05,
+                                                                                       "high": acc + 0.05}}}
+
+    enc, xattn, _, _ = text_verdicts({"results": [res("pretrained MiniLM, cross-attention", 0.5),
+                                                  res("random-init MiniLM, cross-attention", 0.2),
+                                                  res("pretrained MiniLM, pooled vector only", 0.48)]})
+    assert (enc, xattn) == (HOLDS, OPEN)
+
+
 def test_findings_refuses_bad_input_in_one_line(tmp_path, capsys):
-    for bad in (["--only", "5"], ["--n", "1"], ["--percentiles", "1.5"], ["--base-config", "nope.toml"]):
+    for bad in (["--only", "5"], ["--n", "1"], ["--percentiles", "1.5"], ["--base-config", "nope.toml"],
+                ["--aug-levels", "1.5"], ["--sampler", "euler"], ["--base-config", "configs/shapes_base.toml"]):
         assert main(["findings", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")] + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("imagen-bench: error:") and "\n" not in err

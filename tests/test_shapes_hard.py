@@ -118,7 +118,8 @@ def test_world_registry_and_stored_facts(tmp_path):
     caps = w.held_out_captions(10, 0)
     assert [c for c, _, _ in caps] == [c for c, _, _ in held_out_captions(10, 0)]
     scene, _, facts = w.dataset(0, "heldout").item(3)
-    assert score_facts_json(render(scene, 64), json.dumps(facts_to_row(facts)))
+    result = score_facts_json(render(scene, 64), json.dumps(facts_to_row(facts)))
+    assert result and all(result.values())
     with pytest.raises(UserError, match="unknown world"):
         get_world("shapes-harder")
     assert model_world(tmp_path) == "shapes"

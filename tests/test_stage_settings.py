@@ -35,11 +35,16 @@ def test_per_stage_threshold_and_sampler_spellings():
 def test_dynamic_cap_clamps_the_scale():
     from imagen.sampling import dynamic_threshold
 
-    x = torch.full((1, 3, 4, 4), 3.0)  # s = 3 without a cap
-    assert torch.allclose(dynamic_threshold(x, 0.9, None), torch.ones_like(x))
-    assert torch.allclose(dynamic_threshold(x, 0.9, 1.5), torch.full_like(x, 1.0))  # clip to 1.5, / 1.5
+    x = torch.full((1, 3, 4, 4), 3.0)
+    x[0, 0, 0, :2] = 0.75  # s = the 0.9 quantile of |x| = 3
+    free, capped = dynamic_threshold(x, 0.9, None), dynamic_threshold(x, 0.9, 1.5)
+    assert torch.allclose(free[0, 0, 0, :2], torch.tensor(0.25))  # 0.75 / 3
+    assert torch.allclose(capped[0, 0, 0, :2], torch.tensor(0.5))  # s capped at 1.5: 0.75 / 1.5
+    assert torch.allclose(capped[0, 1], torch.ones(4, 4))  # 3 clipped to 1.5, / 1.5
     y = torch.full((1, 3, 4, 4), 0.5)  # s = max(0.5, 1) = 1: nothing changes
     assert torch.allclose(dynamic_threshold(y, 0.9, 1.5), y)
+    with pytest.raises(UserError, match="one setting per stage"):
+        threshold_parts("static,none")
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +97,10 @@ def test_sampler_toml_takes_per_stage_lists(tmp_path):
     (folder / "sampler.toml").write_text('threshold = ["static", "dynamic:0.99"]\nsampler = ["ddim", "ddpm"]\n')
     d = sampler_defaults(folder)
     assert d.threshold == "static,dynamic:0.99" and d.sampler == "ddim,ddpm"
-    (folder / "sampler.toml").write_text('threshold = ["static", "none", "none"]\n')
-    with pytest.raises(UserError, match="threshold has 3 values but this model needs one value or 2"):
-        sampler_defaults(folder)
+    for bad in ('threshold = ["static", "none", "none"]\n', 'threshold = ["static", "static", "static"]\n'):
+        (folder / "sampler.toml").write_text(bad)  # equal values collapse, but their count must fit too
+        with pytest.raises(UserError, match="threshold has 3 values but this model needs one value or 2"):
+            sampler_defaults(folder)
 
 
 def test_ablations_change_only_what_they_name():
@@ -149,6 +155,14 @@ def test_training_on_the_hard_world_records_it(tmp_path, capsys):
                  "--set", "data.n=8", "--ablation", "pooled-text", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["out"].endswith("abl-pooled-text")
+    # folder data into a world's model folder, or a world into a plain model's folder: refused
+    (tmp_path / "plain").mkdir()
+    assert main(["train", "configs/tiny_test.toml", "--out", str(tmp_path / "plain"), "--steps", "1",
+                 "--set", "data.n=8", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["train", "configs/tiny_test.toml", "--out", str(tmp_path / "plain"), "--steps", "1", "--resume",
+                 "--set", "data.kind=shapes-hard", "--set", "data.n=8", "--json"]) == 2
+    assert "holds a model of the 'shapes' world" in capsys.readouterr().err
     cfg = json.loads((tmp_path / "abl-pooled-text" / "config.json").read_text())
     assert not any(any(s["unet"]["cross_attn"]) for s in cfg["stages"])
 

@@ -50,9 +50,14 @@ def sampler_flags(args: argparse.Namespace) -> dict:
     flags = {k: getattr(args, k, None) for k in ("sampler", "steps", "guidance", "threshold", "aug_level")}
     if flags["threshold"] is not None:  # 'static' or one per stage: 'static,dynamic:0.99'
         flags["threshold"] = normalize_threshold(flags["threshold"], "--threshold")
-    if flags["sampler"] is not None and not flags["sampler"].endswith("Scheduler"):
-        # a diffusers scheduler class name is checked by the diffusers generator
-        flags["sampler"] = check_sampler(flags["sampler"], "--sampler")
+    if flags["sampler"] is not None:
+        # ours are checked here, a diffusers scheduler class name (any stage's) by the diffusers generator
+        ours = [p for p in flags["sampler"].split(",") if not p.strip().endswith("Scheduler")]
+        if ours:
+            check_sampler(",".join(ours), "--sampler")
+        from imagen.config import normalize_sampler
+
+        flags["sampler"] = normalize_sampler(flags["sampler"], "--sampler")
     if flags["steps"] is not None and flags["steps"] < 1:
         raise UserError(f"--steps must be at least 1, got {flags['steps']}")
     if flags["guidance"] is not None:

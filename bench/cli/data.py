@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from imagen.errors import UserError
+from imagen.worlds import WORLDS
 
 CSV_NAME = "captions.csv"
 
@@ -84,13 +85,10 @@ def _data_shapes(args: argparse.Namespace) -> int:
 
 
 def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: int | None, threshold: str | None,
-                    sampler: str | None, batch_size: int, progress: bool = False, world: str = "shapes",
-                    lowres_oracle: bool = False, aug_level: tuple[float, ...] | None = None) -> list[dict]:
+                    sampler: str | None, batch_size: int, progress: bool = False, world: str = "shapes") -> list[dict]:
     """For each guidance weight: n held-out captions sampled with seeds seed+i (the same prompts and seeds at
     every weight), scored by the world's scorer. A setting that is None is the pipeline's default (its model's
-    sampler.toml, else SamplerConfig's). `lowres_oracle`: the SR stages upsample clean renders of the captions'
-    scenes at the base's resolution instead of the base's samples. Returns [{"guidance", "n", "sampler",
-    "accuracy", "by_category"}]."""
+    sampler.toml, else SamplerConfig's). Returns [{"guidance", "n", "sampler", "accuracy", "by_category"}]."""
     import numpy as np
 
     from bench.generators import Request, contract
@@ -105,27 +103,15 @@ def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: 
                         f"several guidance weights, so it needs a model (use grid run with the shapes suite instead)")
 
     captions = w.held_out_captions(n, seed)
-    lowres = None
-    if lowres_oracle:  # the held-out scenes behind the captions, drawn at the base's resolution
-        from PIL import Image
-
-        base_res = pipeline.cascade.cfg.stages[0].resolution
-        data = w.dataset(seed, "heldout")
-        lowres = np.stack([np.asarray(Image.fromarray(w.render(data.item(i)[0], pipeline.resolution)).resize(
-            (base_res, base_res), Image.BOX)) for i in range(n)])
     prompts = [c for c, _, _ in captions]
     facts = [f for _, f, _ in captions]
     seeds = [seed + i for i in range(n)]
     results = []
     for g in guidances:
-        cfg = gen.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold, guidance=(float(g),),
-                                         aug_level=aug_level)
+        cfg = gen.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold, guidance=(float(g),))
         requests = [Request(p, s) for p, s in zip(prompts, seeds)]
         gen.check([cfg], requests)
-        if lowres is not None:
-            images = pipeline.generate(prompts, seeds, cfg, batch_size=batch_size, lowres=lowres)
-        else:
-            images = gen.generate(requests, cfg, batch_size=batch_size).images  # the generator batches
+        images = gen.generate(requests, cfg, batch_size=batch_size).images  # the generator batches
         res = alignment(np.stack(images), facts)
         results.append({
             "guidance": float(g), "n": n, "sampler": to_dict(cfg),
@@ -264,7 +250,7 @@ def register(subparsers) -> None:
     es.add_argument("--sampler", default=None,
                     help="sampler name, or one per stage comma-separated (ddim,ddpm) (default: the model's "
                          "sampler.toml, else the SamplerConfig default)")
-    es.add_argument("--world", default=None, choices=("shapes", "shapes-hard"),
+    es.add_argument("--world", default=None, choices=WORLDS,
                     help="which world's held-out captions and scorer (default: the one the model was trained on, "
                          "its world.txt; shapes for models without one)")
     es.add_argument("--seed", type=int, default=0, help="picks the held-out captions and the first image seed")

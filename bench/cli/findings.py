@@ -38,9 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from imagen.errors import UserError
     from reports.findings import write_findings
 
-    for flag, values in (("--guidance", args.guidance), ("--aug-levels", args.aug_levels)):
-        if not values or any(v < 0 for v in values):
-            raise UserError(f"{flag} needs non-negative numbers, got {values}")
+    if any(not g >= 0 for g in args.guidance):
+        raise UserError(f"--guidance needs non-negative weights, got {args.guidance}")
+    if any(not 0 <= a <= 1 for a in args.aug_levels):
+        raise UserError(f"--aug-levels must be in [0, 1], got {args.aug_levels}")
+    if args.sampler is not None:
+        from imagen.sampling import check_sampler
+
+        args.sampler = check_sampler(args.sampler, "--sampler")
     if any(not 0 < p <= 1 for p in args.percentiles):
         raise UserError(f"--percentiles must be in (0, 1], got {args.percentiles}")
     for flag, v in (("--base-steps", args.base_steps), ("--sr-steps", args.sr_steps), ("--train-n", args.train_n),

@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = ablate(cfg, args.ablation)
         if not args.out:  # an ablated model is another cascade: its own folder beside the recipe's
-            cfg = dataclasses.replace(cfg, out=f"{cfg.out}-{args.ablation}")
+            from pathlib import Path
+
+            out = Path(cfg.out)
+            cfg = dataclasses.replace(cfg, out=str(out.with_name(f"{out.name}-{args.ablation}")))
     result = train(cfg, resume=args.resume, device=args.device, progress=not args.json,
                    stop_at=args.stop_at, text_cache=args.text_cache)
     if args.json:
