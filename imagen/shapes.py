@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -379,36 +380,54 @@ class ShapesWorld:
 
     Item i has category categories[i % len(categories)]: by default each category once per cycle, so any prefix is
     balanced; naming a category twice in `categories` trains on it twice as often. The train and heldout splits draw
-    from disjoint seed streams.
+    from disjoint seed streams. A world subclasses this with its own categories, scenes and captions
+    (imagen.shapes_hard.HardWorld).
     """
 
     seed: int = 0
     split: str = "train"
     categories: tuple[str, ...] = CATEGORIES
+    WORLD: ClassVar[str] = "shapes"
+    ALL_CATEGORIES: ClassVar[tuple[str, ...]] = CATEGORIES
+    SEED_SALT: ClassVar[tuple[int, ...]] = ()  # extra seed words keep another world's streams apart
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise UserError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if not self.categories:
-            raise UserError(f"shapes categories must be a non-empty list of {', '.join(CATEGORIES)}")
-        unknown = sorted(set(self.categories) - set(CATEGORIES))
+            raise UserError(f"{self.WORLD} categories must be a non-empty list of {', '.join(self.ALL_CATEGORIES)}")
+        unknown = sorted(set(self.categories) - set(self.ALL_CATEGORIES))
         if unknown:
-            raise UserError(f"unknown shapes categories {', '.join(map(repr, unknown))}; "
-                            f"choose from {', '.join(CATEGORIES)}")
+            raise UserError(f"unknown {self.WORLD} categories {', '.join(map(repr, unknown))}; "
+                            f"choose from {', '.join(self.ALL_CATEGORIES)}")
 
     def rng(self, i: int) -> np.random.Generator:
-        return np.random.default_rng([int(self.seed), SPLITS[self.split], int(i)])
+        return np.random.default_rng([int(self.seed), SPLITS[self.split], int(i), *self.SEED_SALT])
 
-    def item(self, i: int) -> tuple[Scene, str, Facts]:
+    # the world's own parts (a subclass names its own): scenes, captions, renders, fact rows
+    sample = staticmethod(sample_scene)
+    caption_for = staticmethod(caption_for)
+    render = staticmethod(render)
+    facts_row = staticmethod(facts_to_row)
+
+    def item(self, i: int):
         """(scene, caption, facts) of item i."""
         rng = self.rng(i)
-        scene, facts = sample_scene(rng, self.categories[i % len(self.categories)])
-        return scene, caption_for(facts, rng), facts
+        scene, facts = self.sample(rng, self.categories[i % len(self.categories)])
+        return scene, self.caption_for(facts, rng), facts
 
     def record(self, i: int, size: int) -> dict:
         """Item i as a flat record: image (uint8 [size, size, 3]), caption, and the fact columns."""
         scene, text, facts = self.item(i)
-        return {"image": render(scene, size), "caption": text, **facts_to_row(facts)}
+        return {"image": self.render(scene, size), "caption": text, **self.facts_row(facts)}
+
+    def held_out(self, n: int) -> list:
+        """The first n items' (caption, facts, category): the world's prompt suite (on the heldout split)."""
+        out = []
+        for i in range(n):
+            _, text, facts = self.item(i)
+            out.append((text, facts, facts.category))
+        return out
 
 
 def make_dataset(n: int, seed: int = 0, size: int = 64, split: str = "train") -> list[dict]:
@@ -419,12 +438,7 @@ def make_dataset(n: int, seed: int = 0, size: int = 64, split: str = "train") ->
 
 def held_out_captions(n: int, seed: int = 0) -> list[tuple[str, Facts, str]]:
     """n held-out (caption, facts, category), balanced over CATEGORIES: the `shapes` prompt suite."""
-    world = ShapesWorld(seed, "heldout")
-    out = []
-    for i in range(n):
-        _, text, facts = world.item(i)
-        out.append((text, facts, facts.category))
-    return out
+    return ShapesWorld(seed, "heldout").held_out(n)
 
 
 heldout_captions = held_out_captions  # the name used in some briefs

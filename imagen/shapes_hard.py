@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from imagen.errors import UserError
-from imagen.shapes import _ALPHA_SUPERSAMPLE, COLORS, MARGIN, NUMBER_WORDS, PALETTE, SHAPES, SPLITS, Shape, _coverage
+from imagen.shapes import _ALPHA_SUPERSAMPLE, COLORS, MARGIN, NUMBER_WORDS, PALETTE, SHAPES, Shape, ShapesWorld, _coverage
 
 WORLD = "shapes-hard"
 ATTRIBUTES, COUNTING, POSITIONAL, INSIDE, LARGEST = "Attributes", "Counting", "Positional", "Inside", "Largest"
@@ -432,42 +433,21 @@ def caption_for(facts: HardFacts, rng: np.random.Generator) -> str:
 
 
 @dataclass(frozen=True)
-class HardWorld:
-    """A deterministic, endless captioned dataset: item i depends only on (seed, split, i); categories cycle."""
+class HardWorld(ShapesWorld):
+    """The hard world as a seeded endless dataset (imagen.shapes.ShapesWorld's contract): item i depends only on
+    (seed, split, i); categories cycle."""
 
-    seed: int = 0
-    split: str = "train"
     categories: tuple[str, ...] = CATEGORIES
+    WORLD: ClassVar[str] = WORLD
+    ALL_CATEGORIES: ClassVar[tuple[str, ...]] = CATEGORIES
+    SEED_SALT: ClassVar[tuple[int, ...]] = (2,)  # keeps these streams apart from the plain world's
 
-    def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise UserError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
-        if not self.categories:
-            raise UserError(f"{WORLD} categories must be a non-empty list of {', '.join(CATEGORIES)}")
-        unknown = sorted(set(self.categories) - set(CATEGORIES))
-        if unknown:
-            raise UserError(f"unknown {WORLD} categories {', '.join(map(repr, unknown))}; "
-                            f"choose from {', '.join(CATEGORIES)}")
-
-    def rng(self, i: int) -> np.random.Generator:
-        # a third seed word keeps these streams apart from the plain world's
-        return np.random.default_rng([int(self.seed), SPLITS[self.split], int(i), 2])
-
-    def item(self, i: int) -> tuple[HardScene, str, HardFacts]:
-        rng = self.rng(i)
-        scene, facts = sample_scene(rng, self.categories[i % len(self.categories)])
-        return scene, caption_for(facts, rng), facts
-
-    def record(self, i: int, size: int) -> dict:
-        scene, text, facts = self.item(i)
-        return {"image": render(scene, size), "caption": text, **facts_to_row(facts)}
+    sample = staticmethod(sample_scene)
+    caption_for = staticmethod(caption_for)
+    render = staticmethod(render)
+    facts_row = staticmethod(facts_to_row)
 
 
 def held_out_captions(n: int, seed: int = 0) -> list[tuple[str, HardFacts, str]]:
     """n held-out (caption, facts, category), balanced over CATEGORIES: the `shapes-hard` prompt suite."""
-    world = HardWorld(seed, "heldout")
-    out = []
-    for i in range(n):
-        _, text, facts = world.item(i)
-        out.append((text, facts, facts.category))
-    return out
+    return HardWorld(seed, "heldout").held_out(n)
