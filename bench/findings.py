@@ -22,6 +22,7 @@ unchanged. Every part records its wall and CPU minutes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -137,7 +138,6 @@ def _pipeline(folder_or_name: str, device: str, n_stages: int | None = None):
     from imagen.checkpoint import checkpoint_hash, load_cascade, resolve, sampler_defaults
     from imagen.config import CascadeConfig
     from imagen.pipeline import Pipeline
-    from imagen.text import EmbeddingCache, load_text_encoder
 
     folder = resolve(folder_or_name)
     cascade = load_cascade(folder, "cpu", allow_missing=True)
@@ -150,9 +150,16 @@ def _pipeline(folder_or_name: str, device: str, n_stages: int | None = None):
             short.unets[k].load_state_dict(cascade.unets[k].state_dict())
         cascade = short
     cascade = cascade.to(torch.device(device)).eval()
-    encoder = EmbeddingCache(load_text_encoder(cascade.cfg.text, device))
     return Pipeline(model_id=str(folder_or_name), checkpoint_hash=checkpoint_hash(folder), cascade=cascade,
-                    encoder=encoder, sampler_defaults=sampler_defaults(folder))
+                    encoder=_encoder(cascade.cfg.text, device), sampler_defaults=sampler_defaults(folder))
+
+
+@functools.cache
+def _encoder(text_cfg, device: str):
+    """One text encoder per config for the whole run (the pipelines of findings 3 and 4 share it)."""
+    from imagen.text import EmbeddingCache, load_text_encoder
+
+    return EmbeddingCache(load_text_encoder(text_cfg, device))
 
 
 def _held_out(world_name: str, n: int, seed: int, size: int, base_res: int | None = None):
@@ -180,6 +187,7 @@ class _Fid:
 
         self.nets = Networks(device)
         self.name = None
+        self._refs: dict[int, tuple] = {}  # id(reference array) -> (array, statistics): computed once per set
 
     def __call__(self, images, reference) -> float:
         from bench.metrics import fid as F
@@ -188,7 +196,9 @@ class _Fid:
         ext = self.nets.extractor("effnet-lite0")
         protocol = parse_protocol("clean")
         self.name = F.fid_metric_name("effnet-lite0", protocol)
-        ref = F.stats_from_images(list(reference), ext, protocol)
+        if id(reference) not in self._refs:  # the array is kept, so its id is not reused
+            self._refs[id(reference)] = (reference, F.stats_from_images(list(reference), ext, protocol))
+        ref = self._refs[id(reference)][1]
         return float(F.fid_images(list(images), ref, extractor=ext, protocol=protocol))
 
 
@@ -320,11 +330,14 @@ def finding_text(cfg: FindingsConfig, world: str, log=print) -> dict:
     fid = _Fid(cfg.device)
     results = []
     settings = None
+    # the scenes rendered at the cascade's last resolution and box-filtered to the base's, as the bases were trained
+    from imagen.checkpoint import read_config
+
+    stages = read_config(runs["pretrained MiniLM, cross-attention"]).stages
+    prompts, facts, _, _, clean = _held_out(world, cfg.n, cfg.seed, stages[-1].resolution, stages[0].resolution)
+    seeds = [cfg.seed + i for i in range(cfg.n)]
     for label, folder in runs.items():
         pipe = _pipeline(str(folder), cfg.device, n_stages=1)
-        res = pipe.resolution
-        prompts, facts, _, clean, _ = _held_out(world, cfg.n, cfg.seed, res)
-        seeds = [cfg.seed + i for i in range(cfg.n)]
         for w in cfg.text_guidance:
             settings = _sampler_of(cfg).given(guidance=(w,))
             images = pipe.generate(prompts, seeds, settings, batch_size=cfg.batch_size)
