@@ -17,14 +17,16 @@ from pathlib import Path
 
 from bench import cell_metrics, generate, store
 from bench.generators import Request, contract, kind_of, load_generator, model_defaults, rank_device
+from bench.generators.base import canonical_call
 from bench.suites import WORLD_SUITES, Prompt, load_suites, parse_name, world_suite
 from bench.work import Cell, GridSpec, MetricsSpec, WorkItem, expand, item_seed, now, plan, work_items
 from imagen.config import SamplerConfig, normalize_threshold
 from imagen.errors import UserError
 
 KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
-TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size", "axes", "metrics"}
-AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level"}
+TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size", "negative_prompt", "axes", "call",
+            "metrics"}
+AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level", "distilled_guidance"}
 METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip"}
 
 
@@ -135,6 +137,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
             raise UserError(f"{source}: model {model!r} is a precomputed image set: it has no sampling settings, so "
                             f"the spec takes no [axes] (found {sorted(axes)}); remove them")
         guidance = threshold = sampler = steps = aug = ()
+        distilled = None
     else:
         # an axis left out is the model's own setting: an Imagen folder's sampler.toml (else SamplerConfig's), read
         # here; a diffusers pipeline's own scheduler and call defaults, filled in by fill_axes once it is loaded
@@ -147,6 +150,16 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         steps = _maybe(_axis(axes, "steps", d and [d.steps]), _steps)
         aug = _maybe(_axis(axes, "aug_level", d and [_one(d.aug_level)]),
                      lambda v: _floats(v, "axes.aug_level", 0.0, 1.0))
+        # embedded guidance: left out is the model's own (FLUX.1-dev's 3.5), filled in once it is loaded
+        distilled = _maybe(_axis(axes, "distilled_guidance", None),
+                           lambda v: _floats(v, "axes.distilled_guidance", 0.0, None)[0])
+    negative = raw.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise UserError(f"{source}: negative_prompt must be a string (\"\" for the empty prompt), got {negative!r}")
+    call = _call_table(raw.get("call"), source)
+    if kind == "images" and (negative is not None or call):
+        raise UserError(f"{source}: model {model!r} is a precomputed image set: negative_prompt and [call] do not "
+                        f"reach it; remove them")
     metrics = _subtable(raw, "metrics", METRIC_KEYS, source)
     feat_defaults = {"extractor": "effnet-lite0", "reference": "shapes", "protocol": "clean"}
     fid = _feature_table(_metric_table(metrics.get("fid"), "fid", feat_defaults), "fid")
@@ -173,7 +186,27 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         samples_per_prompt=ints["samples_per_prompt"], seed=ints["seed"], batch_size=ints["batch_size"],
         guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
         metrics=MetricsSpec(fid=fid, clip_score=clip, alignment=align, kid=kid, prc=prc, cmmd=cmmd, fd_clip=fd_clip),
+        distilled_guidance=distilled, negative_prompt=negative, call=canonical_call(call),
     )
+
+
+def _call_table(table, source: str) -> dict:
+    """The [call] table: other arguments of a diffusers pipeline's call, TOML values; names the harness sets itself
+    are refused here, names the pipeline does not take once it is loaded."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise UserError(f"{source}: [call] must be a table of a pipeline's call arguments, e.g. [call] "
+                        f"max_sequence_length = 256")
+    from bench.generators.diffusers_calls import RESERVED
+
+    for key, value in table.items():
+        if key in RESERVED:
+            raise UserError(f"{source}: call.{key} is set by the harness (prompt, seeds, axes, size as "
+                            f"?height=&width=, negative_prompt as its own key); remove it from [call]")
+        if isinstance(value, dict) or (hasattr(value, "isoformat")):
+            raise UserError(f"{source}: call.{key} = {value!r}: give a number, string, boolean or list")
+    return dict(table)
 
 
 def _feature_table(table: dict | None, key: str) -> dict | None:
@@ -223,6 +256,10 @@ def _sampler(name, kind: str) -> str:
         for part in value.split(","):
             _sampler(part, kind)
         return value
+    if kind == "diffusers":
+        from bench.generators.schedulers import NAMES
+
+        samplers = NAMES
     if isinstance(name, str) and (name in samplers or (kind == "diffusers" and name.endswith("Scheduler"))):
         return name
     extra = " or a diffusers scheduler class name (e.g. EulerDiscreteScheduler)" if kind == "diffusers" else ""
@@ -238,13 +275,15 @@ def _steps(s) -> int:
 def fill_axes(spec: GridSpec, defaults: SamplerConfig | None) -> GridSpec:
     """The spec with every axis it left out (None) set to the loaded model's own setting. A default that is itself
     None (a diffusers cascade's sampler, threshold and steps: each stage's own) leaves the axis None."""
-    missing = [k for k in ("guidance", "threshold", "sampler", "steps", "aug_level") if getattr(spec, k) is None]
+    missing = [k for k in ("guidance", "threshold", "sampler", "steps", "aug_level", "distilled_guidance")
+               if getattr(spec, k) is None]
     if not missing or not spec.has_axes:
         return spec
     d = defaults or SamplerConfig()
+    dg = getattr(d, "distilled_guidance", None)
     own = {"guidance": d.guidance and (tuple(d.guidance),), "threshold": d.threshold and (d.threshold,),
            "sampler": d.sampler and (d.sampler,), "steps": d.steps and (int(d.steps),),
-           "aug_level": d.aug_level and (tuple(d.aug_level),)}
+           "aug_level": d.aug_level and (tuple(d.aug_level),), "distilled_guidance": dg is not None and (dg,)}
     return dataclasses.replace(spec, **{k: own[k] or None for k in missing})
 
 
@@ -276,12 +315,16 @@ def spec_to_toml(spec: GridSpec) -> str:
 
     lines = [f"name = {_toml_value(spec.name)}", f"model = {_toml_value(spec.model)}",
              f"suites = {_toml_value(list(spec.suites))}", f"samples_per_prompt = {spec.samples_per_prompt}",
-             f"seed = {spec.seed}", f"batch_size = {spec.batch_size}", "", "[axes]"]
+             f"seed = {spec.seed}", f"batch_size = {spec.batch_size}"]
+    if spec.negative_prompt is not None:
+        lines.append(f"negative_prompt = {_toml_value(spec.negative_prompt)}")
+    lines += ["", "[axes]"]
     if spec.has_axes:  # an axis that is None is the model's own setting, and is left out as the user left it
         for key, value in (("guidance", spec.guidance and stage_list(spec.guidance)),
                            ("threshold", spec.threshold and list(spec.threshold)),
                            ("sampler", spec.sampler and list(spec.sampler)), ("steps", spec.steps and list(spec.steps)),
-                           ("aug_level", spec.aug_level and stage_list(spec.aug_level))):
+                           ("aug_level", spec.aug_level and stage_list(spec.aug_level)),
+                           ("distilled_guidance", spec.distilled_guidance and list(spec.distilled_guidance))):
             if value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
     lines += ["", "[metrics]"]
@@ -291,6 +334,8 @@ def spec_to_toml(spec: GridSpec) -> str:
     lines.append(f"alignment = {_toml_value(m.alignment)}")
     for key, table in m.distribution().items():
         lines.append(f"{key} = {_toml_value(table)}")
+    if spec.call:
+        lines += ["", "[call]"] + [f"{k} = {_toml_value(v)}" for k, v in json.loads(spec.call).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -432,7 +477,8 @@ def study_identity(spec: GridSpec, prompts: list[Prompt], model_hash: str | None
     """What a study folder is of: the spec seed, the suites' prompt ids (a hash), the model's checkpoint hash
     (None: not known yet, not checked)."""
     ids = sorted(p.prompt_id for p in prompts)
-    out = {store.COL_SEED: int(spec.seed), store.COL_PROMPTS_HASH: hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    out = {store.COL_SEED: int(spec.seed), store.COL_PROMPTS_HASH: hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+           store.COL_OPTIONS_HASH: hashlib.sha256(json.dumps([spec.negative_prompt, spec.call]).encode()).hexdigest()}
     if model_hash is not None:
         out[store.COL_CHECKPOINT_HASH] = model_hash
     return out
@@ -451,9 +497,12 @@ def check_same_study(out: Path, identity: dict, extend: bool) -> None:
               store.COL_PROMPTS_HASH: set(runs[store.COL_PROMPTS_HASH].dropna()) if store.COL_PROMPTS_HASH in runs
               else set(),
               store.COL_CHECKPOINT_HASH: set(runs[store.COL_CHECKPOINT_HASH].dropna())
-              if store.COL_CHECKPOINT_HASH in runs else set()}
+              if store.COL_CHECKPOINT_HASH in runs else set(),
+              store.COL_OPTIONS_HASH: set(runs[store.COL_OPTIONS_HASH].dropna()) if store.COL_OPTIONS_HASH in runs
+              else set()}
     names = {store.COL_SEED: "seed", store.COL_PROMPTS_HASH: "prompt set (suites)",
-             store.COL_CHECKPOINT_HASH: "model (checkpoint hash)"}
+             store.COL_CHECKPOINT_HASH: "model (checkpoint hash)",
+             store.COL_OPTIONS_HASH: "negative prompt or [call] options"}
     for col, what in names.items():
         if col not in identity or (extend and col != store.COL_SEED):
             continue

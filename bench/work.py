@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass, field
 
 from bench import store
+from bench.generators.base import Settings
 from bench.suites import Prompt
-from imagen.config import SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class GridSpec:
     steps: tuple[int, ...] = (50,)
     aug_level: tuple[tuple[float, ...], ...] = ((0.0,),)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
+    distilled_guidance: tuple[float, ...] | None = None  # embedded guidance values; None: the model's own
+    negative_prompt: str | None = None  # the unconditional branch's prompt (None: the model's own, usually empty)
+    call: str | None = None  # the [call] table as canonical JSON (bench.generators.base.canonical_call)
 
     @property
     def has_axes(self) -> bool:
@@ -74,18 +77,29 @@ class Cell:
     guidance: tuple[float, ...]  # per stage (one value = all stages); () when the model has no settings
     threshold: str | None  # None: each stage's own scheduler setting
     aug_level: tuple[float, ...]
+    distilled_guidance: float | None = None  # embedded guidance (FLUX.1-dev); None: none / the model's own
+    negative_prompt: str | None = None
+    call: str | None = None  # canonical JSON of the [call] table
 
     @property
     def id(self) -> str:
-        canon = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        """A hash of every setting; the settings added after the first (distilled guidance, negative prompt, call
+        options) count only when set, so a cell without them keeps its id."""
+        d = dataclasses.asdict(self)
+        for k in OPTIONAL:
+            if d[k] is None:
+                del d[k]
+        canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
-    def sampler_config(self) -> SamplerConfig | None:
+    def sampler_config(self) -> Settings | None:
         """The cell's settings (None for a model that has none; a None field is the model's own)."""
         if not self.guidance and not self.aug_level and self.sampler is None and self.steps is None:
             return None
-        return SamplerConfig(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
-                             threshold=self.threshold, aug_level=self.aug_level)
+        return Settings(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                        threshold=self.threshold, aug_level=self.aug_level,
+                        distilled_guidance=self.distilled_guidance, negative_prompt=self.negative_prompt,
+                        call=self.call)
 
     def settings(self) -> dict:
         """The cell's settings as sample-row columns."""
@@ -93,8 +107,11 @@ class Cell:
             store.COL_SAMPLER: self.sampler, store.COL_STEPS: self.steps,
             store.COL_GUIDANCE: self.guidance[0] if self.guidance else None,
             store.COL_GUIDANCE_STAGES: _join(self.guidance), store.COL_THRESHOLD: self.threshold,
-            store.COL_AUG_LEVEL: _join(self.aug_level),
+            store.COL_AUG_LEVEL: _join(self.aug_level), store.COL_DISTILLED_GUIDANCE: self.distilled_guidance,
         }
+
+
+OPTIONAL = ("distilled_guidance", "negative_prompt", "call")
 
 
 def _join(values: tuple[float, ...]) -> str | None:
@@ -106,8 +123,9 @@ def expand(spec: GridSpec, model_hash: str) -> list[Cell]:
     if not spec.has_axes:
         return [Cell(model_hash, None, None, (), None, ())]
     axes = [v if v is not None else (None,) for v in (spec.threshold, spec.guidance, spec.sampler, spec.steps,
-                                                      spec.aug_level)]
-    return [Cell(model_hash, s, n, g, t, a) for t, g, s, n, a in itertools.product(*axes)]
+                                                      spec.aug_level, spec.distilled_guidance)]
+    return [Cell(model_hash, s, n, g, t, a, dg, spec.negative_prompt, spec.call)
+            for t, g, s, n, a, dg in itertools.product(*axes)]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from imagen.errors import UserError
 from imagen.fileio import atomic_write
 
 SETTINGS = [store.COL_GUIDANCE, store.COL_GUIDANCE_STAGES, store.COL_THRESHOLD, store.COL_SAMPLER,
-            store.COL_STEPS, store.COL_AUG_LEVEL]
+            store.COL_STEPS, store.COL_AUG_LEVEL, store.COL_DISTILLED_GUIDANCE]
 SHEET_PROMPTS = 8  # contact sheets show the same first prompts of every cell, side by side
 THUMB = 96  # px per contact-sheet thumbnail (small models are upscaled, nearest neighbour)
 
@@ -109,7 +109,8 @@ def _save_figure(fig, path: Path, dpi: int) -> None:
 
 def _curves(summary: pd.DataFrame):
     """One curve per thresholding setting (and per other setting that varies), sorted by guidance weight."""
-    keys = [store.COL_THRESHOLD] + [c for c in (store.COL_SAMPLER, store.COL_STEPS, store.COL_AUG_LEVEL)
+    keys = [store.COL_THRESHOLD] + [c for c in (store.COL_SAMPLER, store.COL_STEPS, store.COL_AUG_LEVEL,
+                                                store.COL_DISTILLED_GUIDANCE)
                                     if c in summary and summary[c].nunique() > 1]
     for key, df in summary.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -171,7 +172,8 @@ def category_plot(summary: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> b
     if not len(cats):
         return False
     name = "align_overall" if (cats[store.COL_METRIC] == "align_overall").any() else cats[store.COL_METRIC].iloc[0]
-    cats = cats[cats[store.COL_METRIC] == name].merge(summary[[store.COL_CELL_ID] + SETTINGS], on=store.COL_CELL_ID)
+    settings = [c for c in SETTINGS if c in summary]
+    cats = cats[cats[store.COL_METRIC] == name].merge(summary[[store.COL_CELL_ID] + settings], on=store.COL_CELL_ID)
     curves = list(_curves(summary))
     fig, axes = plt.subplots(len(curves), 1, figsize=(11, 2.8 * len(curves)), squeeze=False, sharey=True)
     categories = sorted(cats[store.COL_CATEGORY].unique())

@@ -129,9 +129,9 @@ def test_stage_two_gets_stage_ones_image_and_text(if_gen):
 @pytest.mark.parametrize("settings, message", [
     (dict(threshold="static"), "latent-space pipeline"),
     (dict(aug_level=(0.1,)), "no super-resolution stage"),
-    (dict(guidance=(0.5,)), "guidance_scale <= 1"),
+    (dict(guidance=(0.5,)), "weights below 1"),
     (dict(guidance=(3.0, 2.0)), "one value or one per stage"),
-    (dict(sampler="NoSuchScheduler"), "neither ddpm, ddim, dpmpp-2m nor a diffusers scheduler"),
+    (dict(sampler="NoSuchScheduler"), "neither a sampler .* nor a diffusers scheduler"),
 ])
 def test_axes_a_pipeline_cannot_honour_are_refused(pipes, settings, message):
     gen = load_generator(f"diffusers:{pipes['sd']}")

@@ -6,6 +6,7 @@ A generator has
   checkpoint_hash  a content hash of the weights (of the images, for a precomputed set): two generators with the
                    same hash make the same images from the same prompts, seeds and settings
   axes             the grid axes it honours, a subset of AXES; a spec that sets another is refused before any work
+  options          the call options it honours, a subset of OPTIONS (negative_prompt, call); others are refused
   n_stages         stages of a cascade (per-stage guidance has one weight per stage, aug level one per SR stage)
   sampler_defaults the SamplerConfig it samples at where the user gives no setting (None: it has no settings)
   uses_seeds       False when the seed does not reach the images (a precomputed set)
@@ -24,6 +25,7 @@ so a user's own object with those three benchmarks like any other (all axes, no 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +33,40 @@ import numpy as np
 from imagen.config import SamplerConfig
 from imagen.errors import UserError
 
-AXES = frozenset({"guidance", "threshold", "sampler", "steps", "aug_level"})
+AXES = frozenset({"guidance", "threshold", "sampler", "steps", "aug_level", "distilled_guidance"})
+OPTIONS = frozenset({"negative_prompt", "call"})
+
+
+@dataclass(frozen=True)
+class Settings(SamplerConfig):
+    """A cell's settings as the harness hands them to a generator: the sampling axes of SamplerConfig, plus what only
+    some generators take (None: not set, the model's own):
+      distilled_guidance  an embedded, distilled guidance value the denoiser is conditioned on (FLUX.1-dev's 3.5);
+                          not classifier-free guidance, which stays `guidance`
+      negative_prompt     the text the unconditional branch of classifier-free guidance is conditioned on
+      call                other arguments of the model's call, as canonical JSON of a table (see call_options)"""
+
+    distilled_guidance: float | None = None
+    negative_prompt: str | None = None
+    call: str | None = None
+
+    def call_options(self) -> dict:
+        return json.loads(self.call) if self.call else {}
+
+    def options_set(self) -> list[str]:
+        """The options of OPTIONS that are set."""
+        return [k for k in ("negative_prompt", "call") if getattr(self, k) is not None]
+
+
+def canonical_call(table: dict | None) -> str | None:
+    """A [call] table as the canonical JSON a cell carries (None for none or an empty table)."""
+    return json.dumps(table, sort_keys=True, separators=(",", ":")) if table else None
+
+
+def extras(settings) -> dict:
+    """What a settings object sets beyond SamplerConfig's axes: {name: value} of the Settings fields that are set."""
+    return {k: getattr(settings, k) for k in ("distilled_guidance", "negative_prompt", "call")
+            if getattr(settings, k, None) is not None}
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,7 @@ class Contract:
     model_id: str
     checkpoint_hash: str
     axes: frozenset
+    options: frozenset
     n_stages: int | None
     sampler_defaults: SamplerConfig | None
     uses_seeds: bool
@@ -72,6 +108,13 @@ class Contract:
     takes_batch_size: bool = True  # generate() accepts batch_size=
 
     def check(self, settings: list, requests: list[Request]) -> None:
+        for s in settings:  # an option or axis this generator does not take would be stored but never honoured
+            for key in extras(s):
+                known = self.axes if key == "distilled_guidance" else self.options
+                if key not in known:
+                    what = f"axes.{key}" if key == "distilled_guidance" else key
+                    raise UserError(f"{what}: model {self.model_id!r} ({self.kind}) does not take it; remove it "
+                                    f"from the spec (it is honoured by diffusers pipelines that have it)")
         fn = getattr(self.impl, "check", None)
         if fn is not None:
             fn(settings, requests)
@@ -104,7 +147,8 @@ def contract(generator) -> Contract:
     return Contract(
         impl=generator, kind=str(getattr(generator, "kind", type(generator).__name__)),
         model_id=str(generator.model_id), checkpoint_hash=str(generator.checkpoint_hash),
-        axes=frozenset(getattr(generator, "axes", AXES)), n_stages=_n_stages(generator),
+        axes=frozenset(getattr(generator, "axes", AXES - {"distilled_guidance"})),
+        options=frozenset(getattr(generator, "options", ())), n_stages=_n_stages(generator),
         sampler_defaults=getattr(generator, "sampler_defaults", SamplerConfig()),
         uses_seeds=bool(getattr(generator, "uses_seeds", True)), takes_keys=_takes(generator.generate, "keys"),
         takes_batch_size=_takes(generator.generate, "batch_size"))
@@ -155,4 +199,4 @@ def as_generated(out, n: int) -> Generated:
     return Generated(images, [bool(f) for f in out.flagged])
 
 
-__all__ = ["AXES", "Request", "Generated", "Contract", "contract", "as_generated"]
+__all__ = ["AXES", "OPTIONS", "Settings", "canonical_call", "extras", "Request", "Generated", "Contract", "contract", "as_generated"]

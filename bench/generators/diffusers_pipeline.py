@@ -1,28 +1,33 @@
 """Any diffusers text-to-image pipeline behind the generator contract (`diffusers:<hub id or folder>`).
 
-`diffusers:A` is one pipeline (Stable Diffusion, SDXL, PixArt, DeepFloyd IF stage I alone, ...); `diffusers:A+B[+C]`
-is a cascade run stage after stage, as DeepFloyd IF is meant to be used: stage I (IFPipeline) -> stage II
-(IFSuperResolutionPipeline), optionally -> the x4 upscaler (StableDiffusionUpscalePipeline). Options follow a `?`:
-`dtype=float16|bfloat16|float32`, `variant=fp16`, `safety_checker=off`.
+`diffusers:A` is one pipeline (SDXL, SD3, FLUX.1, PixArt, Sana, Lumina2, Kandinsky 3, DeepFloyd IF stage I alone,
+...); `diffusers:A+B[+C]` is a cascade run stage after stage, as DeepFloyd IF is meant to be used: stage I (IFPipeline)
+-> stage II (IFSuperResolutionPipeline), optionally -> the x4 upscaler (StableDiffusionUpscalePipeline). Options
+follow a `?`: `dtype=float16|bfloat16|float32`, `variant=fp16`, `safety_checker=off`, `height=H&width=W` (a single
+pipeline's image size; default: the model's own), `offload=model|sequential` (diffusers' CPU offload, on a GPU).
 
 How the grid's axes land (nothing is ignored: an axis a pipeline cannot honour is a UserError before any work):
-  guidance   -> `guidance_scale`, one weight per stage (diffusers runs no guidance at all for a weight <= 1, so a
-                weight below 1 cannot be honoured and is refused; 1 is exactly the conditional model)
-  sampler    -> the scheduler, made with `from_config` from each stage's own scheduler config: ddpm (DDPMScheduler),
-                ddim (DDIMScheduler), dpmpp-2m (DPMSolverMultistepScheduler, dpmsolver++, order 2), or the name of
-                any diffusers scheduler class (e.g. EulerDiscreteScheduler)
-  steps      -> `num_inference_steps` of every stage
-  threshold  -> pixel-space stages only (stages without a VAE): none (thresholding and clip_sample off), static
-                (clip_sample to [-1, 1]; or thresholding with sample_max_value 1 where the scheduler has no
-                clip_sample), dynamic:P[:M] (thresholding, dynamic_thresholding_ratio P, sample_max_value M, no cap
-                when M is left out, as in the paper). A latent-space pipeline takes only none.
-  aug_level  -> the SR stages' `noise_level`: round(level x the noising scheduler's num_train_timesteps)
+  guidance   the paper's classifier-free guidance weight w, one per stage, in the pipeline's own spelling
+             (diffusers_calls: guidance_scale, w - 1 for the eps_c + s(eps_c - eps_u) form, true_cfg_scale with an
+             empty negative prompt where guidance_scale is embedded guidance, a ClassifierFreeGuidance guider)
+  distilled_guidance  the embedded guidance value of a guidance-distilled denoiser (FLUX.1-dev's guidance_scale)
+  sampler    a scheduler of the model's own family (schedulers: flow matching or epsilon/v), made with
+             `from_config` from each stage's own scheduler config with the model's shift kept
+  steps      `num_inference_steps` of every stage
+  threshold  pixel-space stages only: none (thresholding and clip_sample off), static (clip_sample to [-1, 1]; or
+             thresholding with sample_max_value 1 where the scheduler has no clip_sample), dynamic:P[:M]
+             (thresholding, dynamic_thresholding_ratio P, sample_max_value M, no cap when M is left out, as in the
+             paper). A latent-space pipeline takes only none, and its latents are never clipped unless its own
+             scheduler config says so.
+  aug_level  the SR stages' `noise_level`: round(level x the noising scheduler's num_train_timesteps)
+The spec's `negative_prompt` and `[call]` table (any other argument of the pipeline's call) are passed as given.
+Before the first image, every cell's call is probed: the pipeline runs up to its scheduler's set_timesteps with the
+cell's arguments, so a setting it cannot run is refused before any work.
 Seeds: one CPU `torch.Generator` per image and stage, so an image does not depend on its batch or the device.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -33,17 +38,18 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from imagen.config import SamplerConfig, stage_values, threshold_parts
+from imagen.config import stage_values, threshold_parts
 from imagen.errors import UserError
 
 from bench.filehash import HashMemo, digest_of
-from bench.generators.base import AXES, Generated
+from bench.generators import diffusers_calls as dc
+from bench.generators import schedulers as sch
+from bench.generators.base import AXES, OPTIONS as CALL_OPTIONS, Generated, Settings
 
 PREFIX = "diffusers:"
-SAMPLERS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
-            "dpmpp-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2})}
 DTYPES = ("float32", "float16", "bfloat16")
-OPTIONS = {"dtype", "variant", "safety_checker"}
+OFFLOADS = ("model", "sequential")
+OPTIONS = {"dtype", "variant", "safety_checker", "height", "width", "offload"}
 try:  # diffusers renamed from_pretrained's torch_dtype to dtype (the old name warns)
     from diffusers.utils import deprecation_utils as _dep
 
@@ -59,6 +65,9 @@ class DiffusersSpec:
     dtype: str = "float32"
     variant: str | None = None
     safety_checker: bool = True
+    height: int | None = None  # None: the model's own size
+    width: int | None = None
+    offload: str | None = None  # None | "model" | "sequential"
 
 
 def parse(spec: str) -> DiffusersSpec:
@@ -79,7 +88,27 @@ def parse(spec: str) -> DiffusersSpec:
     sc = opts.get("safety_checker", "on").lower()
     if sc not in ("on", "off", "true", "false"):
         raise UserError(f"model {spec!r}: safety_checker={sc!r}; use on or off")
-    return DiffusersSpec(sources, dtype, opts.get("variant") or None, sc in ("on", "true"))
+    size = {}
+    for key in ("height", "width"):
+        if key in opts:
+            try:
+                size[key] = int(opts[key])
+            except ValueError:
+                size[key] = 0
+            if size[key] < 8:
+                raise UserError(f"model {spec!r}: {key}={opts[key]!r}; give a whole number of pixels, e.g. "
+                                f"?height=512&width=512")
+    if len(size) == 1:
+        raise UserError(f"model {spec!r}: give both height and width (e.g. ?height=512&width=512)")
+    offload = opts.get("offload") or None
+    if offload is not None and offload not in OFFLOADS:
+        raise UserError(f"model {spec!r}: offload={offload!r}; choose model (enable_model_cpu_offload) or sequential "
+                        f"(enable_sequential_cpu_offload)")
+    if size and len(sources) > 1:
+        raise UserError(f"model {spec!r}: height/width set a single pipeline's size; a cascade's size is its "
+                        f"stages' own")
+    return DiffusersSpec(sources, dtype, opts.get("variant") or None, sc in ("on", "true"), size.get("height"),
+                         size.get("width"), offload)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -177,11 +206,6 @@ def _role(pipe) -> str:
     return "text2image"
 
 
-def _defaults(pipe) -> dict:
-    return {k: p.default for k, p in inspect.signature(type(pipe).__call__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
 def _noising_scheduler(pipe):
     return getattr(pipe, "image_noising_scheduler", None) or getattr(pipe, "low_res_scheduler", None)
 
@@ -191,6 +215,7 @@ class DiffusersGenerator:
 
     kind = "diffusers"
     axes = AXES
+    options = CALL_OPTIONS
     uses_seeds = True
 
     def __init__(self, pipes: list, model_id: str, checkpoint_hash: str, spec: DiffusersSpec, device: str = "cpu"):
@@ -201,18 +226,39 @@ class DiffusersGenerator:
         self.spec = spec
         self.device = device
         self.n_stages = len(pipes)
-        self.pixel = [getattr(p, "vae", None) is None for p in pipes]  # no VAE: the scheduler works on pixels
+        self.pixel = [dc.pixel_space(p) for p in pipes]  # decodes with no autoencoder: the scheduler works on pixels
         self.base_schedulers = [p.scheduler for p in pipes]
-        self._embeds: dict[str, tuple] = {}
-        self.call_defaults = [_defaults(p) for p in pipes]
-        d = self.call_defaults
-        aug = tuple(int(d[i].get("noise_level", 0)) / self._timesteps(i) for i in range(1, len(pipes)))
+        self.guidance = [dc.guidance_of(p) for p in pipes]
+        self._embeds: dict[tuple, tuple] = {}
+        self._probed: dict[str, dict] = {}
+        self.call_defaults = [dc.call_defaults(p) for p in pipes]
+        self.size = self._size()
+        aug = tuple(int(self.call_defaults[i].get("noise_level", 0)) / self._timesteps(i) for i in range(1, len(pipes)))
         # sampler, steps and thresholding left out: each stage's own (its scheduler as it ships, its __call__'s
         # num_inference_steps), so an IF stage II keeps its 50 steps and its own sample_max_value; the weights and
         # noise levels are per stage anyway
-        self.sampler_defaults = SamplerConfig(
-            sampler=None, steps=None, guidance=tuple(float(x.get("guidance_scale", 1.0)) for x in d),
-            threshold=None, aug_level=aug or (0.0,))
+        distilled = next((g.default_distilled for g in self.guidance if g.embedded), None)
+        self.sampler_defaults = Settings(
+            sampler=None, steps=None, guidance=tuple(g.default_w for g in self.guidance), threshold=None,
+            aug_level=aug or (0.0,), distilled_guidance=distilled)
+
+    def _size(self) -> tuple[int, int] | None:
+        """(height, width) the single pipeline is called with: the spec's, else the model's own where the call's
+        default is a fixed size that is not (Sana's and PixArt's 1024 on a 512 px model would be sampled at 512 by
+        resolution binning and resized up to 1024); None: the call's own default."""
+        if self.spec.height is not None:
+            return self.spec.height, self.spec.width
+        if self.n_stages > 1:
+            return None
+        pipe, d = self.pipes[0], self.call_defaults[0]
+        den = dc.denoiser(pipe)
+        sample = getattr(getattr(den, "config", None), "get", lambda *_: None)("sample_size")
+        factor = getattr(pipe, "vae_scale_factor", None)
+        if isinstance(d.get("height"), int) and isinstance(sample, int) and factor and "use_resolution_binning" in d:
+            native = int(sample) * int(factor)
+            if native != d["height"] or native != d.get("width"):
+                return native, native
+        return None
 
     @classmethod
     def load(cls, model: str, device: str = "cpu") -> "DiffusersGenerator":
@@ -220,6 +266,9 @@ class DiffusersGenerator:
         from diffusers import DiffusionPipeline
 
         spec = parse(model)
+        if spec.offload and not str(device).startswith("cuda"):
+            raise UserError(f"model {model!r}: offload={spec.offload} moves weights between the CPU and a GPU; run "
+                            f"with --device cuda, or drop the option")
         memo = HashMemo()
         dtype = getattr(torch, spec.dtype)
         pipes, hashes = [], []
@@ -244,7 +293,13 @@ class DiffusersGenerator:
                 raise UserError(f"diffusers model {source}: cannot load the pipeline from {folder} "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
             pipe.set_progress_bar_config(disable=True)
-            pipes.append(pipe.to(device))
+            if spec.offload == "model":
+                pipe.enable_model_cpu_offload(device=device)
+            elif spec.offload == "sequential":
+                pipe.enable_sequential_cpu_offload(device=device)
+            else:
+                pipe = pipe.to(device)
+            pipes.append(pipe)
         memo.save()
         if len(pipes) > 1 and _role(pipes[0]) != "text2image":
             raise UserError(f"model {model!r}: the first stage must be a text-to-image pipeline, got "
@@ -253,21 +308,26 @@ class DiffusersGenerator:
             if _role(p) == "text2image":
                 raise UserError(f"model {model!r}: {type(p).__name__} is not a super-resolution stage; a cascade is "
                                 f"text-to-image + IFSuperResolutionPipeline / StableDiffusionUpscalePipeline stages")
-        identity = digest_of({"stages": hashes, "dtype": spec.dtype, "variant": spec.variant,
-                              "safety_checker": spec.safety_checker})
-        return cls(pipes, model, identity, spec, device)
+        identity = {"stages": hashes, "dtype": spec.dtype, "variant": spec.variant,
+                    "safety_checker": spec.safety_checker}
+        if spec.height is not None:  # another size is another model: its images differ (older studies keep their id)
+            identity["size"] = [spec.height, spec.width]
+        return cls(pipes, model, digest_of(identity), spec, device)
 
     # ------------------------------------------------------------------------- settings -> pipeline arguments
 
+    def _where(self, stage: int) -> str:
+        return f"stage {stage + 1} ({type(self.pipes[stage]).__name__})" if self.n_stages > 1 else \
+            f"{type(self.pipes[stage]).__name__} ({self.model_id})"
+
     def _timesteps(self, stage: int) -> int:
         """The training timesteps of an SR stage's noising scheduler (noise_level's scale)."""
-        sch = _noising_scheduler(self.pipes[stage])
-        return int(sch.config.num_train_timesteps) if sch is not None else 1000
+        noising = _noising_scheduler(self.pipes[stage])
+        return int(noising.config.num_train_timesteps) if noising is not None else 1000
 
-    def _scheduler(self, stage: int, settings: SamplerConfig):
-        """The stage's scheduler for these settings: from its own config, the sampler's class, the thresholding."""
-        import diffusers
-
+    def _scheduler(self, stage: int, settings):
+        """The stage's scheduler for these settings: a scheduler of the model's family for the sampler, with the
+        clipping the threshold axis asks for (on pixel-space stages only)."""
         base = self.base_schedulers[stage]
         if settings.sampler is None and settings.threshold is None:
             return base  # the stage's own scheduler, as it ships
@@ -275,44 +335,28 @@ class DiffusersGenerator:
         sampler = stage_values(settings.sampler, n, "axes.sampler")[stage] if settings.sampler is not None else None
         threshold = (stage_values(settings.threshold, n, "axes.threshold")[stage]
                      if settings.threshold is not None else None)
-        name = sampler or type(base).__name__
-        cls_name, extra = SAMPLERS.get(name, (name, {}))
-        cls = getattr(diffusers, cls_name, None)
-        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-            raise UserError(f"axes.sampler: {name!r} is neither ddpm, ddim, dpmpp-2m nor a diffusers scheduler class "
-                            f"(e.g. EulerDiscreteScheduler, UniPCMultistepScheduler)")
-        params = inspect.signature(cls.__init__).parameters
-        over = dict(extra)
+        where = self._where(stage)
+        cls, extra = sch.scheduler_class(sampler or type(base).__name__, base, where)
+        params = sch.init_params(cls)
         kind, p, cap = threshold_parts(threshold) if threshold is not None else (None, None, None)
-        where = f"stage {stage + 1} ({type(self.pipes[stage]).__name__}) with {cls_name}"
-        if kind is None:
-            pass  # thresholding left out: the stage's own config says
-        elif not self.pixel[stage] or kind == "none":
-            over.update({k: False for k in ("thresholding", "clip_sample") if k in params})
+        clip: dict = {}
+        if kind == "none" or (kind is not None and not self.pixel[stage]):
+            clip = {k: False for k in sch.CLIP_KEYS}
         elif kind == "static":
             if "clip_sample" in params:
-                over.update(clip_sample=True, clip_sample_range=1.0)
-                if "thresholding" in params:
-                    over["thresholding"] = False
+                clip = {"clip_sample": True, "clip_sample_range": 1.0, "thresholding": False}
             elif "thresholding" in params:
-                over.update(thresholding=True, sample_max_value=1.0)
+                clip = {"thresholding": True, "sample_max_value": 1.0}
             else:
-                raise UserError(f"axes.threshold: {cls_name} has no thresholding, so 'static' cannot be honoured "
+                raise UserError(f"axes.threshold: {cls.__name__} has no thresholding, so 'static' cannot be honoured "
                                 f"on {where}; use ddpm, ddim or dpmpp-2m, or threshold = none")
-        else:
+        elif kind == "dynamic":
             if "thresholding" not in params:
-                raise UserError(f"axes.threshold: {cls_name} has no thresholding, so {threshold!r} cannot "
+                raise UserError(f"axes.threshold: {cls.__name__} has no thresholding, so {threshold!r} cannot "
                                 f"be honoured on {where}; use ddpm, ddim or dpmpp-2m")
-            over.update(thresholding=True, dynamic_thresholding_ratio=p,
-                        sample_max_value=cap if cap is not None else float("inf"))
-            if "clip_sample" in params:
-                over["clip_sample"] = False
-        config = dict(base.config)
-        if "variance_type" not in params and config.get("variance_type") in ("learned", "learned_range"):
-            # IF's stage I/II predict a variance too; a scheduler that cannot use it must say so in its config, or
-            # the pipeline hands it the 6-channel output (the pipeline reads scheduler.config.variance_type)
-            config["variance_type"] = None
-        return cls.from_config(config, **over)
+            clip = {"thresholding": True, "dynamic_thresholding_ratio": p, "clip_sample": False,
+                    "sample_max_value": cap if cap is not None else float("inf")}
+        return sch.build(base, cls, extra, clip)
 
     def _noise_level(self, stage: int, level: float) -> int:
         pipe = self.pipes[stage]
@@ -325,9 +369,9 @@ class DiffusersGenerator:
                             f"(aug level <= {min(top, total - 1) / total:g})")
         return nl
 
-    def calls(self, settings: SamplerConfig) -> list[dict]:
-        """Per stage: the scheduler and the call's sampling arguments these settings give (UserError if any axis
-        cannot be honoured)."""
+    def calls(self, settings) -> list[dict]:
+        """Per stage: the scheduler, the call's arguments these settings give (everything but the prompt, noise
+        and images), and a guider where the pipeline guides with one (UserError if any cannot be honoured)."""
         n = self.n_stages
         guidance = settings.per_stage(tuple(settings.guidance), n, "axes.guidance")
         aug = settings.per_stage(tuple(settings.aug_level), n - 1, "axes.aug_level") if n > 1 else ()
@@ -339,24 +383,85 @@ class DiffusersGenerator:
                             f"latent-space pipeline (thresholding applies to pixel-space x0 only); use none")
         if settings.steps is not None and settings.steps < 1:
             raise UserError(f"axes.steps: {settings.steps} must be at least 1")
+        distilled = getattr(settings, "distilled_guidance", None)
+        if distilled is not None and not any(g.embedded for g in self.guidance):
+            dc.guidance_call(self.pipes[0], self.guidance[0], 1.0, distilled, self._where(0))  # its refusal
+        negative = getattr(settings, "negative_prompt", None)
+        options = dc.check_call_options(self.pipes, getattr(settings, "call_options", dict)(), self.model_id)
         out = []
         for i, pipe in enumerate(self.pipes):
-            if not math.isfinite(guidance[i]) or guidance[i] < 1.0:
-                raise UserError(f"axes.guidance: {guidance[i]:g} on stage {i + 1} cannot be honoured: diffusers "
-                                f"pipelines run no guidance for guidance_scale <= 1 (1 = the conditional model); "
-                                f"use weights >= 1")
             steps = settings.steps if settings.steps is not None else self.call_defaults[i].get("num_inference_steps")
-            call = {"num_inference_steps": int(steps), "guidance_scale": float(guidance[i])}
+            g = self.guidance[i]
+            gc = dc.guidance_call(pipe, g, float(guidance[i]), distilled if g.embedded else None, self._where(i))
+            guider = gc.pop("guider", None)
+            call = {"num_inference_steps": int(steps), **gc}
+            neg = negative
+            if neg is None and g.kind == "true-cfg" and call.get("true_cfg_scale", 1.0) > 1.0:
+                neg = ""  # FLUX and Qwen-Image run true CFG only against a negative prompt: the empty one
+            if neg is not None:
+                if "negative_prompt" not in dc.call_params(pipe):
+                    raise UserError(f"negative_prompt: {self._where(i)} takes no negative prompt; remove it")
+                call["negative_prompt"] = neg
+            if i == 0 and self.size is not None:
+                call.update(height=self.size[0], width=self.size[1])
             if i > 0:
                 call["noise_level"] = self._noise_level(i, aug[i - 1])
-            out.append({"scheduler": self._scheduler(i, settings), "call": call})
+            call.update(options[i])
+            out.append({"scheduler": self._scheduler(i, settings), "call": call, "guider": guider})
         return out
+
+    def _probe_key(self, stage: int, c: dict) -> str:
+        s = c["scheduler"]
+        return json.dumps([stage, type(s).__name__, {k: _jsonable(v) for k, v in sch.used_config(s).items()},
+                           {k: _jsonable(v) for k, v in c["call"].items()}], sort_keys=True, default=str)
+
+    def _probe(self, stage: int, c: dict) -> dict:
+        """What the stage's pipeline asks of its scheduler with this call (memoised per scheduler and call)."""
+        key = self._probe_key(stage, c)
+        if key not in self._probed:
+            pipe = self.pipes[stage]
+            if self.roles[stage] != "text2image":  # an SR stage needs its low-res input: the scheduler alone
+                import copy
+
+                s = copy.deepcopy(c["scheduler"])
+                try:
+                    s.set_timesteps(c["call"]["num_inference_steps"])
+                    dc._dry_step(s)
+                except Exception as exc:
+                    raise UserError(f"{self._where(stage)} cannot run {type(s).__name__} with these settings "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                self._probed[key] = {"timesteps": [round(float(t), 4) for t in s.timesteps]}
+            else:
+                import torch
+
+                kw = dict(c["call"], prompt=["a photo"], generator=[torch.Generator("cpu").manual_seed(0)],
+                          output_type="latent")
+                if "clean_caption" in self.call_defaults[stage]:
+                    kw["clean_caption"] = False
+                saved = getattr(pipe, "guider", None)
+                if c.get("guider") is not None:
+                    pipe.guider = c["guider"]
+                try:
+                    seen = dc.probe(pipe, c["scheduler"], kw)
+                finally:
+                    if c.get("guider") is not None:
+                        pipe.guider = saved
+                size = (c["call"].get("height"), c["call"].get("width"))
+                if seen.get("bin") is not None and size[0] is not None and tuple(seen["bin"]) != size and \
+                        c["call"].get("use_resolution_binning", True):
+                    raise UserError(f"{self._where(stage)} samples {size[0]}x{size[1]} at its aspect-ratio bin "
+                                    f"{seen['bin'][0]}x{seen['bin'][1]} and resizes the result; ask for a bin size "
+                                    f"(?height={seen['bin'][0]}&width={seen['bin'][1]}) or set [call] "
+                                    f"use_resolution_binning = false")
+                self._probed[key] = seen
+        return self._probed[key]
 
     def check(self, settings: list, requests) -> None:
         for s in settings:
             if s is None:
                 raise UserError(f"model {self.model_id!r} needs sampling settings; give the spec its [axes]")
-            self.calls(s)
+            for i, c in enumerate(self.calls(s)):
+                self._probe(i, c)
 
     def checker_stage(self) -> int | None:
         """The stage whose safety checker judges the final images: the last stage's own, else the first earlier
@@ -367,37 +472,50 @@ class DiffusersGenerator:
             return None
         return have[-1] if have[-1] == len(self.pipes) - 1 else have[0]
 
-    def describe(self, settings: SamplerConfig) -> dict:
+    def describe(self, settings) -> dict:
         stages = []
-        for pipe, c in zip(self.pipes, self.calls(settings)):
-            sch = c["scheduler"]
-            stages.append({"pipeline": type(pipe).__name__, "scheduler": type(sch).__name__,
-                           "scheduler_config": {k: _jsonable(v) for k, v in dict(sch.config).items()
-                                                if not k.startswith("_")},
-                           "call": c["call"]})
+        for i, (pipe, c) in enumerate(zip(self.pipes, self.calls(settings))):
+            s = c["scheduler"]
+            g = self.guidance[i]
+            entry = {"pipeline": type(pipe).__name__, "scheduler": type(s).__name__,
+                     "scheduler_config": {k: _jsonable(v) for k, v in sch.used_config(s).items()},
+                     "call": {k: _jsonable(v) for k, v in c["call"].items()},
+                     "guidance": {"kind": g.kind, "w": float(settings.per_stage(
+                         tuple(settings.guidance), self.n_stages, "axes.guidance")[i])}}
+            if c["guider"] is not None:
+                entry["guider"] = {"class": type(c["guider"]).__name__,
+                                   "guidance_scale": float(c["guider"].guidance_scale)}
+            probed = self._probed.get(self._probe_key(i, c))
+            if probed is not None:
+                entry["timesteps"] = probed["timesteps"]
+                entry.update({k: _jsonable(v) for k, v in probed.get("set_timesteps", {}).items() if k == "mu"})
+            stages.append(entry)
         judge = self.checker_stage()
-        return {"kind": self.kind, "dtype": self.spec.dtype, "variant": self.spec.variant,
-                "safety_checker": judge is not None,
-                "safety_checker_stage": None if judge is None else f"{judge + 1} ({type(self.pipes[judge]).__name__})",
-                "stages": stages}
+        out = {"kind": self.kind, "dtype": self.spec.dtype, "variant": self.spec.variant,
+               "safety_checker": judge is not None,
+               "safety_checker_stage": None if judge is None else f"{judge + 1} ({type(self.pipes[judge]).__name__})",
+               "stages": stages}
+        if self.spec.offload:
+            out["offload"] = self.spec.offload
+        return out
 
     # ------------------------------------------------------------------------- generation
 
-    def _if_embeds(self, prompts: list[str]):
+    def _if_embeds(self, prompts: list[str], negative: str | None):
         """IF's T5 embeddings (cond, uncond) for each prompt, encoded once and kept for every cell."""
         import torch
 
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._embeds]
+        todo = [p for p in dict.fromkeys(prompts) if (p, negative) not in self._embeds]
         device = self.pipes[0]._execution_device
         if todo:
             pe, ne = self.pipes[0].encode_prompt(todo, do_classifier_free_guidance=True, num_images_per_prompt=1,
-                                                 device=device)
+                                                 device=device, negative_prompt=negative)
             if len(self._embeds) + len(todo) > EMBED_MEMO:
                 self._embeds.clear()
             for k, p in enumerate(todo):  # kept in host memory: T5-XXL embeddings are 0.6 MB a prompt in fp16
-                self._embeds[p] = (pe[k].cpu(), ne[k].cpu())
-        return (torch.stack([self._embeds[p][0] for p in prompts]).to(device),
-                torch.stack([self._embeds[p][1] for p in prompts]).to(device))
+                self._embeds[(p, negative)] = (pe[k].cpu(), ne[k].cpu())
+        return (torch.stack([self._embeds[(p, negative)][0] for p in prompts]).to(device),
+                torch.stack([self._embeds[(p, negative)][1] for p in prompts]).to(device))
 
     def generate(self, prompts, seeds, settings, *, keys=None, batch_size: int = 8) -> Generated:
         prompts, seeds = list(prompts), list(seeds)
@@ -412,15 +530,21 @@ class DiffusersGenerator:
     def _batch(self, prompts: list[str], seeds: list[int], plan: list[dict]) -> Generated:
         import torch
 
-        embeds = self._if_embeds(prompts) if type(self.pipes[0]).__name__.startswith("IF") else None
+        first = plan[0]["call"]
+        embeds = self._if_embeds(prompts, first.get("negative_prompt")) \
+            if type(self.pipes[0]).__name__.startswith("IF") else None
         image, flagged = None, [False] * len(prompts)
         with torch.no_grad():
             for i, (pipe, c) in enumerate(zip(self.pipes, plan)):
                 pipe.scheduler = c["scheduler"]
+                saved_guider = getattr(pipe, "guider", None)
+                if c["guider"] is not None:
+                    pipe.guider = c["guider"]
                 gens = [torch.Generator("cpu").manual_seed(_stage_seed(s, i)) for s in seeds]
                 last = i == len(self.pipes) - 1
                 kw = dict(c["call"], generator=gens, output_type="np" if last else "pt")
                 if embeds is not None and self.roles[i] != "upscale":
+                    kw.pop("negative_prompt", None)  # in the embeddings already
                     kw.update(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1])
                 else:
                     kw["prompt"] = prompts
@@ -428,7 +552,11 @@ class DiffusersGenerator:
                     kw["image"] = image
                 if "clean_caption" in self.call_defaults[i]:
                     kw["clean_caption"] = False  # as IF's encode_prompt; its cleaning needs bs4 and ftfy
-                out = pipe(**kw)
+                try:
+                    out = pipe(**kw)
+                finally:
+                    if c["guider"] is not None:
+                        pipe.guider = saved_guider
                 image = out.images
                 flags = getattr(out, "nsfw_content_detected", None) or getattr(out, "nsfw_detected", None)
                 if flags is not None:
@@ -443,6 +571,9 @@ class DiffusersGenerator:
                 if flags is not None:
                     flagged = [a or bool(b) for a, b in zip(flagged, flags)]
         arr = np.asarray(image, dtype=np.float32)  # [B, H, W, 3] in [0, 1]
+        if self.size is not None and tuple(arr.shape[1:3]) != tuple(self.size):
+            raise UserError(f"{self._where(0)} made {arr.shape[2]}x{arr.shape[1]} images for the {self.size[1]}x"
+                            f"{self.size[0]} asked; give a size the pipeline takes as it is")
         return Generated(list((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)), flagged)
 
 

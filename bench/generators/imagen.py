@@ -13,7 +13,7 @@ class ImagenGenerator:
     """imagen.pipeline.Pipeline with the contract's checks: per-stage lists fit the cascade's stages."""
 
     kind = "imagen"
-    axes = AXES
+    axes = AXES - {"distilled_guidance"}  # our cascades have no embedded guidance
     uses_seeds = True
 
     def __init__(self, pipeline):
