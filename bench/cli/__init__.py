@@ -51,8 +51,11 @@ def sampler_flags(args: argparse.Namespace) -> dict:
     if flags["threshold"] is not None:  # 'static' or one per stage: 'static,dynamic:0.99'
         flags["threshold"] = normalize_threshold(flags["threshold"], "--threshold")
     if flags["sampler"] is not None:
-        # ours are checked here, a diffusers scheduler class name (any stage's) by the diffusers generator
-        ours = [p for p in flags["sampler"].split(",") if not p.strip().endswith("Scheduler")]
+        # ours are checked here; a diffusers sampler (euler, unipc) or scheduler class name by the generator
+        from bench.generators.schedulers import NAMES
+
+        ours = [p for p in flags["sampler"].split(",") if not p.strip().endswith("Scheduler")
+                and p.strip() not in NAMES]
         if ours:
             check_sampler(",".join(ours), "--sampler")
         from imagen.config import normalize_sampler

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,11 @@ EPILOG = """examples:
   imagen-bench sample --model shapes --prompt "a red circle" --threshold static --sampler ddim --out c.png --json
   imagen-bench sample --model "diffusers:DeepFloyd/IF-I-XL-v1.0+DeepFloyd/IF-II-L-v1.0?dtype=float16" \
       --prompt "a corgi in a field" --guidance 7 4 --device cuda --out corgi.png
+  imagen-bench sample --model "diffusers:black-forest-labs/FLUX.1-dev?dtype=bfloat16" --prompt "a corgi" \
+      --guidance 1 --distilled-guidance 3.5 --height 512 --width 512 --sampler euler --steps 28 \
+      --call max_sequence_length=512 --device cuda --out corgi.png
+  imagen-bench sample --model diffusers:stabilityai/stable-diffusion-3.5-medium --prompt "a corgi" \
+      --guidance 4.5 --negative-prompt "blurry" --sampler dpmpp-2m --device cuda --out corgi.png
 """
 
 
@@ -87,9 +93,46 @@ def _model_source(args: argparse.Namespace) -> str:
     return args.preset or "tiny"
 
 
+def _call_flags(args: argparse.Namespace) -> dict:
+    """--call KEY=VALUE ... -> {key: value}; a value is read as a TOML value (512, 0.7, true, [1, 2], "text") and
+    otherwise kept as text."""
+    import tomllib
+
+    from bench.grid import _call_table
+    from imagen.errors import UserError
+
+    out = {}
+    for item in args.call or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"--call {item!r}: use NAME=VALUE, e.g. --call max_sequence_length=256")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return _call_table(out, "--call")
+
+
+def _with_size(model: str, args: argparse.Namespace) -> str:
+    """A diffusers spec with --height/--width as its size options."""
+    from imagen.errors import UserError
+
+    if args.height is None and args.width is None:
+        return model
+    if args.height is None or args.width is None:
+        raise UserError("--height and --width go together, e.g. --height 512 --width 512")
+    if not model.startswith("diffusers:"):
+        raise UserError("--height/--width are for diffusers: models; ours sample at the resolution they were "
+                        "trained for")
+    if any(k in model.partition("?")[2] for k in ("height=", "width=")):
+        raise UserError(f"--model {model!r} sets its size already; give it once (in the spec or with --height/--width)")
+    return f"{model}{'&' if '?' in model else '?'}height={args.height}&width={args.width}"
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.cli import sampler_flags
     from bench.generators import Request, load_generator
+    from bench.generators.base import as_settings, canonical_call
     from imagen.config import to_dict
     from imagen.errors import UserError
     from imagen.pipeline import resolve_device
@@ -99,11 +142,16 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out!r}")
     resolve_device(args.device)
-    model = _model_source(args)
+    options = {"distilled_guidance": args.distilled_guidance, "negative_prompt": args.negative_prompt,
+               "call": canonical_call(_call_flags(args))}
+    if args.distilled_guidance is not None and not (math.isfinite(args.distilled_guidance)
+                                                    and args.distilled_guidance >= 0):
+        raise UserError(f"--distilled-guidance must be a finite number >= 0, got {args.distilled_guidance}")
+    model = _with_size(_model_source(args), args)
 
     gen = load_generator(model, device=args.device, cache_root=args.cache_dir, precision=args.precision,
                          compile=args.compile)
-    sampler = gen.sampler_defaults.given(**flags)
+    sampler = as_settings(gen.sampler_defaults).given(**flags, **options)
     requests = [Request(p, args.seed) for p in args.prompt]
     gen.check([sampler], requests)  # per-stage lists, axes the model cannot honour: one line, before any work
     made = gen.generate(requests, sampler, batch_size=args.batch_size)
@@ -139,14 +187,28 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="a text prompt; repeat for several images")
     p.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
-                   help="classifier-free guidance weight, one value or one per stage (1 = no guidance)"
+                   help="classifier-free guidance weight w of eps_u + w (eps_c - eps_u), one value or one per stage "
+                        "(1 = the conditional model; on every kind of model, whatever its own argument is called)"
                         f"{_DEFAULT.format(d.guidance[0])}")
+    p.add_argument("--distilled-guidance", type=float, default=None, metavar="G",
+                   help="embedded guidance of a guidance-distilled diffusers model (FLUX.1-dev's guidance_scale, "
+                        "default 3.5); not classifier-free guidance, which is --guidance (default: the model's own)")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="what classifier-free guidance steers away from (diffusers models; default: the model's own, "
+                        "usually the empty prompt)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (diffusers models; default: the "
+                                                            "model's own size)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (with --height)")
+    p.add_argument("--call", action="append", default=None, metavar="NAME=VALUE",
+                   help="any other argument of the diffusers pipeline's call, e.g. max_sequence_length=256 or "
+                        "guidance_rescale=0.7; repeat for several")
     p.add_argument("--threshold", default=None,
                    help=f"x0 thresholding: none, static, dynamic:P with P in (0, 1], or dynamic:P:M with the scale "
                         f"capped at M{_DEFAULT.format(d.threshold)}")
     p.add_argument("--sampler", default=None,
-                   help=f"ddpm (ancestral), ddim (eta=0), dpmpp-2m, or a diffusers scheduler class name for a "
-                        f"diffusers: model{_DEFAULT.format(d.sampler)}")
+                   help=f"ddpm (ancestral), ddim (eta=0), dpmpp-2m; for diffusers: models also euler, unipc or a "
+                        f"scheduler class name, each mapped onto the model's own family (flow matching or eps/v)"
+                        f"{_DEFAULT.format(d.sampler)}")
     p.add_argument("--steps", type=int, default=None, help=f"denoiser calls per stage{_DEFAULT.format(d.steps)}")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the same for every prompt)")
     p.add_argument("--aug-level", type=float, nargs="+", default=None, metavar="L",

@@ -63,6 +63,15 @@ def canonical_call(table: dict | None) -> str | None:
     return json.dumps(table, sort_keys=True, separators=(",", ":")) if table else None
 
 
+def as_settings(settings: SamplerConfig) -> "Settings":
+    """A SamplerConfig (a model's own defaults) as Settings, so the options can be put over it with given()."""
+    import dataclasses
+
+    if isinstance(settings, Settings):
+        return settings
+    return Settings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(SamplerConfig)})
+
+
 def extras(settings) -> dict:
     """What a settings object sets beyond SamplerConfig's axes: {name: value} of the Settings fields that are set."""
     return {k: getattr(settings, k) for k in ("distilled_guidance", "negative_prompt", "call")
@@ -199,4 +208,4 @@ def as_generated(out, n: int) -> Generated:
     return Generated(images, [bool(f) for f in out.flagged])
 
 
-__all__ = ["AXES", "OPTIONS", "Settings", "canonical_call", "extras", "Request", "Generated", "Contract", "contract", "as_generated"]
+__all__ = ["AXES", "OPTIONS", "Settings", "as_settings", "canonical_call", "extras", "Request", "Generated", "Contract", "contract", "as_generated"]

@@ -165,18 +165,18 @@ def guidance_call(pipe, g: Guidance, w: float, distilled: float | None, where: s
     return out
 
 
-def check_call_options(pipes: list, options: dict, model_id: str) -> list[dict]:
-    """Per stage, the [call] options its __call__ takes; a name no stage takes (or one the harness sets) is a
-    one-line UserError."""
+def check_call_options(pipes: list, options: dict, model_id: str, params: list | None = None) -> list[dict]:
+    """Per stage, the [call] options its __call__ takes (`params`: each stage's parameter names, read once); a name
+    no stage takes (or one the harness sets) is a one-line UserError."""
     per_stage: list[dict] = [{} for _ in pipes]
+    params = params if params is not None else [set(call_params(p)) for p in pipes]
     for key, value in options.items():
         if key in RESERVED:
             raise UserError(f"call.{key}: set by the harness (prompt, seeds, axes, size, negative_prompt); it cannot "
                             f"be a [call] option")
-        takers = [i for i, p in enumerate(pipes) if key in call_params(p)]
+        takers = [i for i in range(len(pipes)) if key in params[i]]
         if not takers:
-            names = sorted(k for p in pipes for k, v in call_params(p).items()
-                           if k not in RESERVED and k != "self" and v.kind is not v.VAR_KEYWORD)
+            names = sorted({k for names in params for k in names} - RESERVED - {"self", "kwargs"})
             raise UserError(f"call.{key}: {' / '.join(type(p).__name__ for p in pipes)} takes no such argument "
                             f"(model {model_id!r}); it takes: {', '.join(names)}")
         for i in takers:

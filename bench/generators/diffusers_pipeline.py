@@ -28,6 +28,7 @@ Seeds: one CPU `torch.Generator` per image and stage, so an image does not depen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -232,6 +233,7 @@ class DiffusersGenerator:
         self._embeds: dict[tuple, tuple] = {}
         self._probed: dict[str, dict] = {}
         self.call_defaults = [dc.call_defaults(p) for p in pipes]
+        self.call_params = [set(dc.call_params(p)) for p in pipes]
         self.size = self._size()
         aug = tuple(int(self.call_defaults[i].get("noise_level", 0)) / self._timesteps(i) for i in range(1, len(pipes)))
         # sampler, steps and thresholding left out: each stage's own (its scheduler as it ships, its __call__'s
@@ -285,7 +287,8 @@ class DiffusersGenerator:
             if i > 0 and "text_encoder" in cfg and cfg.get("_class_name", "").startswith("IFSuperResolution"):
                 kwargs["text_encoder"] = None  # stage II takes stage I's text embeddings: no second T5 in memory
             try:
-                pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
+                with _quiet_loading():
+                    pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
             except ImportError as exc:  # e.g. a T5 tokenizer that needs sentencepiece
                 raise UserError(f"diffusers model {source}: loading it needs a package that is not installed "
                                 f"({exc}); pip install it and rerun") from None
@@ -387,7 +390,8 @@ class DiffusersGenerator:
         if distilled is not None and not any(g.embedded for g in self.guidance):
             dc.guidance_call(self.pipes[0], self.guidance[0], 1.0, distilled, self._where(0))  # its refusal
         negative = getattr(settings, "negative_prompt", None)
-        options = dc.check_call_options(self.pipes, getattr(settings, "call_options", dict)(), self.model_id)
+        options = dc.check_call_options(self.pipes, getattr(settings, "call_options", dict)(), self.model_id,
+                                        self.call_params)
         out = []
         for i, pipe in enumerate(self.pipes):
             steps = settings.steps if settings.steps is not None else self.call_defaults[i].get("num_inference_steps")
@@ -399,7 +403,7 @@ class DiffusersGenerator:
             if neg is None and g.kind == "true-cfg" and call.get("true_cfg_scale", 1.0) > 1.0:
                 neg = ""  # FLUX and Qwen-Image run true CFG only against a negative prompt: the empty one
             if neg is not None:
-                if "negative_prompt" not in dc.call_params(pipe):
+                if "negative_prompt" not in self.call_params[i]:
                     raise UserError(f"negative_prompt: {self._where(i)} takes no negative prompt; remove it")
                 call["negative_prompt"] = neg
             if i == 0 and self.size is not None:
@@ -575,6 +579,24 @@ class DiffusersGenerator:
             raise UserError(f"{self._where(0)} made {arr.shape[2]}x{arr.shape[1]} images for the {self.size[1]}x"
                             f"{self.size[0]} asked; give a size the pipeline takes as it is")
         return Generated(list((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)), flagged)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """diffusers' and transformers' loading bars off while a pipeline loads (stderr keeps only what matters: the
+    grid's own progress, and a refusal as one line)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was = [(m, m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    for m, _ in was:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, on in was:
+            if on:
+                m.enable_progress_bar()
 
 
 def _jsonable(v):

@@ -4,17 +4,20 @@ Two layouts:
   - a CSV (or TSV) with a `file` column (paths relative to the CSV's folder), a `prompt` or `prompt_id` column, and
     an optional `sample_index` (default: the order of a prompt's rows, from 0);
   - a folder holding one sub-folder per prompt, named by the prompt's text or its prompt id
-    (e.g. `drawbench-1f0c...`), whose images (sorted by name) are sample 0, 1, ...
+    (e.g. `drawbench-1f0c...`), whose images in natural order of their names (`2.png` before `10.png`) are
+    sample 0, 1, ...
 
 The set has no sampling settings (a grid spec for it needs no [axes]). Every file is hashed (remembered by path,
 size and mtime), and the set's checkpoint hash is a hash of every (prompt, sample index, file sha256), so another
-set, or the same set with one image changed, is another model.
+set, or the same set with one image changed, is another model. Every file is also opened as an image when the set is
+loaded, so every unreadable one is named in one error before any work.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,25 @@ from bench.filehash import HashMemo, digest_of
 from bench.generators.base import Generated
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders the numbers in a name by value: 2.png before 10.png, img9 before img10."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t]
+
+
+def unreadable(files) -> list[tuple[Path, str]]:
+    """(file, why) for each file PIL cannot open and verify as an image."""
+    from PIL import Image
+
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
+            bad.append((Path(f), f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+    return bad
 
 
 def _csv_entries(path: Path) -> list[tuple[str, str, int, Path]]:
@@ -76,7 +98,8 @@ def _csv_entries(path: Path) -> list[tuple[str, str, int, Path]]:
 def _folder_entries(root: Path) -> list[tuple[str, str, int, Path]]:
     out = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        files = sorted((f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")),
+                       key=lambda f: natural_key(f.name))
         out += [("folder", sub.name, k, f) for k, f in enumerate(files)]
     if not out:
         raise UserError(f"images:{root}: no images found; use one sub-folder per prompt (named by the prompt or its "
@@ -100,6 +123,12 @@ class ImageSetGenerator:
         self.source = path
         self.model_id = model_id or f"images:{source}"
         entries = _csv_entries(path) if path.is_file() else _folder_entries(path)
+        bad = unreadable(f for _, _, _, f in entries)
+        if bad:
+            shown = "; ".join(f"{f} ({why})" for f, why in bad[:10]) + (f"; and {len(bad) - 10} more"
+                                                                      if len(bad) > 10 else "")
+            raise UserError(f"{self.model_id}: {len(bad)} of {len(entries)} images cannot be read: {shown}; replace "
+                            f"or remove them")
         memo = memo or HashMemo()
         hashed = [(kind, key, idx, str(f), memo.sha256(f)) for kind, key, idx, f in entries]
         memo.save()
@@ -122,9 +151,16 @@ class ImageSetGenerator:
             pairs = sorted({(r.prompt, r.sample_index) for r in missing})
             prompts = sorted({r.prompt for r in missing})
             shown = "; ".join(f"{p!r} sample {k}" for p, k in pairs[:5]) + (" ..." if len(pairs) > 5 else "")
+            asked = {k for r in requests for k in (r.prompt, r.prompt_id)}
+            unmatched = sorted({key for kind, key, _ in self.files if kind == "folder" and key not in asked})
+            extra = ""
+            if unmatched:
+                names = ", ".join(repr(k) for k in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+                extra = (f"; {len(unmatched)} folder(s) of the set match no prompt of the suites: {names} (a folder "
+                         f"is named by the prompt's exact text or its prompt id)")
             raise UserError(f"{self.model_id} has no image for {len(pairs)} of the {len(requests)} (prompt, sample) "
-                            f"pairs the spec asks for, in {len(prompts)} prompts: {shown}; add them to the set or "
-                            f"lower samples_per_prompt / the suites")
+                            f"pairs the spec asks for, in {len(prompts)} prompts: {shown}{extra}; add them to the "
+                            f"set or lower samples_per_prompt / the suites")
 
     def describe(self, settings) -> dict:
         return {"kind": self.kind, "source": str(self.source), "images": len(self.files)}
