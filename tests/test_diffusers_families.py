@@ -141,6 +141,14 @@ def test_a_scheduler_the_pipeline_cannot_drive_is_refused_before_any_image(fam, 
     assert not (tmp_path / "study").exists()
 
 
+def test_a_scheduler_whose_step_the_pipeline_cannot_call_is_refused_before_any_image(fam):
+    """Kandinsky 3 calls step(..., generator=...), which UniPC's step does not take: found by the probe's first step,
+    not half way through a grid."""
+    gen = gen_of(fam, "kandinsky3")
+    with pytest.raises(UserError, match="unexpected keyword argument 'generator'"):
+        gen.check([settings(gen, sampler="ddim"), settings(gen, sampler="unipc")], [Request("x", 0)])
+
+
 def test_unipc_runs_on_lumina2_with_its_custom_sigmas(fam):
     gen = gen_of(fam, "lumina2")
     out = gen.generate([Request("a red circle", 1)], settings(gen, sampler="unipc"))

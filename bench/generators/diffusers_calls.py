@@ -205,27 +205,32 @@ def _dry_step(scheduler) -> None:
 
 
 def probe(pipe, scheduler, kwargs: dict) -> dict:
-    """Call the pipeline as a batch would be called, but stop as soon as its scheduler has its timesteps (after the
-    prompt encoding and input checks), then step the scheduler once on zeros. Returns what the pipeline asked of
-    the scheduler ({"timesteps": [...], "set_timesteps": {...}, "bin": (h, w) | None}); any failure, or a warning
-    that the pipeline resized the request, is a one-line UserError."""
+    """Call the pipeline as a batch would be called, but stop right after its scheduler's first step: the prompt
+    encoding, the input checks, set_timesteps with the pipeline's own arguments (sigmas, mu) and one denoising step
+    with the pipeline's own step arguments have all run. Returns what the pipeline asked of the scheduler
+    ({"timesteps": [...], "set_timesteps": {...}, "bin": (h, w) | None}); any failure, or a warning that the pipeline
+    resized the request, is a one-line UserError."""
     seen: dict = {}
     cls = type(scheduler)
-    real = cls.set_timesteps
+    real_set, real_step = cls.set_timesteps, cls.step
 
-    @functools.wraps(real)
+    @functools.wraps(real_set)
     def set_timesteps(self, *args, **kw):
-        real(self, *args, **kw)
+        real_set(self, *args, **kw)
         seen["set_timesteps"] = {k: v for k, v in kw.items() if k in ("mu", "sigmas") and v is not None}
         seen["timesteps"] = [round(float(t), 4) for t in self.timesteps]
-        _dry_step(self)
+
+    @functools.wraps(real_step)
+    def step(self, *args, **kw):
+        real_step(self, *args, **kw)
         raise _Reached
 
     probe_sch = copy.deepcopy(scheduler)
-    probe_sch.__class__ = type(cls.__name__, (cls,), {"set_timesteps": set_timesteps})
+    probe_sch.__class__ = type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "step": step})
     processor = getattr(pipe, "image_processor", None)
     binner = getattr(processor, "classify_height_width_bin", None)
     warnings: list[str] = []
+    reached = False
 
     class Catch(logging.Handler):
         def emit(self, record):
@@ -246,7 +251,7 @@ def probe(pipe, scheduler, kwargs: dict) -> dict:
         pipe.scheduler = probe_sch
         pipe(**kwargs)
     except _Reached:
-        pass
+        reached = True
     except UserError:
         raise
     except Exception as exc:  # the pipeline's own refusal of these settings, or a scheduler that cannot run them
@@ -261,6 +266,9 @@ def probe(pipe, scheduler, kwargs: dict) -> dict:
     if "timesteps" not in seen:
         raise UserError(f"{type(pipe).__name__} finished without asking {cls.__name__} for timesteps; this "
                         f"pipeline cannot be checked before the grid runs")
+    if not reached:
+        raise UserError(f"{type(pipe).__name__} finished without a step of {cls.__name__}; this pipeline cannot be "
+                        f"checked before the grid runs")
     if warnings:
         raise UserError(f"{type(pipe).__name__}: {warnings[0].strip().splitlines()[0]} - give a size it takes as it "
                         f"is (?height=..&width=..), so the images are made at the size stored")
