@@ -407,3 +407,39 @@ def test_a_hub_id_loads_from_the_hugging_face_cache(pipes, tmp_path):
                              cwd=ROOT, env=env)
     assert missing.returncode == 2 and "huggingface-cli download tester/not-there" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0 and not (tmp_path / "b.png").exists()
+
+
+def _png(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_image_set_files_are_in_natural_order(tmp_path):
+    for k in (1, 2, 10):
+        _png(tmp_path / "set" / "a red circle" / f"{k}.png", k)
+    from bench.generators.images import ImageSetGenerator
+
+    g = ImageSetGenerator(tmp_path / "set")
+    shown = [int(g.generate(["a red circle"], [0], None, keys=[(None, i)]).images[0][0, 0, 0]) for i in range(3)]
+    assert shown == [1, 2, 10]  # 10.png is sample 2, not sample 1
+
+
+def test_every_unreadable_image_is_named_before_any_work(tmp_path):
+    _png(tmp_path / "set" / "a red circle" / "0.png", 1)
+    for name in ("1.png", "2.png"):
+        (tmp_path / "set" / "a red circle" / name).write_bytes(b"not an image")
+    from bench.generators.images import ImageSetGenerator
+
+    with pytest.raises(UserError, match="2 of 3 images cannot be read") as exc:
+        ImageSetGenerator(tmp_path / "set")
+    assert "1.png" in str(exc.value) and "2.png" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_folders_that_match_no_prompt_are_named(tmp_path):
+    _png(tmp_path / "set" / "a red circle" / "0.png", 1)
+    _png(tmp_path / "set" / "a red circel" / "0.png", 2)
+    from bench.generators.images import ImageSetGenerator
+
+    g = ImageSetGenerator(tmp_path / "set")
+    with pytest.raises(UserError, match="match no prompt of the suites: 'a red circel'"):
+        g.check([None], [Request("a red circle", 0), Request("two blue squares", 0)])
