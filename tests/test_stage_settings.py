@@ -80,7 +80,10 @@ def test_sr_stages_upsample_given_lowres_images(tiny):
     a = tiny.generate(["a", "b"], [1, 2], cfg, lowres=low)
     assert a.shape == (2, 64, 64, 3)
     assert not np.array_equal(a, tiny.generate(["a", "b"], [1, 2], cfg))  # the base's samples are not used
-    assert np.array_equal(a[:1], tiny.generate(["a"], [1], cfg, lowres=low[:1]))
+    alone = tiny.generate(["a"], [1], cfg, lowres=low[:1])
+    # the same image alone as in a batch of two, to one grey level: on AVX-512 CPUs with 2 threads, batched float32
+    # convolution kernels move about 1 pixel in 10,000 by one level (exact with one thread)
+    assert np.abs(a[:1].astype(int) - alone.astype(int)).max() <= 1
     with pytest.raises(UserError, match="lowres images must be"):
         tiny.generate(["a"], [1], cfg, lowres=np.zeros((1, 8, 8, 3), np.uint8))
     with pytest.raises(UserError, match="one low-res image per prompt"):
