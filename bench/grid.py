@@ -151,8 +151,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         aug = _maybe(_axis(axes, "aug_level", d and [_one(d.aug_level)]),
                      lambda v: _floats(v, "axes.aug_level", 0.0, 1.0))
         # embedded guidance: left out is the model's own (FLUX.1-dev's 3.5), filled in once it is loaded
-        distilled = _maybe(_axis(axes, "distilled_guidance", None),
-                           lambda v: _floats(v, "axes.distilled_guidance", 0.0, None)[0])
+        distilled = _maybe(_axis(axes, "distilled_guidance", None), _distilled)
     negative = raw.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise UserError(f"{source}: negative_prompt must be a string (\"\" for the empty prompt), got {negative!r}")
@@ -190,6 +189,14 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
     )
 
 
+def _distilled(v) -> float:
+    """One embedded guidance value (one per model, not per stage)."""
+    if isinstance(v, list):
+        raise UserError(f"axes.distilled_guidance: {v!r} is a list inside the axis; give one number per cell, e.g. "
+                        f"distilled_guidance = [2.0, 3.5]")
+    return _floats(v, "axes.distilled_guidance", 0.0, None)[0]
+
+
 def _call_table(table, source: str) -> dict:
     """The [call] table: other arguments of a diffusers pipeline's call, TOML values; names the harness sets itself
     are refused here, names the pipeline does not take once it is loaded."""
@@ -200,12 +207,20 @@ def _call_table(table, source: str) -> dict:
                         f"max_sequence_length = 256")
     from bench.generators.diffusers_calls import RESERVED
 
+    def plain(v) -> bool:
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return isinstance(v, (bool, int, float, str))
+
     for key, value in table.items():
+        if not key.isidentifier():
+            raise UserError(f"{source}: call.{key!r} is not an argument name; [call] keys are a pipeline's "
+                            f"argument names, e.g. max_sequence_length")
         if key in RESERVED:
             raise UserError(f"{source}: call.{key} is set by the harness (prompt, seeds, axes, size as "
                             f"?height=&width=, negative_prompt as its own key); remove it from [call]")
-        if isinstance(value, dict) or (hasattr(value, "isoformat")):
-            raise UserError(f"{source}: call.{key} = {value!r}: give a number, string, boolean or list")
+        if not plain(value):
+            raise UserError(f"{source}: call.{key} = {value!r}: give a number, string, boolean or a list of them")
     return dict(table)
 
 
@@ -299,8 +314,8 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes, but no surrogate pairs and no raw DEL
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):

@@ -185,7 +185,7 @@ def test_flux_schnell_guidance_is_true_cfg_and_has_no_distilled_axis(fam):
     assert gen.sampler_defaults.guidance == (1.0,) and gen.sampler_defaults.distilled_guidance is None
     one, (c1,) = recorded_calls(gen, settings(gen, guidance=(1.0,)))
     four, (c4,) = recorded_calls(gen, settings(gen, guidance=(4.0,)))
-    assert c4["true_cfg_scale"] == 4.0 and c4["negative_prompt"] == "" and "guidance_scale" not in c4
+    assert c4["true_cfg_scale"] == 4.0 and c4["negative_prompt"] == ["", ""] and "guidance_scale" not in c4
     assert c1["true_cfg_scale"] == 1.0 and "negative_prompt" not in c1
     assert not np.array_equal(one.images[0], four.images[0])  # two settings, two different images
     with pytest.raises(UserError, match="no embedded guidance"):
@@ -220,6 +220,17 @@ def test_kandinsky3_guidance_is_converted_from_its_own_form(fam):
         gen.check([settings(gen, guidance=(1.5,))], [Request("x", 0)])
 
 
+def test_where_the_other_form_starts_guiding_is_read_from_the_source():
+    from diffusers import Kandinsky3Pipeline
+
+    from bench.generators.diffusers_calls import cfg_threshold
+
+    assert cfg_threshold(Kandinsky3Pipeline) == 1.0
+    krea = getattr(__import__("diffusers"), "Krea2Pipeline", None)
+    if krea is not None:  # guides for s > 0: w in (1, 2] is honoured there
+        assert cond_form(krea) and cfg_threshold(krea) == 0.0
+
+
 def test_the_other_cfg_form_is_read_from_the_source():
     from diffusers import (Cosmos2TextToImagePipeline, FluxPipeline, Kandinsky3Pipeline, PixArtSigmaPipeline,
                            StableDiffusion3Pipeline, StableDiffusionXLPipeline)
@@ -243,8 +254,30 @@ def test_negative_prompt_reaches_the_call_and_changes_the_image(fam):
     gen = gen_of(fam, "sd3")
     plain, _ = recorded_calls(gen, settings(gen, guidance=(4.0,)))
     neg, (call,) = recorded_calls(gen, settings(gen, guidance=(4.0,), negative_prompt="blurry, watermark"))
-    assert call["negative_prompt"] == "blurry, watermark"
+    assert call["negative_prompt"] == ["blurry, watermark"] * 2
     assert not np.array_equal(plain.images[0], neg.images[0])
+
+
+@pytest.mark.parametrize("name", ["kandinsky3", "sdxl", "pixart-sigma"])
+def test_a_negative_prompt_goes_in_one_per_prompt(fam, name):
+    """Kandinsky 3 (and SD 1.x, IF) refuse a negative prompt of another type than the prompt: a string beside a list."""
+    gen = gen_of(fam, name)
+    s = settings(gen, guidance=(5.0,), negative_prompt="blurry")
+    gen.check([s], [Request("x", 0)])
+    out, (call,) = recorded_calls(gen, s)
+    assert call["negative_prompt"] == ["blurry", "blurry"] and len(out.images) == 2
+    assert gen.describe(s)["stages"][0]["call"]["negative_prompt"] == "blurry"
+
+
+def test_caption_cleaning_is_stated_and_can_be_set(fam):
+    gen = gen_of(fam, "pixart-sigma")
+    import importlib.util
+
+    have = all(importlib.util.find_spec(m) for m in ("bs4", "ftfy"))
+    assert gen.describe(settings(gen))["stages"][0]["call"]["clean_caption"] is have
+    s = settings(gen, call=canonical_call({"clean_caption": False}))
+    _, (call,) = recorded_calls(gen, s)
+    assert call["clean_caption"] is False
 
 
 def test_call_options_reach_the_call_and_unknown_ones_are_refused(fam):
@@ -310,7 +343,16 @@ def test_spec_keys_round_trip_and_make_another_study(fam, tmp_path):
         run_grid(other, tmp_path / "s", progress=False, log=lambda *_: None, metrics=False)
 
 
+def test_spec_text_round_trips_any_unicode():
+    text = ('name = "t"\nmodel = "diffusers:./x"\nsuites = ["shapes:1"]\nnegative_prompt = "blurry \U0001F600 \\u007f"\n'
+            '[call]\nmax_sequence_length = 3\nwords = ["a\U0001F600", "b"]\n')
+    spec = parse_spec(text)
+    assert parse_spec(spec_to_toml(spec)) == spec and "\U0001F600" in spec.negative_prompt
+
+
 @pytest.mark.parametrize("line, words", [
+    ('[call]\nd = [1979-05-27]', "a list of them"), ('[axes]\ndistilled_guidance = [[3.5, 9.0]]', "list inside"),
+    ('[call]\n"weird key" = 1', "not an argument name"),
     ('[call]\nprompt = "x"', "set by the harness"), ('[call]\nheight = 64', "set by the harness"),
     ('negative_prompt = 3', "must be a string"), ('[axes]\nsampler = "heun"', "unknown sampler"),
 ])

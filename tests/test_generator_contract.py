@@ -115,7 +115,7 @@ def test_describe_is_exactly_what_ran(kind, root):
         pipe.__class__ = cls
     kw, scheduler = seen[0]
     ran = {k: v for k, v in kw.items() if k not in ("prompt", "generator", "output_type", "prompt_embeds",
-                                                   "negative_prompt_embeds", "clean_caption")}
+                                                   "negative_prompt_embeds")}
     assert ran == said["call"]
     assert type(scheduler).__name__ == said["scheduler"]
     assert {k: _jsonable(v) for k, v in used_config(scheduler).items()} == said["scheduler_config"]

@@ -140,6 +140,16 @@ def test_axes_a_pipeline_cannot_honour_are_refused(pipes, settings, message):
         gen.check([SamplerConfig(**{**base, **settings})], [])
 
 
+def test_a_sampler_that_would_drop_the_models_own_thresholding_is_refused(if_gen):
+    """IF's own scheduler thresholds; EulerDiscreteScheduler cannot. With the threshold axis left out that would run
+    without it, silently: refused, and given threshold = none it runs."""
+    s = SamplerConfig(sampler="euler", steps=2, guidance=(4.0, 2.0), threshold=None, aug_level=(0.3,))
+    with pytest.raises(UserError, match="has no clip_sample, thresholding"):
+        if_gen.check([s], [Request("x", 0)])
+    if_gen.check([SamplerConfig(sampler="euler", steps=2, guidance=(4.0, 2.0), threshold="none", aug_level=(0.3,))],
+                 [Request("x", 0)])
+
+
 def test_thresholding_a_scheduler_without_it_is_refused(if_gen):
     s = SamplerConfig(sampler="EulerDiscreteScheduler", steps=2, guidance=(3.0,), threshold="dynamic:0.9")
     with pytest.raises(UserError, match="EulerDiscreteScheduler has no thresholding"):
@@ -417,11 +427,12 @@ def _png(path: Path, value: int) -> None:
 def test_image_set_files_are_in_natural_order(tmp_path):
     for k in (1, 2, 10):
         _png(tmp_path / "set" / "a red circle" / f"{k}.png", k)
+    _png(tmp_path / "set" / "a red circle" / "01.png", 100)  # the same number: after 1.png, by name
     from bench.generators.images import ImageSetGenerator
 
     g = ImageSetGenerator(tmp_path / "set")
-    shown = [int(g.generate(["a red circle"], [0], None, keys=[(None, i)]).images[0][0, 0, 0]) for i in range(3)]
-    assert shown == [1, 2, 10]  # 10.png is sample 2, not sample 1
+    shown = [int(g.generate(["a red circle"], [0], None, keys=[(None, i)]).images[0][0, 0, 0]) for i in range(4)]
+    assert shown == [100, 1, 2, 10]  # 10.png is sample 3, not sample 1; "01" sorts before "1" by name
 
 
 def test_every_unreadable_image_is_named_before_any_work(tmp_path):
@@ -443,3 +454,16 @@ def test_folders_that_match_no_prompt_are_named(tmp_path):
     g = ImageSetGenerator(tmp_path / "set")
     with pytest.raises(UserError, match="match no prompt of the suites: 'a red circel'"):
         g.check([None], [Request("a red circle", 0), Request("two blue squares", 0)])
+
+
+def test_if_cascade_takes_a_negative_prompt(if_gen):
+    """IF encodes the prompt once for both stages; its encode_prompt wants the negative prompt as a list."""
+    from bench.generators.base import Settings
+
+    base = dict(sampler="ddpm", steps=2, guidance=(4.0, 2.0), threshold=None, aug_level=(0.3,))
+    plain = if_gen.generate([Request("a red circle", 1)], Settings(**base)).images[0]
+    s = Settings(**base, negative_prompt="blurry")
+    if_gen.check([s], [Request("a red circle", 1)])
+    neg = if_gen.generate([Request("a red circle", 1)], s).images[0]
+    assert not np.array_equal(plain, neg)
+    assert [st["call"]["negative_prompt"] for st in if_gen.describe(s)["stages"]] == ["blurry", "blurry"]

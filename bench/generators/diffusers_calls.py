@@ -104,6 +104,19 @@ def cond_form(cls) -> bool:
     return bool(m) and m.group(1) == m.group(2)
 
 
+@functools.lru_cache(maxsize=None)
+def cfg_threshold(cls) -> float:
+    """The guidance_scale above which the class runs guidance at all, read from its do_classifier_free_guidance
+    (`self._guidance_scale > 1` in most pipelines, `> 0` in some of the eps_c + s (eps_c - eps_u) ones); 1 if unread."""
+    prop = getattr(cls, "do_classifier_free_guidance", None)
+    try:
+        src = inspect.getsource(prop.fget if isinstance(prop, property) else prop)
+    except (OSError, TypeError):
+        return 1.0
+    m = re.search(r"guidance_scale\s*>\s*([0-9.]+)", src)
+    return float(m.group(1)) if m else 1.0
+
+
 def guidance_of(pipe) -> Guidance:
     params, d = call_params(pipe), call_defaults(pipe)
     embeds = bool(_config(denoiser(pipe), "guidance_embeds", False))
@@ -137,9 +150,11 @@ def guidance_call(pipe, g: Guidance, w: float, distilled: float | None, where: s
     if g.kind == "cfg":
         out["guidance_scale"] = float(w)
     elif g.kind == "cfg-cond":
-        if 1.0 < w <= 2.0:
+        floor = cfg_threshold(type(pipe))
+        if 1.0 < w <= 1.0 + floor:
             raise UserError(f"axes.guidance: {w:g} on {where} cannot be honoured: the pipeline writes guidance as "
-                            f"eps_c + s (eps_c - eps_u) with s = w - 1 and runs it only for s > 1; use w = 1 or w > 2")
+                            f"eps_c + s (eps_c - eps_u) with s = w - 1 and runs it only for s > {floor:g}; use w = 1 "
+                            f"or w > {1 + floor:g}")
         out["guidance_scale"] = float(w - 1.0)
     elif g.kind == "true-cfg":
         out["true_cfg_scale"] = float(w)
@@ -188,7 +203,7 @@ def check_call_options(pipes: list, options: dict, model_id: str, params: list |
 
 
 class _Reached(Exception):
-    """Raised by the probe's scheduler once set_timesteps has run: the call got as far as the schedule."""
+    """Raised by the probe's scheduler after its first step: the call got as far as one denoising step."""
 
 
 def _dry_step(scheduler) -> None:
@@ -202,6 +217,12 @@ def _dry_step(scheduler) -> None:
     t = sch.timesteps[0]
     x_in = sch.scale_model_input(x, t) if hasattr(sch, "scale_model_input") else x
     sch.step(eps, t, x_in, return_dict=False)
+
+
+def _oom() -> type:
+    import torch
+
+    return getattr(torch, "OutOfMemoryError", MemoryError)
 
 
 def probe(pipe, scheduler, kwargs: dict) -> dict:
@@ -254,6 +275,9 @@ def probe(pipe, scheduler, kwargs: dict) -> dict:
         reached = True
     except UserError:
         raise
+    except (MemoryError, _oom()) as exc:  # not a setting the pipeline refused
+        raise UserError(f"{type(pipe).__name__}: out of memory while checking a cell's call ({type(exc).__name__}); "
+                        f"lower the size or batch, use ?dtype=bfloat16 or ?offload=model") from None
     except Exception as exc:  # the pipeline's own refusal of these settings, or a scheduler that cannot run them
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UserError(f"{type(pipe).__name__} cannot run {cls.__name__} with these settings "
@@ -261,6 +285,8 @@ def probe(pipe, scheduler, kwargs: dict) -> dict:
     finally:
         pipe.scheduler = saved
         log.removeHandler(handler)
+        if hasattr(pipe, "maybe_free_model_hooks"):  # the call stopped early: offloaded models back to the CPU
+            pipe.maybe_free_model_hooks()
         if binner is not None:
             del processor.classify_height_width_bin
     if "timesteps" not in seen:
@@ -275,5 +301,5 @@ def probe(pipe, scheduler, kwargs: dict) -> dict:
     return seen
 
 
-__all__ = ["Guidance", "RESERVED", "call_params", "call_defaults", "denoiser", "pixel_space", "cond_form",
+__all__ = ["Guidance", "RESERVED", "call_params", "call_defaults", "denoiser", "pixel_space", "cond_form", "cfg_threshold",
            "guidance_of", "guidance_call", "check_call_options", "probe"]

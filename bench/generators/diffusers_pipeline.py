@@ -21,8 +21,9 @@ How the grid's axes land (nothing is ignored: an axis a pipeline cannot honour i
              scheduler config says so.
   aug_level  the SR stages' `noise_level`: round(level x the noising scheduler's num_train_timesteps)
 The spec's `negative_prompt` and `[call]` table (any other argument of the pipeline's call) are passed as given.
-Before the first image, every cell's call is probed: the pipeline runs up to its scheduler's set_timesteps with the
-cell's arguments, so a setting it cannot run is refused before any work.
+Before the first image, every cell's call of a text-to-image stage is probed: the pipeline runs with the cell's
+arguments up to its scheduler's first step, so a setting it cannot run is refused before any work (an SR stage, which
+needs its low-res input, has its scheduler set and stepped on zeros).
 Seeds: one CPU `torch.Generator` per image and stage, so an image does not depend on its batch or the device.
 """
 
@@ -342,6 +343,11 @@ class DiffusersGenerator:
         cls, extra = sch.scheduler_class(sampler or type(base).__name__, base, where)
         params = sch.init_params(cls)
         kind, p, cap = threshold_parts(threshold) if threshold is not None else (None, None, None)
+        lost = sch.drops_own_clipping(base, cls) if kind is None else None
+        if lost:
+            raise UserError(f"axes.sampler: {cls.__name__} has no {lost}, which {where}'s own scheduler uses; give "
+                            f"the threshold axis (none to run without it) or a sampler that has it (ddpm, ddim, "
+                            f"dpmpp-2m)")
         clip: dict = {}
         if kind == "none" or (kind is not None and not self.pixel[stage]):
             clip = {k: False for k in sch.CLIP_KEYS}
@@ -410,6 +416,8 @@ class DiffusersGenerator:
                 call.update(height=self.size[0], width=self.size[1])
             if i > 0:
                 call["noise_level"] = self._noise_level(i, aug[i - 1])
+            if "clean_caption" in self.call_params[i]:  # what the pipeline will do, stated: see _clean_caption
+                call["clean_caption"] = _clean_caption(self.call_defaults[i].get("clean_caption"))
             call.update(options[i])
             out.append({"scheduler": self._scheduler(i, settings), "call": call, "guider": guider})
         return out
@@ -440,8 +448,8 @@ class DiffusersGenerator:
 
                 kw = dict(c["call"], prompt=["a photo"], generator=[torch.Generator("cpu").manual_seed(0)],
                           output_type="latent")
-                if "clean_caption" in self.call_defaults[stage]:
-                    kw["clean_caption"] = False
+                if isinstance(kw.get("negative_prompt"), str):  # one per prompt, as the batch gives it
+                    kw["negative_prompt"] = [kw["negative_prompt"]]
                 saved = getattr(pipe, "guider", None)
                 if c.get("guider") is not None:
                     pipe.guider = c["guider"]
@@ -505,7 +513,7 @@ class DiffusersGenerator:
 
     # ------------------------------------------------------------------------- generation
 
-    def _if_embeds(self, prompts: list[str], negative: str | None):
+    def _if_embeds(self, prompts: list[str], negative: str | None, clean: bool = False):
         """IF's T5 embeddings (cond, uncond) for each prompt, encoded once and kept for every cell."""
         import torch
 
@@ -513,7 +521,8 @@ class DiffusersGenerator:
         device = self.pipes[0]._execution_device
         if todo:
             pe, ne = self.pipes[0].encode_prompt(todo, do_classifier_free_guidance=True, num_images_per_prompt=1,
-                                                 device=device, negative_prompt=negative)
+                                                 device=device, clean_caption=clean,
+                                                 negative_prompt=None if negative is None else [negative] * len(todo))
             if len(self._embeds) + len(todo) > EMBED_MEMO:
                 self._embeds.clear()
             for k, p in enumerate(todo):  # kept in host memory: T5-XXL embeddings are 0.6 MB a prompt in fp16
@@ -535,7 +544,7 @@ class DiffusersGenerator:
         import torch
 
         first = plan[0]["call"]
-        embeds = self._if_embeds(prompts, first.get("negative_prompt")) \
+        embeds = self._if_embeds(prompts, first.get("negative_prompt"), bool(first.get("clean_caption"))) \
             if type(self.pipes[0]).__name__.startswith("IF") else None
         image, flagged = None, [False] * len(prompts)
         with torch.no_grad():
@@ -552,10 +561,10 @@ class DiffusersGenerator:
                     kw.update(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1])
                 else:
                     kw["prompt"] = prompts
+                    if isinstance(kw.get("negative_prompt"), str):  # a list like the prompts: pipelines insist
+                        kw["negative_prompt"] = [kw["negative_prompt"]] * len(prompts)
                 if i > 0:
                     kw["image"] = image
-                if "clean_caption" in self.call_defaults[i]:
-                    kw["clean_caption"] = False  # as IF's encode_prompt; its cleaning needs bs4 and ftfy
                 try:
                     out = pipe(**kw)
                 finally:
@@ -579,6 +588,16 @@ class DiffusersGenerator:
             raise UserError(f"{self._where(0)} made {arr.shape[2]}x{arr.shape[1]} images for the {self.size[1]}x"
                             f"{self.size[0]} asked; give a size the pipeline takes as it is")
         return Generated(list((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)), flagged)
+
+
+def _clean_caption(default) -> bool:
+    """The caption cleaning IF and PixArt run: their default (True) when bs4 and ftfy are installed; without them the
+    pipeline turns it off itself with a warning, so the call says False."""
+    if not default:
+        return False
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("bs4", "ftfy"))
 
 
 @contextlib.contextmanager

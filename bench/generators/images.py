@@ -99,7 +99,7 @@ def _folder_entries(root: Path) -> list[tuple[str, str, int, Path]]:
     out = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted((f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")),
-                       key=lambda f: natural_key(f.name))
+                       key=lambda f: (natural_key(f.name), f.name))  # 01.png and 1.png: a fixed order
         out += [("folder", sub.name, k, f) for k, f in enumerate(files)]
     if not out:
         raise UserError(f"images:{root}: no images found; use one sub-folder per prompt (named by the prompt or its "

@@ -126,8 +126,22 @@ def build(base, cls, extra: dict, clip: dict):
     for k in CLIP_KEYS:  # never on by a class default: only the model's own config or the threshold axis
         if k in params and k not in over:
             over[k] = bool(explicit_config(base).get(k, False))
-    return cls.from_config(config, **over)
+    # the keys this class takes (another family's `shift`, a PNDM's `skip_prk_steps`: not warned about, not stored),
+    # and IF's `variance_type` = None where the class has none (the pipeline reads it from the config)
+    keep = params | ({"variance_type"} if "variance_type" not in params and "variance_type" in config else set())
+    return cls.from_config({k: v for k, v in config.items() if k in keep}, **over)
+
+
+def drops_own_clipping(base, cls) -> str | None:
+    """The clipping the model's own scheduler config turns on that a scheduler of class `cls` cannot do (IF's dynamic
+    thresholding under EulerDiscreteScheduler), or None."""
+    own = explicit_config(base)
+    params = init_params(cls)
+    lost = [k for k in CLIP_KEYS if own.get(k) and k not in params]
+    if not lost or any(own.get(k) and k in params for k in CLIP_KEYS):
+        return None
+    return ", ".join(lost)
 
 
 __all__ = ["FLOW", "DIFFUSION", "SAMPLERS", "NAMES", "family", "samplers_for", "flow_shift", "explicit_config",
-           "used_config", "scheduler_class", "build"]
+           "used_config", "scheduler_class", "build", "drops_own_clipping"]
