@@ -28,6 +28,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this process group was created by init(), so shutdown() destroys it
 
     @property
     def main(self) -> bool:
@@ -42,10 +43,11 @@ def init(device: torch.device) -> Dist:
         return Dist()
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         nccl = device.type == "cuda" and os.environ.get("IMAGEN_DDP_BACKEND") != "gloo"
         dist.init_process_group("nccl" if nccl else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), local)
+    return Dist(dist.get_rank(), dist.get_world_size(), local, owned)
 
 
 def rank_device(device: torch.device) -> torch.device:
@@ -65,6 +67,16 @@ def barrier(d: Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def shutdown(d: Dist) -> None:
+    """Leave the process group init() created: a gloo group left to the interpreter's exit can abort a rank
+    ("terminate called without an active exception", exit -6) after its work is done."""
+    if d.world > 1 and d.owned:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def mean_scalar(value: float, d: Dist, device: torch.device) -> float:
@@ -202,5 +214,6 @@ class ShardedEMA:
                 e.to_local().copy_(src.to_local())
 
 
-__all__ = ["Dist", "MODES", "init", "rank_device", "barrier", "mean_scalar", "gather_objects", "wrap", "is_sharded",
-           "full_model_state", "load_model_state", "full_optim_state", "load_optim_state", "ShardedEMA"]
+__all__ = ["Dist", "MODES", "init", "rank_device", "barrier", "shutdown", "mean_scalar", "gather_objects", "wrap",
+           "is_sharded", "full_model_state", "load_model_state", "full_optim_state", "load_optim_state",
+           "ShardedEMA"]

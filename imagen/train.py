@@ -813,5 +813,6 @@ def train(run: RunConfig, *, resume: bool = False, device: str = "cpu", progress
                 preview(cfg, i, ema_mod, prompt_tok, prompt_mask, out, step, prompts, t)
     bar.close()
     parallel.barrier(dd)
+    parallel.shutdown(dd)
     return {"step": step, "loss": last_loss, "out": str(out), "seconds": elapsed + time.perf_counter() - t0,
             "rank": rank, "world": world}

@@ -256,3 +256,28 @@ def make_sd_upscaler(root) -> str:
     )
     pipe.save_pretrained(str(folder))
     return str(folder)
+
+
+def recorded_calls(gen, s, prompts=("a red circle", "two blue squares"), seeds=(1, 2)):
+    """Generate with a loaded diffusers generator (a Contract), recording each stage's first call: every kwarg it was
+    called with and the scheduler it ran (the harness's dry-run probe, output_type "latent", is not a call)."""
+    from bench.generators import Request
+
+    logs = []
+    for pipe in gen.impl.pipes:
+        cls = type(pipe)
+        log: list = []
+
+        def wrapper(self, *a, _real=cls.__call__, _log=log, **kw):
+            if kw.get("output_type") != "latent":  # the probe's dry call is not a run
+                _log.append({**kw, "_scheduler": self.scheduler})
+            return _real(self, *a, **kw)
+
+        pipe.__class__ = type(cls.__name__, (cls,), {"__call__": wrapper})
+        logs.append(log)
+    try:
+        out = gen.generate([Request(p, sd) for p, sd in zip(prompts, seeds)], s)
+    finally:
+        for pipe in gen.impl.pipes:
+            pipe.__class__ = pipe.__class__.__mro__[1]
+    return out, [log[0] for log in logs]

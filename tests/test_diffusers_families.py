@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bench import store
 from bench.generators import Request, load_generator
@@ -20,6 +19,7 @@ from bench.grid import parse_spec, run_grid, spec_to_toml
 from imagen.errors import UserError
 
 import diffusers_families as FAM
+from diffusers_fixtures import recorded_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("a red circle", "two blue squares")
@@ -60,28 +60,6 @@ def settings(gen, **kw) -> Settings:
     d = gen.sampler_defaults
     return Settings(**{**{k: getattr(d, k) for k in ("sampler", "steps", "guidance", "threshold", "aug_level",
                                                       "distilled_guidance")}, **kw})
-
-
-def recorded_calls(gen, s, prompts=PROMPTS, seeds=(1, 2)):
-    """Generate, recording every kwarg each stage's pipeline was called with and the scheduler it ran."""
-    logs = []
-    for pipe in gen.impl.pipes:
-        cls = type(pipe)
-        log: list = []
-
-        def wrapper(self, *a, _real=cls.__call__, _log=log, **kw):
-            if kw.get("output_type") != "latent":  # the probe's dry call is not a run
-                _log.append({**kw, "_scheduler": self.scheduler})
-            return _real(self, *a, **kw)
-
-        pipe.__class__ = type(cls.__name__, (cls,), {"__call__": wrapper})
-        logs.append(log)
-    try:
-        out = gen.generate([Request(p, sd) for p, sd in zip(prompts, seeds)], s)
-    finally:
-        for pipe in gen.impl.pipes:
-            pipe.__class__ = pipe.__class__.__mro__[1]
-    return out, [log[0] for log in logs]
 
 
 # ----------------------------------------------------------------------------- sampler families
@@ -344,7 +322,8 @@ def test_spec_keys_round_trip_and_make_another_study(fam, tmp_path):
 
 
 def test_spec_text_round_trips_any_unicode():
-    text = ('name = "t"\nmodel = "diffusers:./x"\nsuites = ["shapes:1"]\nnegative_prompt = "blurry \U0001F600 \\u007f"\n'
+    text = ('name = "t"\nmodel = "diffusers:./x"\nsuites = ["shapes:1"]\n'
+            'negative_prompt = "blurry \U0001F600 \\u007f"\n'
             '[call]\nmax_sequence_length = 3\nwords = ["a\U0001F600", "b"]\n')
     spec = parse_spec(text)
     assert parse_spec(spec_to_toml(spec)) == spec and "\U0001F600" in spec.negative_prompt

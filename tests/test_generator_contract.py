@@ -84,11 +84,11 @@ def test_an_image_does_not_depend_on_its_batch(kind, root):
 def test_a_refusal_comes_before_any_image(kind, root, tmp_path):
     """A grid with one good cell and one the model cannot honour writes nothing at all."""
     model = model_of(kind, root)
-    bad = {"imagen": 'guidance = [1.0, 3.0]\nthreshold = "dynamic:1.5"', "images": 'steps = 2',
+    bad = {"imagen": 'guidance = [1.0, [1.0, 2.0, 3.0, 4.0]]', "images": 'steps = 2',
            "flux-schnell": 'distilled_guidance = [3.5]'}.get(kind, 'guidance = [1.0, 0.5]')
+    head = f'name = "t"\nmodel = "{model}"\nsuites = ["shapes:2"]\n[axes]\n'
     with pytest.raises(UserError):
-        spec = parse_spec(f'name = "t"\nmodel = "{model}"\nsuites = ["shapes:2"]\n[axes]\nsteps = 2\n{bad}\n'
-                          if kind != "images" else f'name = "t"\nmodel = "{model}"\nsuites = ["shapes:2"]\n[axes]\n{bad}\n')
+        spec = parse_spec(head + (f"steps = 2\n{bad}\n" if kind != "images" else f"{bad}\n"))
         run_grid(spec, tmp_path / "study", progress=False, log=lambda *_: None)
     assert not (tmp_path / "study").exists()
 

@@ -42,30 +42,9 @@ def if_gen(pipes):
     return load_generator(f"diffusers:{pipes['if1']}+{pipes['if2']}")
 
 
-def _calls_of(gen, settings, prompts=("a red circle", "two blue squares"), seeds=(1, 2)):
-    recorded = []
-    for pipe in gen.impl.pipes:
-        cls = type(pipe)
-        real = cls.__call__
-        log = []
-
-        def wrapper(self, *a, _real=real, _log=log, **kw):
-            _log.append({**kw, "_scheduler": self.scheduler})
-            return _real(self, *a, **kw)
-
-        pipe.__class__ = type(cls.__name__, (cls,), {"__call__": wrapper})
-        recorded.append(log)
-    try:
-        out = gen.generate([Request(p, s) for p, s in zip(prompts, seeds)], settings)
-    finally:
-        for pipe in gen.impl.pipes:
-            pipe.__class__ = pipe.__class__.__mro__[1]
-    return out, [log[0] for log in recorded]
-
-
 def test_if_cascade_every_axis_lands_in_the_call_or_the_scheduler(if_gen):
     s = SamplerConfig(sampler="ddim", steps=3, guidance=(4.0, 2.0), threshold="dynamic:0.9:1.5", aug_level=(0.3,))
-    out, (c1, c2) = _calls_of(if_gen, s)
+    out, (c1, c2) = F.recorded_calls(if_gen, s)
     assert [im.shape for im in out.images] == [(32, 32, 3)] * 2 and out.flagged == [False, False]
     assert (c1["guidance_scale"], c2["guidance_scale"]) == (4.0, 2.0)
     assert c1["num_inference_steps"] == c2["num_inference_steps"] == 3 and c2["noise_level"] == 300
@@ -78,13 +57,13 @@ def test_if_cascade_every_axis_lands_in_the_call_or_the_scheduler(if_gen):
     used = if_gen.describe(s)["stages"]
     assert [u["scheduler"] for u in used] == ["DDIMScheduler"] * 2 and used[1]["call"]["noise_level"] == 300
     # dpmpp-2m: the solver's own settings; static on a scheduler without clip_sample: thresholding capped at 1
-    _, (c1, _) = _calls_of(if_gen, SamplerConfig(sampler="dpmpp-2m", steps=2, guidance=(3.0,), threshold="static",
-                                                 aug_level=(0.0,)))
+    _, (c1, _) = F.recorded_calls(if_gen, SamplerConfig(sampler="dpmpp-2m", steps=2, guidance=(3.0,),
+                                                        threshold="static", aug_level=(0.0,)))
     cfg = c1["_scheduler"].config
     assert type(c1["_scheduler"]).__name__ == "DPMSolverMultistepScheduler"
     assert (cfg.algorithm_type, cfg.solver_order, cfg.thresholding, cfg.sample_max_value) == ("dpmsolver++", 2,
                                                                                                 True, 1.0)
-    _, (c1, _) = _calls_of(if_gen, SamplerConfig(sampler="ddpm", steps=2, guidance=(1.0,), threshold="none",
+    _, (c1, _) = F.recorded_calls(if_gen, SamplerConfig(sampler="ddpm", steps=2, guidance=(1.0,), threshold="none",
                                                  aug_level=(0.0,)))
     cfg = c1["_scheduler"].config
     assert not cfg.thresholding and not cfg.clip_sample and cfg.variance_type == "learned_range"
@@ -115,7 +94,7 @@ def test_axes_left_out_are_each_stages_own(if_gen, pipes):
 
 def test_stage_two_gets_stage_ones_image_and_text(if_gen):
     s = SamplerConfig(sampler="ddim", steps=2, guidance=(3.0, 2.0), threshold="static", aug_level=(0.0,))
-    _, (c1, c2) = _calls_of(if_gen, s)
+    _, (c1, c2) = F.recorded_calls(if_gen, s)
     assert c1["output_type"] == "pt" and c2["output_type"] == "np"
     assert tuple(c2["image"].shape) == (2, 3, 16, 16) and float(c2["image"].abs().max()) <= 1.0
     assert torch.equal(c1["prompt_embeds"], c2["prompt_embeds"])

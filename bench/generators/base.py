@@ -208,4 +208,5 @@ def as_generated(out, n: int) -> Generated:
     return Generated(images, [bool(f) for f in out.flagged])
 
 
-__all__ = ["AXES", "OPTIONS", "Settings", "as_settings", "canonical_call", "extras", "Request", "Generated", "Contract", "contract", "as_generated"]
+__all__ = ["AXES", "OPTIONS", "Settings", "as_settings", "canonical_call", "extras", "Request", "Generated",
+           "Contract", "contract", "as_generated"]

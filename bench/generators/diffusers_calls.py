@@ -301,5 +301,6 @@ def probe(pipe, scheduler, kwargs: dict) -> dict:
     return seen
 
 
-__all__ = ["Guidance", "RESERVED", "call_params", "call_defaults", "denoiser", "pixel_space", "cond_form", "cfg_threshold",
+__all__ = ["Guidance", "RESERVED", "call_params", "call_defaults", "denoiser", "pixel_space", "cond_form",
+           "cfg_threshold",
            "guidance_of", "guidance_call", "check_call_options", "probe"]
