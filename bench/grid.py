@@ -401,6 +401,7 @@ def status(study: str | os.PathLike) -> dict:
         cells.append({"cell_id": cid, "guidance": p.get(store.COL_GUIDANCE_STAGES),
                       "threshold": p.get(store.COL_THRESHOLD), "sampler": p.get(store.COL_SAMPLER),
                       "steps": p.get(store.COL_STEPS), "aug_level": p.get(store.COL_AUG_LEVEL),
+                      "distilled_guidance": p.get(store.COL_DISTILLED_GUIDANCE),
                       "planned": p.get("items"), "done": int(done.get(cid, 0)), "metric_rows": int(nmet.get(cid, 0))})
     total = sum(c["planned"] or 0 for c in cells)
     n_done = sum(min(c["done"], c["planned"] or c["done"]) for c in cells)
@@ -412,9 +413,12 @@ def status(study: str | os.PathLike) -> dict:
 def format_status(st: dict) -> str:
     lines = [f"study {st['study']} ({st['name']}): {st['done']}/{st['planned']} images, "
              f"{st['metric_rows']} metric rows, {st['runs']} run(s)" + (" - complete" if st["complete"] else "")]
-    lines.append(f"{'cell':12}  {'guidance':>8}  {'threshold':14} {'sampler':9} {'steps':>5}  {'done':>9}  metrics")
+    distilled = any(c.get("distilled_guidance") is not None for c in st["cells"])  # FLUX.1-dev's embedded guidance
+    lines.append(f"{'cell':12}  {'guidance':>8}  " + (f"{'distilled':>9}  " if distilled else "")
+                 + f"{'threshold':14} {'sampler':9} {'steps':>5}  {'done':>9}  metrics")
     for c in st["cells"]:
-        lines.append(f"{c['cell_id']:12}  {str(c['guidance']):>8}  {str(c['threshold']):14} {str(c['sampler']):9} "
+        dg = f"{str(c.get('distilled_guidance')):>9}  " if distilled else ""
+        lines.append(f"{c['cell_id']:12}  {str(c['guidance']):>8}  {dg}{str(c['threshold']):14} {str(c['sampler']):9} "
                      f"{str(c['steps']):>5}  {c['done']:>4}/{str(c['planned']):<4}  {c['metric_rows']}")
     return "\n".join(lines)
 

@@ -114,7 +114,15 @@ def _curves(summary: pd.DataFrame):
                                     if c in summary and summary[c].nunique() > 1]
     for key, df in summary.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        yield ", ".join(str(k) for k in key), df.sort_values(store.COL_GUIDANCE)
+        yield ", ".join(_label(c, k) for c, k in zip(keys, key)), df.sort_values(store.COL_GUIDANCE)
+
+
+def _label(column: str, value) -> str:
+    """A curve's setting as a legend shows it: the model's own where a setting was left out (a diffusers pipeline's
+    scheduler as it ships), the distilled guidance named as such."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "model's own" if column == store.COL_THRESHOLD else f"{column}: own"
+    return f"distilled {value:g}" if column == store.COL_DISTILLED_GUIDANCE else str(value)
 
 
 def pareto_plot(summary: pd.DataFrame, path: Path) -> bool:
