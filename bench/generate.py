@@ -9,6 +9,7 @@ prefix, so concurrent shards never touch each other's temp files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -41,11 +42,15 @@ def write_atomic(path: Path, data: bytes, prefix: str) -> None:
     """Write bytes so that `path` is either absent, the old file, or the complete new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{prefix}-{path.name}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a killed write: no temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def clean_image_temps(study: Path, prefix: str) -> int:
@@ -98,6 +103,7 @@ def generate_items(study: str | os.PathLike, items: list[WorkItem], generator, *
     """Generate every item without a row yet; returns how many images were made. `generator` keeps the contract of
     bench.generators.base; `used` maps a cell id to what the generator uses for it (stored in each row)."""
     study = Path(study)
+    study.mkdir(parents=True, exist_ok=True)
     gen = contract(generator)
     prefix = part_prefix(shard)
     store.clean_temp_files_prefixed(study, prefix)
@@ -120,6 +126,8 @@ def generate_items(study: str | os.PathLike, items: list[WorkItem], generator, *
             seconds = (time.perf_counter() - t0) / len(batch)
             cid = batch[0].cell.id
             generation = json.dumps(used[cid], sort_keys=True, default=str) if used and cid in used else None
+            if not study.is_dir():  # never recreate a study folder someone removed mid-run
+                raise FileNotFoundError(errno.ENOENT, "the study folder is gone", str(study))
             rows = []
             for it, img, flagged in zip(batch, out.images, out.flagged):
                 data = png_bytes(img)

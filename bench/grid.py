@@ -550,7 +550,7 @@ def _stored_seeds(runs) -> set[str]:
 
 def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] = (0, 1), data_dir=None,
              device: str = "cpu", generator=None, metric_fns=None, metrics: bool = True, extend: bool = False,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, wait: bool = False) -> dict:
     """Run (or resume) a grid into the study folder `out`: generation, then the spec's metrics per cell.
 
     Every input is checked before any work: the suites, every cell's settings against what the generator can honour
@@ -575,14 +575,28 @@ def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] =
     check_same_study(out, identity, extend)
     used = {c.id: gen.describe(c.sampler_config()) for c in cells}
     mine = [it for it in items if in_shard(it, shard)]
-    versions, hardware = environment(device)
     if (out / "tables" / store.STUDY).is_dir():  # a resume: say so when the spec is not the one the study ran
         before = set(store.read_table(out, store.STUDY)[store.COL_SPEC])
         if before and spec_to_toml(spec) not in before:
             log(f"note: {out} was run with another spec (or a model whose sampler.toml has changed since); its "
                 f"images stay, and the cells of this spec that are new are added beside them")
-    out.mkdir(parents=True, exist_ok=True)
     prefix = generate.part_prefix(shard)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with store.writer(out, prefix, wait=wait):  # one writer per study and shard
+            return _run(spec, out, shard, prefix, gen, cells, items, mine, prompts, identity, used, device,
+                        metric_fns, metrics, progress, log)
+    except OSError as exc:  # a full disk, a read-only or vanished folder: one line, and the rerun resumes
+        failure = store.write_failure(exc, out)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _run(spec, out, shard, prefix, gen, cells, items, mine, prompts, identity, used, device, metric_fns, metrics,
+         progress, log) -> dict:
+    """run_grid's writing half, every input checked: the study row, the images, then the metrics."""
+    versions, hardware = environment(device)
     store.write_part(out, store.STUDY, [{
         store.COL_STUDY: out.name, store.COL_NAME: spec.name, store.COL_MODEL: spec.model, **identity,
         store.COL_SPEC: spec_to_toml(spec), store.COL_VERSIONS: json.dumps(versions),

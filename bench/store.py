@@ -15,8 +15,12 @@ older study get the columns it lacks as nulls, so older studies stay readable wh
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
+import shutil
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -90,10 +94,14 @@ def write_part(study: Path | str, table: str, rows: list[dict] | pa.Table, prefi
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{prefix}-{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
     tmp = folder / f".{name}.tmp"
-    pq.write_table(tbl, tmp)
-    with open(tmp, "rb") as fh:  # the data must be on disk before the rename makes it visible
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / name)
+    try:
+        pq.write_table(tbl, tmp)
+        with open(tmp, "rb") as fh:  # the data must be on disk before the rename makes it visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / name)
+    except BaseException:  # a full disk, a killed write: no half part, no temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return folder / name
 
 
@@ -188,6 +196,70 @@ def locked(study: Path | str, name: str):
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def writer(study: Path | str, shard: str, wait: bool = False):
+    """Be the one writer of a study's shard while the block runs: a second process on the same study and shard is
+    refused in one line naming the holder (pid, host, since when), or, with `wait`, waits for it. The lock is an
+    flock, which the OS drops when its holder dies: a lock left by a killed process is simply taken over."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    folder = Path(study) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".writer-{shard}.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            try:
+                holder = json.loads(fh.read() or "{}")
+            except ValueError:
+                holder = {}
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+                   if holder else "another process")
+            if not wait:
+                raise UserError(f"{study} shard {shard} is being written by {who}; wait for it (or pass --wait), "
+                                f"or give this run another --shard or --out") from None
+            print(f"waiting for {who} to finish writing {study} shard {shard} ...", flush=True)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# What a failed write means, in words (the rest of an OSError is a bug, and keeps its traceback).
+WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write there",
+                  errno.EPERM: "no permission to write there", errno.ENOENT: "the folder vanished while writing"}
+
+
+def write_failure(exc: OSError, where: Path | str) -> UserError | None:
+    """An OSError from writing results as one line: what failed, where, how much space is free there; None when it
+    is not a failure of the disk or folder."""
+    why = WRITE_FAILURES.get(exc.errno)
+    if why is None:
+        return None
+    target = Path(exc.filename or where)
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:,.0f} MiB free on {probe}"
+    except OSError:
+        free = "free space unknown"
+    return UserError(f"cannot write {target}: {why} ({exc.strerror or exc}); {free}. Everything stored before is "
+                     f"kept and nothing is half-written: fix it and run the same command again to resume")
 
 
 # ----------------------------------------------------------------------------- added for other models (issue 12)
