@@ -95,7 +95,7 @@ class _RenderingPipeline:
 
 
 def test_evaluate_shapes_aggregates_per_guidance():
-    from bench.cli.data import evaluate_shapes
+    from imagen_bench.data import evaluate_shapes
 
     good = evaluate_shapes(_RenderingPipeline(3), [1, 4], n=10, seed=3, steps=2, threshold="none", sampler=None,
                            batch_size=4)
@@ -115,7 +115,7 @@ def test_evaluate_shapes_aggregates_per_guidance():
 
 def test_cli_eval_shapes_tiny_json(capsys, tmp_path, monkeypatch):
     pytest.importorskip("imagen.pipeline")
-    from bench.cli import main
+    from imagen_bench import main
 
     monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
     rc = main(["eval", "shapes", "--model", "tiny", "--guidance", "1", "3", "--n", "5", "--steps", "1",
@@ -131,7 +131,7 @@ def test_cli_eval_shapes_tiny_json(capsys, tmp_path, monkeypatch):
 
 
 def test_cli_eval_shapes_bad_input_is_exit_2(capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     assert main(["eval", "shapes", "--model", "tiny", "--n", "0"]) == 2
     assert main(["eval", "shapes", "--model", "tiny", "--threshold", "sometimes"]) == 2

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bench.cli import build_parser, main
+from imagen_bench import build_parser, main
 
 
 def _subcommands(parser):
@@ -22,7 +22,7 @@ def _subcommands(parser):
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys; from bench.cli import build_parser; build_parser(); "
+    code = ("import sys; from imagen_bench import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'torch_fidelity', 'open_clip', 'streamlit') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -114,8 +114,8 @@ def test_metric_names_carry_the_weights(tmp_path, monkeypatch):
 
 
 def test_a_bare_architecture_is_refused_not_scored_with_random_weights(tmp_path, capsys):
-    from bench.cli import main
     from bench.grid import parse_spec
+    from imagen_bench import main
 
     with pytest.raises(UserError, match=r"'ViT-B-32' has no weights.*randomly initialised.*openai"):
         C.load_clip("ViT-B-32")
@@ -156,8 +156,8 @@ def test_unknown_model_and_missing_weights_are_user_errors(tmp_path):
 
 
 def test_cli_folder_and_study(clip, shapes, tmp_path, capsys):
-    from bench.cli import main
     from bench.store import COL_CELL_ID, COL_IMAGE_PATH, COL_PROMPT, COL_SAMPLE_ID, SAMPLES, write_part
+    from imagen_bench import main
 
     images, captions = shapes
     folder = tmp_path / "imgs"

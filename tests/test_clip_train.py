@@ -55,7 +55,7 @@ def test_training_writes_loadable_weights(tmp_path):
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     assert main(["train-clip", "--out", str(tmp_path / "x"), "--batch-size", "1"]) == 2
     assert "batch-size" in capsys.readouterr().err

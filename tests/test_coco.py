@@ -120,8 +120,8 @@ def test_small_n_warning():
 
 
 def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
-    from bench.cli import main
     from imagen.config import SamplerConfig
+    from imagen_bench import main
 
     run = K.CocoRun(model="tiny", captions=str(fixture.annotations), out=str(tmp_path / "run"), n=4, seed=0,
                     images=str(fixture.images_dir), batch_size=4)

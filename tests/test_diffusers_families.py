@@ -350,7 +350,7 @@ def test_options_on_a_model_that_cannot_take_them_are_refused(tmp_path):
 
 
 def test_cli_sample_refuses_a_wrong_family_sampler_in_one_line(fam, tmp_path, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     a = tmp_path / "a.png"
     models = {k: fam(k) for k in ("sd3", "flux-dev")}

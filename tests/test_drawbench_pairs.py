@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from bench import store
-from bench.cli import main
 from drawbench import pairs
 from drawbench_fixtures import drawbench_prompts, make_study
 from imagen.errors import UserError
+from imagen_bench import main
 
 
 @pytest.fixture()

@@ -373,7 +373,7 @@ def test_study_input_and_cell_filter(folders, tmp_path):
 
 
 def test_cli_fid_json(folders, tmp_path, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     a_dir, b_dir, _, _ = folders
     assert main(["fid", str(a_dir), str(b_dir), "--json"]) == 0
@@ -390,8 +390,8 @@ def test_cli_fid_json(folders, tmp_path, capsys):
 
 
 def test_cli_extractor_names_match_the_registry():
-    from bench.cli.metrics import EXTRACTOR_NAMES
     from bench.metrics.features import DEFAULT_EXTRACTOR, EXTRACTORS
+    from imagen_bench.metrics import EXTRACTOR_NAMES
 
     assert sorted(EXTRACTOR_NAMES) == sorted(EXTRACTORS)
     assert EXTRACTOR_NAMES[0] == DEFAULT_EXTRACTOR

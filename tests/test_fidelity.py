@@ -80,8 +80,8 @@ def sets(tmp_path_factory):
 
 
 def test_fidelity_command_computes_everything_from_one_feature_pass(sets, capsys, monkeypatch):
-    from bench.cli import main
     from bench.metrics import features
+    from imagen_bench import main
 
     a, b = sets
     calls = []

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
 from imagen.checkpoint import model_world_of, read_config, resolve, sampler_defaults, shipped_models
 from imagen.config import to_dict
+from imagen_bench import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def _row(t, w, acc, n=50, fid=100.0):
 
 
 def test_verdicts_follow_the_intervals():
-    from reports.findings import FAILS, HOLDS, OPEN, dynamic_verdict, guidance_verdict, text_verdicts
+    from findings.report import FAILS, HOLDS, OPEN, dynamic_verdict, guidance_verdict, text_verdicts
 
     def part(rows):
         return {"rows": rows, "fid_metric": "fid_x"}

@@ -309,7 +309,7 @@ def test_grid_report_and_rating_session_on_a_diffusers_model_and_an_image_set(pi
                       ma[ma[store.COL_CATEGORY].isna()][store.COL_VALUE].iloc[0])
     for study in (a, b):
         assert Path(build_report(study)).is_file()
-    cli = [sys.executable, "-m", "bench", "drawbench", "pairs", "--study", f"{a}:{cell[store.COL_CELL_ID].iloc[0]}",
+    cli = [sys.executable, "-m", "imagen_bench", "drawbench", "pairs", "--study", f"{a}:{cell[store.COL_CELL_ID].iloc[0]}",
            "--study", str(b), "--names", "sd", "set", "--per-set", "2", "--open", "--out", str(tmp_path / "session")]
     r = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "DRAWBENCH_ORGANISER_PASSWORD": "pw"})
     assert r.returncode == 0, r.stderr
@@ -344,7 +344,7 @@ def test_two_ranks_equal_one_process(pipes, tmp_path):
     spec.write_text(SPEC.replace("MODEL", f"diffusers:{pipes['sd']}").replace("PROMPTS", str(prompts))
                     .replace("AXES", "[axes]\nguidance = [1.0, 3.0]\nthreshold = [\"none\"]\nsteps = [2]")
                     .replace("BATCH", "1"), encoding="utf-8")
-    cmd = [sys.executable, "-m", "bench", "grid", "run", str(spec), "--json"]
+    cmd = [sys.executable, "-m", "imagen_bench", "grid", "run", str(spec), "--json"]
     env = {**os.environ, "IMAGEN_BENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     ranks = [subprocess.Popen(cmd + ["--out", str(tmp_path / "two")], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
@@ -385,7 +385,7 @@ def test_a_hub_id_loads_from_the_hugging_face_cache(pipes, tmp_path):
     (repo / "refs" / "main").write_text(commit)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "IMAGEN_BENCH_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "bench", "sample", "--model", "diffusers:tester/tiny-sd", "--prompt", "a red circle",
+    cmd = [sys.executable, "-m", "imagen_bench", "sample", "--model", "diffusers:tester/tiny-sd", "--prompt", "a red circle",
            "--steps", "2", "--out", str(tmp_path / "a.png"), "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr

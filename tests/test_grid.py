@@ -357,7 +357,7 @@ def test_a_study_is_exactly_its_spec(tmp_path, prompts_csv):
 
 
 def test_cli_refuses_another_seed_in_one_line(tmp_path, prompts_csv, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     spec = tmp_path / "s.toml"
     text = SPEC.replace("PROMPTS", str(prompts_csv)).replace('model = "fake"', 'model = "tiny"').replace(

@@ -91,7 +91,7 @@ def test_plan_components_and_largest_batch():
 
 
 def test_model_plan_command(capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     assert main(["model", "plan", "--preset", "tiny", "--stage", "base", "--batch", "4", "--gpu-memory", "1GiB",
                  "--json"]) == 0

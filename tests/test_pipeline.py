@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.cli import main
 from imagen.checkpoint import build_untrained, checkpoint_hash, load_cascade, save_cascade
 from imagen.config import CascadeConfig, SamplerConfig, StageConfig, TextEncoderConfig, UNetConfig
 from imagen.errors import UserError
 from imagen.pipeline import Pipeline
+from imagen_bench import main
 
 DIM = 16
 

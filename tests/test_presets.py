@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from bench.cli import main
 from imagen.config import PRESETS, cascade_from_json, cascade_to_json, preset
 from imagen.unet import EfficientUNet, count_parameters
+from imagen_bench import main
 
 PAPER_TARGETS = {"base": 2.0e9, "sr256": 600e6, "sr1024": 400e6}  # Saharia et al. 2022, text encoder excluded
 
@@ -105,7 +105,7 @@ def test_model_info_text(capsys):
 
 
 def test_model_info_unknown_preset_is_one_line_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "bench", "model", "info", "--preset", "huge"],
+    proc = subprocess.run([sys.executable, "-m", "imagen_bench", "model", "info", "--preset", "huge"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.cli import main
-from bench.cli.grid import QUICKSTART_SPEC, quickstart_model
 from bench.grid import load_spec
+from imagen_bench import main
+from imagen_bench.grid import QUICKSTART_SPEC, quickstart_model
 
 
 def test_quickstart_spec_covers_the_figure():

@@ -77,7 +77,7 @@ def test_shipped_shapes_model_carries_the_recipe_sampler_settings():
 
 
 def test_cli_sample_uses_the_model_settings_unless_given(tiny_folder, tmp_path, capsys, monkeypatch):
-    from bench.cli import main
+    from imagen_bench import main
 
     monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
     args = ["sample", "--checkpoint", str(tiny_folder), "--prompt", "a red circle", "--json"]
@@ -90,7 +90,7 @@ def test_cli_sample_uses_the_model_settings_unless_given(tiny_folder, tmp_path, 
 
 
 def test_cli_eval_shapes_reports_the_settings_it_used(tiny_folder, tmp_path, capsys, monkeypatch):
-    from bench.cli import main
+    from imagen_bench import main
 
     monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
     assert main(["eval", "shapes", "--model", str(tiny_folder), "--guidance", "1", "--n", "2", "--steps", "1",
@@ -102,7 +102,7 @@ def test_cli_eval_shapes_reports_the_settings_it_used(tiny_folder, tmp_path, cap
 
 
 def test_a_bad_sampler_file_is_one_line_and_exit_2(tmp_path, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     folder = tmp_path / "bad"
     save_cascade(build_untrained(preset("tiny")), folder)
@@ -143,7 +143,7 @@ def test_per_stage_lists_must_fit_the_model(tmp_path, line, words):
 
 @pytest.mark.parametrize("args", [["--guidance", "nan"], ["--guidance", "inf"], ["--guidance", "-1"]])
 def test_cli_refuses_a_guidance_that_is_not_a_finite_weight(args, tmp_path, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     out = tmp_path / "a.png"
     assert main(["sample", "--preset", "tiny", "--prompt", "x", "--out", str(out), *args]) == 2
@@ -166,7 +166,7 @@ def test_grid_model_override_takes_that_model_settings(tiny_folder, tmp_path, ca
     assert spec.model == "tiny" and spec.threshold == (SamplerConfig().threshold,)
     # through the command: the stored spec of the study names the override's settings
     from bench import store
-    from bench.cli import main
+    from imagen_bench import main
 
     monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
     (tmp_path / "tiny.toml").write_text('name = "g"\nmodel = "tiny"\nsuites = ["shapes:2"]\nbatch_size = 2\n'
@@ -181,7 +181,7 @@ def test_grid_model_override_takes_that_model_settings(tiny_folder, tmp_path, ca
 
 def test_sample_model_flags_take_only_their_own_kind(tiny_folder, tmp_path, capsys):
     """--preset shapes is not the trained model, --checkpoint tiny is not the preset, --model DIR is not a folder."""
-    from bench.cli import main
+    from imagen_bench import main
 
     out = tmp_path / "a.png"
     for args, words in ((["--preset", "shapes"], "--preset 'shapes' is not a preset"),
@@ -198,8 +198,8 @@ def test_coco_cli_takes_the_model_settings(tiny_folder, tmp_path, capsys, monkey
     and a bad flag is refused before any work."""
     import warnings
 
-    from bench.cli import main
     from fixtures_coco import build_coco_fixture
+    from imagen_bench import main
 
     monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
     fx = build_coco_fixture(tmp_path / "coco")
@@ -221,7 +221,7 @@ def test_coco_cli_takes_the_model_settings(tiny_folder, tmp_path, capsys, monkey
 
 
 def test_help_shows_no_empty_default(capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     with pytest.raises(SystemExit):
         main(["sample", "--help"])

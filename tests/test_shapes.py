@@ -284,7 +284,7 @@ def test_check_counts_per_colour():
 
 
 def test_cli_data_shapes_writes_pngs_and_captions(tmp_path, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     out = tmp_path / "shapes"
     assert main(["data", "shapes", "--n", "12", "--size", "32", "--seed", "4", "--split", "heldout",

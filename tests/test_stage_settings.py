@@ -143,7 +143,7 @@ def test_random_init_minilm_has_the_architecture_but_not_the_weights():
 
 
 def test_training_on_the_hard_world_records_it(tmp_path, capsys):
-    from bench.cli import main
+    from imagen_bench import main
 
     out = tmp_path / "run"
     args = ["train", "configs/tiny_test.toml", "--out", str(out), "--steps", "2", "--set", "data.kind=shapes-hard",

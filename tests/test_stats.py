@@ -172,9 +172,9 @@ def test_naive_interval_would_undercover():
 def test_cli_stats_on_a_session(tmp_path, data_dir, capsys):
     import json
 
-    from bench.cli import main
     from drawbench.votes import VoteStore
     from drawbench_fixtures import make_session
+    from imagen_bench import main
 
     s, _ = make_session(tmp_path, data_dir, n_prompts=6, n_codes=0, n_systems=3, attention_rate=0.1, per_set=1)
     store = VoteStore.of_session(s)
@@ -274,8 +274,8 @@ def test_order_effect_intervals_hold_their_level_when_one_system_is_preferred():
 def test_power_planner_against_a_fresh_simulation_at_the_planned_size(capsys):
     """The planned number of prompts reaches the power on studies simulated with other seeds, half of it clearly
     does not; the reverse question (an effect for a number of prompts) is consistent with it."""
-    from bench.cli import main
     from drawbench.plan import Design, detectable_effect, power, prompts_needed
+    from imagen_bench import main
 
     design = Design(raters=20, rater_sd=0.1)  # raters alike: prompts are what buys power here
     plan = prompts_needed(design, 0.10, sims=60, seed=1)

@@ -179,7 +179,7 @@ def test_lr_schedule_and_ema_math():
 
 
 def test_cli_train_json_and_errors(tmp_path, capsys, monkeypatch):
-    from bench.cli import main
+    from imagen_bench import main
 
     monkeypatch.setattr("imagen.text.load_text_encoder", lambda cfg, device="cpu": FakeEncoder())
     cfg = tmp_path / "c.toml"

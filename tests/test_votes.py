@@ -9,10 +9,10 @@ import time
 import pandas as pd
 import pytest
 
-from bench.cli import main
 from drawbench.pairs import load_session
 from drawbench.votes import VoteRefused, VoteStore, export, votes_table
 from drawbench_fixtures import make_session
+from imagen_bench import main
 
 WORKER = textwrap.dedent("""
     import os, sys, time

@@ -2,7 +2,7 @@
 
 Each module in this package defines `register(subparsers)`, which adds its subcommands and sets `func` on each;
 `func(args) -> int` does the work. A `UserError` anywhere becomes one line on stderr and exit status 2.
-This package is the top floor: nothing imports it.
+This package is the top floor: nothing imports it (`python -m imagen_bench` and the `imagen-bench` script run it).
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in GROUPS:
         try:
-            module = importlib.import_module(f"bench.cli.{group}")
+            module = importlib.import_module(f"imagen_bench.{group}")
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("bench.cli."):
+            if exc.name and exc.name.startswith("imagen_bench."):
                 continue  # group not written yet
             raise
         module.register(sub)

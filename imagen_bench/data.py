@@ -145,9 +145,9 @@ def _weights(values: tuple[float, ...]) -> str:
 
 
 def _eval_shapes(args: argparse.Namespace) -> int:
-    from bench.cli import sampler_flags
     from bench.generators import load_generator
     from imagen.config import to_dict
+    from imagen_bench import sampler_flags
 
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
@@ -179,7 +179,7 @@ def _eval_shapes(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter
+    from imagen_bench import HelpFormatter
 
     # data ...
     data = subparsers.add_parser(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imagen.errors import UserError
 
-QUICKSTART_SPEC = Path(__file__).resolve().parents[1] / "specs" / "quickstart.toml"
+QUICKSTART_SPEC = Path(__file__).resolve().parents[1] / "bench" / "specs" / "quickstart.toml"
 
 
 def _log(msg: str) -> None:
@@ -17,7 +17,7 @@ def _log(msg: str) -> None:
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter, add_data_dir
+    from imagen_bench import HelpFormatter, add_data_dir
 
     grid = subparsers.add_parser(
         "grid", help="run a benchmark grid (guidance x thresholding x ...) and see its progress",
@@ -39,7 +39,8 @@ def register(subparsers) -> None:
                "  imagen-bench grid run my.toml --out runs/a --data-dir ../shared/data\n"
                "  imagen-bench grid run my.toml --out runs/a --shard 0/2 &   # two processes share the work\n"
                "  imagen-bench grid run my.toml --out runs/a --shard 1/2\n"
-               "  torchrun --nproc-per-node 4 -m bench grid run my.toml --out runs/a --device cuda   # cuda:LOCAL_RANK\n"
+               "  torchrun --nproc-per-node 4 -m imagen_bench grid run my.toml --out runs/a --device cuda"
+               "   # cuda:LOCAL_RANK\n"
                "  imagen-bench grid run if.toml --out runs/if --model 'diffusers:DeepFloyd/IF-I-XL-v1.0+"
                "DeepFloyd/IF-II-L-v1.0?dtype=float16' --device cuda\n"
                "  imagen-bench grid run no-axes.toml --out runs/api --model images:api_images.csv   # made elsewhere; "
@@ -146,7 +147,7 @@ def quickstart_model(requested: str | None) -> tuple[str, str | None]:
     """(model, note): the shipped shapes model when installed, else the untrained tiny preset with a note."""
     if requested:
         return requested, None
-    weights = Path(__file__).resolve().parents[2] / "imagen" / "weights" / "shapes"
+    weights = Path(__file__).resolve().parents[1] / "imagen" / "weights" / "shapes"
     if (weights / "config.json").is_file():
         return "shapes", None
     return "tiny", ("note: the trained shapes model is not installed (imagen/weights/shapes); benchmarking the "

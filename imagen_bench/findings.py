@@ -34,9 +34,9 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.findings import FindingsConfig, run_findings
+    from findings.report import write_findings
+    from findings.run import FindingsConfig, run_findings
     from imagen.errors import UserError
-    from reports.findings import write_findings
 
     if any(not g >= 0 for g in args.guidance):
         raise UserError(f"--guidance needs non-negative weights, got {args.guidance}")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rewrite:  # the write-up again from OUT/findings.json, measuring nothing
         from pathlib import Path
 
-        from reports.findings import rewrite
+        from findings.report import rewrite
 
         path = rewrite(Path(args.out))
         print(json.dumps({"report": str(path)}) if args.json else f"findings rewritten: {path}")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter
+    from imagen_bench import HelpFormatter
 
     p = subparsers.add_parser("findings", help="the paper's findings measured on our own model, with verdicts",
                               description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)

@@ -1,4 +1,4 @@
-"""Write the findings report (docs/findings.md + figures) from bench.findings' measurements, with verdicts.
+"""Write the findings report (docs/findings.md + figures) from findings.run's measurements, with verdicts.
 
 A verdict compares intervals, never bare numbers: alignment is a proportion with a 95% Wilson interval, and a claim
 "A beats B" holds when A's interval lies above B's, does not hold when B's lies above A's, and is inconclusive at

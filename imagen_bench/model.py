@@ -88,7 +88,7 @@ METHOD = ("weights, gradients, optimiser state and EMA counted from the paramete
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter
+    from imagen_bench import HelpFormatter
 
     group = subparsers.add_parser(
         "model", help="inspect model presets (stages, resolutions, parameter counts)",

@@ -322,8 +322,8 @@ def _add_coco(sub, formatter) -> None:
 
 
 def run_coco_cmd(args: argparse.Namespace) -> int:
-    from bench.cli import sampler_flags
     from bench.metrics.coco import CocoRun, run_coco
+    from imagen_bench import sampler_flags
 
     flags = sampler_flags(args)  # checked before the model is loaded; put over the model's own settings
     run = CocoRun(model=args.model, captions=args.captions, out=args.out, n=args.n, seed=args.seed,
@@ -382,7 +382,7 @@ def run_train_clip(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter
+    from imagen_bench import HelpFormatter
 
     _add_fid(subparsers, HelpFormatter)
     _add_clip_score(subparsers, HelpFormatter)

@@ -130,12 +130,12 @@ def _with_size(model: str, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.cli import sampler_flags
     from bench.generators import Request, load_generator
     from bench.generators.base import as_settings, canonical_call
     from imagen.config import to_dict
     from imagen.errors import UserError
     from imagen.pipeline import resolve_device
+    from imagen_bench import sampler_flags
 
     flags = sampler_flags(args)  # check every input before loading anything
     out = Path(args.out)
@@ -172,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter
     from imagen.config import SamplerConfig
+    from imagen_bench import HelpFormatter
 
     d = SamplerConfig()
 

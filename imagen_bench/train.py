@@ -26,8 +26,8 @@ examples:
   imagen-bench train configs/shapes_sr.toml                            # stage 2 (16 -> 64 SR), same run folder
   imagen-bench train configs/shapes_base.toml --resume                 # continue bit-exactly after a stop
   imagen-bench train configs/shapes_base.toml --set train.steps=200 --set train.init= --out runs/quick
-  torchrun --nproc-per-node 2 -m bench train configs/shapes_base_pos.toml  # data-parallel (gloo on CPU, nccl on GPU)
-  torchrun --nproc-per-node 8 -m bench train configs/paper_base.toml --set train.parallel=fsdp \\
+  torchrun --nproc-per-node 2 -m imagen_bench train configs/shapes_base_pos.toml  # DDP (gloo on CPU, nccl on GPU)
+  torchrun --nproc-per-node 8 -m imagen_bench train configs/paper_base.toml --set train.parallel=fsdp \\
       --set train.optimizer=adamw --set train.lr=1e-4   # the 2B base sharded over 8 GPUs
   scripts/train_reference.sh                                           # both stages + copy into imagen/weights/shapes
   imagen-bench train configs/hard_base.toml --ablation pooled-text     # an ablation of the findings report, into
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter
+    from imagen_bench import HelpFormatter
 
     p = subparsers.add_parser("train", help="train one stage of a cascade from a TOML config",
                               description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)

@@ -44,7 +44,7 @@ STATS_EPILOG = """examples:
 
 
 def register(subparsers) -> None:
-    from bench.cli import HelpFormatter
+    from imagen_bench import HelpFormatter
 
     grp = subparsers.add_parser("drawbench", help="human evaluation on DrawBench: sessions, rating app, stats",
                                 description="Human evaluation as in the Imagen paper (Sec. 4.2): raters choose "

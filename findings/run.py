@@ -1,6 +1,6 @@
 """The paper's findings, measured by the harness on its own offline model (`imagen-bench findings`).
 
-Four findings of Saharia et al. 2022, each measured here and given a verdict (reports/findings.py writes them up):
+Four findings of Saharia et al. 2022, each measured here and given a verdict (findings/report.py writes them up):
 
 1. guidance trades fidelity against alignment (Figure A.11): a grid of w x {none, static, dynamic} on the model,
    alignment (the world's scorer, Wilson intervals) against FID;
@@ -229,7 +229,7 @@ def spec_text(cfg: FindingsConfig, name: str, world: str, guidance, thresholds) 
 
 def _grid(cfg: FindingsConfig, name: str, world: str, guidance, thresholds, log) -> str:
     """Run (or resume) one grid study CACHE/studies/NAME-<spec hash> (generation and metrics); returns its folder
-    (its rows are read by reports.findings through the store, like any report)."""
+    (its rows are read by findings.report through the store, like any report)."""
     from bench.grid import parse_spec, run_grid
 
     text = spec_text(cfg, name, world, guidance, thresholds)
@@ -377,7 +377,7 @@ def _check_world(config: str, world: str, model: str) -> None:
 
 
 def run_findings(cfg: FindingsConfig, log=print) -> dict:
-    """Measure the findings cfg.findings names; returns a JSON-ready dict (reports.findings writes it up)."""
+    """Measure the findings cfg.findings names; returns a JSON-ready dict (findings.report writes it up)."""
     from imagen.checkpoint import model_world_of
 
     bad = sorted(set(cfg.findings) - set(FINDINGS))
