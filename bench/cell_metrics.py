@@ -21,6 +21,7 @@ from bench.generate import load_images
 from bench.suites import WORLD_SUITES
 from bench.work import GridSpec, now
 from imagen.errors import UserError
+from imagen.fileio import sha256_file
 
 
 ALIGNMENT = "align_overall"  # = bench.metrics.alignment.ALIGN_OVERALL: images whose every tested fact holds
@@ -170,11 +171,7 @@ def _reference_fingerprint(ref: str) -> str | None:
     name, size and mtime (cheap: the folder may hold 30,000 photos)."""
     path = Path(ref)
     if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(path)
     if store.is_study(path):
         df = store.read_table(path, store.SAMPLES, key=store.COL_SAMPLE_ID)
         shas = sorted(df[store.COL_SHA256]) if store.COL_SHA256 in df else []

@@ -10,10 +10,8 @@ comes from `drawbench.choices`, so this module and `pairs` never import each oth
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pandas as pd
 
 from drawbench.choices import CHOICES, LEFT, QUESTIONS, RIGHT, VOTES_FILE
 from imagen.errors import UserError
+from imagen.fileio import atomic_write
 
 QUESTION_IDS = tuple(q for q, _ in QUESTIONS)
 
@@ -201,12 +200,6 @@ def export(session: "Session", out_dir: Path | str | None = None, history: bool 
     paths = []
     for name, write in (("votes.parquet", lambda p: df.to_parquet(p, index=False)),
                         ("votes.csv", lambda p: df.to_csv(p, index=False))):
-        final = out_dir / name
-        tmp = out_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            write(tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        paths.append(final)
+        atomic_write(out_dir / name, write)
+        paths.append(out_dir / name)
     return paths[0], paths[1]

@@ -31,7 +31,6 @@ from PIL import Image
 from imagen.errors import UserError
 from imagen.worlds import WORLDS
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class CaptionedImages(Protocol):

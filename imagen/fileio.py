@@ -1,4 +1,4 @@
-"""Two file helpers every layer uses: an atomic write and a file's sha256."""
+"""The file helpers every layer uses: an atomic write (and an atomic .npy), a file's sha256, the image suffixes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what counts as an image file in a folder
 
 
 def atomic_write(dest: str | os.PathLike, write) -> None:
@@ -21,6 +24,17 @@ def atomic_write(dest: str | os.PathLike, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_npy(path: str | os.PathLike, array) -> None:
+    """An array as a .npy file, atomically (a cache entry is there whole or not at all)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+    atomic_write(path, write)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

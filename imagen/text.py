@@ -11,6 +11,7 @@ come from; nothing is downloaded unless the Hugging Face hub is online and the u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import OrderedDict
@@ -100,6 +101,29 @@ def _dtype_tag(dtype) -> str:
     return "" if dtype in (None, torch.float32) else f":{str(dtype).removeprefix('torch.')}"
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' (and diffusers', where installed) weight-loading bars off while a model loads: stderr keeps
+    what matters, a command's own progress and a refusal as one line."""
+    import importlib
+
+    mods = []
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    was = [(m, m.is_progress_bar_enabled()) for m in mods]
+    for m, _ in was:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, on in was:
+            if on:
+                m.enable_progress_bar()
+
+
 def _load_hf(cfg: TextEncoderConfig, device, dtype, *, t5: bool) -> HFTextEncoder:
     from transformers import AutoModel, AutoTokenizer, T5EncoderModel
 
@@ -110,13 +134,14 @@ def _load_hf(cfg: TextEncoderConfig, device, dtype, *, t5: bool) -> HFTextEncode
                         f"weights and the tokenizer files, or a Hugging Face model name")
     src = str(local) if local.is_dir() else name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
-        if t5:
-            model = T5EncoderModel.from_pretrained(src, dtype=dtype or torch.float32)
-        else:
-            model = AutoModel.from_pretrained(src, dtype=dtype or torch.float32)
-            if getattr(model.config, "is_encoder_decoder", False):
-                model = model.get_encoder()  # encoder-decoder checkpoints: only the encoder (paper 2.1)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            if t5:
+                model = T5EncoderModel.from_pretrained(src, dtype=dtype or torch.float32)
+            else:
+                model = AutoModel.from_pretrained(src, dtype=dtype or torch.float32)
+                if getattr(model.config, "is_encoder_decoder", False):
+                    model = model.get_encoder()  # encoder-decoder checkpoints: only the encoder (paper 2.1)
     except (OSError, ValueError) as exc:
         raise UserError(_missing_model_message(name, exc)) from exc
     width = model.config.d_model if t5 else getattr(model.config, "hidden_size", None) or model.config.d_model
@@ -132,8 +157,9 @@ def _load_minilm(cfg: TextEncoderConfig, device, dtype) -> HFTextEncoder:
     from transformers import AutoModel, AutoTokenizer
 
     path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path), dtype=dtype or torch.float32)
+    with quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path), dtype=dtype or torch.float32)
     if model.config.hidden_size != cfg.dim:
         raise UserError(f"all-MiniLM-L6-v2 makes {model.config.hidden_size}-d tokens; set dim=384 in the config")
     return HFTextEncoder(model.to(device), tokenizer, id=f"minilm:all-MiniLM-L6-v2:{cfg.max_length}{_dtype_tag(dtype)}",

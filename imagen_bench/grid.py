@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                           "images:<folder or CSV>; the axes the spec leaves out are that model's own settings")
     run.add_argument("--extend", action="store_true",
                      help="add this spec to a study made with another seed, prompt set or model (refused otherwise)")
+    run.add_argument("--wait", action="store_true",
+                     help="when another process is writing this study and shard, wait for it to finish instead of "
+                          "stopping with its pid and host (a killed writer's lock is taken over either way)")
     run.add_argument("--device", default="cpu",
                      help="torch device for generation; under torchrun/accelerate, cuda means cuda:LOCAL_RANK")
     run.add_argument("--no-metrics", action="store_true", help="only generate images")
@@ -117,7 +120,8 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, model=args.model or None)  # axes it leaves out: that model's sampler settings
     shard = parse_shard(args.shard)
     summary = run_grid(spec, args.out, shard=shard, data_dir=args.data_dir, device=args.device,
-                       metrics=not args.no_metrics, extend=args.extend, progress=_progress(args), log=_log)
+                       metrics=not args.no_metrics, extend=args.extend, progress=_progress(args), log=_log,
+                       wait=args.wait)
     if args.json:
         print(json.dumps(summary))
     else:

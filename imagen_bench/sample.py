@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 DESCRIPTION = """Generate images from text prompts and write them as PNG files.
@@ -54,17 +51,9 @@ def output_paths(out: Path, n: int) -> list[Path]:
 def _write_png(path: Path, image) -> None:
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from imagen.fileio import atomic_write
+
+    atomic_write(path, lambda tmp: Image.fromarray(image, mode="RGB").save(tmp, format="PNG"))
 
 
 def _model_source(args: argparse.Namespace) -> str:

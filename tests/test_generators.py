@@ -178,7 +178,12 @@ def test_rank_device_and_a_minimal_generator(monkeypatch):
     from bench.generators import contract, rank_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # a 4-GPU node, seen from this CPU machine
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
     assert rank_device("cuda") == "cuda:3" and rank_device("cpu") == "cpu" and rank_device("cuda:1") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="LOCAL_RANK 3 but only 2 CUDA"):  # one rank per GPU, never two on one
+        rank_device("cuda")
     monkeypatch.delenv("LOCAL_RANK")
     assert rank_device("cuda") == "cuda"
 

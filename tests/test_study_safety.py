@@ -155,3 +155,34 @@ def test_a_vanished_study_folder_is_one_line_and_not_recreated(tmp_path):
         run(out, generator=Vanishing())
     assert "\n" not in str(exc.value) and not out.exists()
     assert run(out)["complete"] and len(rows(out)) == 12
+
+
+def test_cli_grid_run_refuses_a_second_writer_and_waits_with_wait(tmp_path, capsys):
+    from imagen_bench import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "study"
+    child = hold(out)
+    try:
+        assert main(["grid", "run", str(spec), "--out", str(out), "--no-metrics"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pid {child.pid}" in err[0] and "--wait" in err[0]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+
+def test_cli_reports_a_full_disk_in_one_line(tmp_path, capsys, monkeypatch):
+    from imagen_bench import main
+
+    out = tmp_path / "a.png"
+    import imagen.fileio as fileio
+
+    def full(dest, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+
+    monkeypatch.setattr(fileio, "atomic_write", full)
+    assert main(["sample", "--preset", "tiny", "--prompt", "a red circle", "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the disk is full" in err[0] and "MiB free" in err[0] and not out.exists()

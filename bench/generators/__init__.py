@@ -31,11 +31,15 @@ def kind_of(model: str) -> str:
 
 
 def rank_device(device: str) -> str:
-    """`cuda` under torchrun / accelerate -> `cuda:LOCAL_RANK`, so each rank generates on its own GPU."""
-    local = os.environ.get("LOCAL_RANK")
-    if device == "cuda" and local is not None:
-        return f"cuda:{int(local)}"
-    return device
+    """`cuda` under torchrun / accelerate -> `cuda:LOCAL_RANK`, so each rank generates on its own GPU
+    (imagen.parallel.rank_device, on the device's name)."""
+    if device != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    import torch
+
+    from imagen.parallel import rank_device as on_rank
+
+    return str(on_rank(torch.device(device)))
 
 
 def model_defaults(model: str) -> SamplerConfig | None:

@@ -29,7 +29,6 @@ Seeds: one CPU `torch.Generator` per image and stage, so an image does not depen
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import numpy as np
 
 from imagen.config import stage_values, threshold_parts
 from imagen.errors import UserError
+from imagen.text import quiet_loading
 
 from bench.filehash import HashMemo, digest_of
 from bench.generators import diffusers_calls as dc
@@ -288,7 +288,7 @@ class DiffusersGenerator:
             if i > 0 and "text_encoder" in cfg and cfg.get("_class_name", "").startswith("IFSuperResolution"):
                 kwargs["text_encoder"] = None  # stage II takes stage I's text embeddings: no second T5 in memory
             try:
-                with _quiet_loading():
+                with quiet_loading():
                     pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
             except ImportError as exc:  # e.g. a T5 tokenizer that needs sentencepiece
                 raise UserError(f"diffusers model {source}: loading it needs a package that is not installed "
@@ -598,24 +598,6 @@ def _clean_caption(default) -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("bs4", "ftfy"))
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """diffusers' and transformers' loading bars off while a pipeline loads (stderr keeps only what matters: the
-    grid's own progress, and a refusal as one line)."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    was = [(m, m.is_progress_bar_enabled()) for m in (dlog, tlog)]
-    for m, _ in was:
-        m.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for m, on in was:
-            if on:
-                m.enable_progress_bar()
 
 
 def _jsonable(v):

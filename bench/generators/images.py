@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from imagen.errors import UserError
+from imagen.fileio import IMAGE_SUFFIXES
 
 from bench.filehash import HashMemo, digest_of
 from bench.generators.base import Generated
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def natural_key(name: str) -> list:

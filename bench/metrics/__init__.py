@@ -15,11 +15,12 @@ register_extractors()
 KEY_CLIP_SCORE_PREFIX = "clip_score_"
 
 
-def clip_score_metric_name(model: str) -> str:
-    """'ViT-L-14' -> 'clip_score_vit_l_14'; 'shapes-clip' -> 'clip_score_shapes_clip'."""
+def clip_score_metric_name(model: str, pretrained: str | None = None) -> str:
+    """bench.metrics.clip_score's name (loaded lazily): the model and its weights, 'ViT-L-14' + 'openai' ->
+    'clip_score_vit_l_14_openai'."""
     from bench.metrics.clip_score import clip_score_metric_name as _name
 
-    return _name(model)
+    return _name(model, pretrained)
 
 
 __all__ = [

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from imagen.errors import UserError
+from imagen.fileio import atomic_write
 
 SHAPES_CLIP = "shapes-clip"
 WEIGHTS_FILE = "shapes-clip.safetensors"
@@ -164,12 +164,9 @@ def save_shapes_clip(model, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "arch": json.dumps(SHAPES_CLIP_CONFIG)})
-    os.replace(tmp, folder / WEIGHTS_FILE)
-    tmp_cfg = folder / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-    tmp_cfg.write_text(json.dumps(SHAPES_CLIP_CONFIG, indent=2) + "\n")
-    os.replace(tmp_cfg, folder / CONFIG_FILE)
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(
+        state, str(tmp), metadata={"format": "pt", "arch": json.dumps(SHAPES_CLIP_CONFIG)}))
+    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(SHAPES_CLIP_CONFIG, indent=2) + "\n"))
     return folder / WEIGHTS_FILE
 
 

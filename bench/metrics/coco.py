@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from imagen.errors import UserError
-from imagen.fileio import sha256_file
+from imagen.fileio import atomic_write, sha256_file
 
 FID_30K = 30_000  # the paper's number of samples
 MIN_COMPARABLE_N = 10_000  # below this FID's small-sample bias dominates differences between models
@@ -203,10 +202,7 @@ def comparable(a: dict, b: dict) -> list[str]:
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic JSON write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -224,9 +220,7 @@ def image_name(index: int, caption: Caption) -> str:
 def _write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 GENERATION_FILE = "generation.json"

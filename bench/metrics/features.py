@@ -44,8 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from imagen.errors import UserError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from imagen.fileio import IMAGE_SUFFIXES as IMAGE_EXTENSIONS  # one list for every reader of image folders
 
 # ----------------------------------------------------------------------------- extractor registry
 

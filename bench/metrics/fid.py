@@ -45,6 +45,7 @@ from bench.metrics.features import (
     weights_sha256,
 )
 from imagen.errors import UserError
+from imagen.fileio import atomic_write, save_npy
 
 STATS_SUFFIX = ".npz"
 ExtractorLike = str | Extractor | LazyExtractor  # a name, a loaded extractor, or one loaded on a cache miss
@@ -159,14 +160,15 @@ def frechet_distance(a: FidStats, b: FidStats) -> float:
 def save_stats(stats: FidStats, path: Path | str) -> Path:
     """Write statistics as .npz (mu, sigma + metadata), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        extra = {} if stats.factor is None else {"factor": stats.factor}
-        np.savez(fh, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), extractor=np.str_(stats.extractor),
-                 protocol=np.str_(stats.protocol), source_hash=np.str_(stats.source_hash),
-                 weights=np.str_(stats.weights or ""), **extra)
-    os.replace(tmp, path)
+    extra = {} if stats.factor is None else {"factor": stats.factor}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), extractor=np.str_(stats.extractor),
+                     protocol=np.str_(stats.protocol), source_hash=np.str_(stats.source_hash),
+                     weights=np.str_(stats.weights or ""), **extra)
+
+    atomic_write(path, write)
     return path
 
 
@@ -224,11 +226,7 @@ def cached_features(source_hash: str, extractor: ExtractorLike, protocol: Protoc
     feats = compute(ext)  # features are float32 values: stored as float32 without loss
     if cache and ext.weights:
         path = _cache_path("features", source_hash, name, protocol, ext.weights, ".npy")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, feats.astype(np.float32))
-        os.replace(tmp, path)
+        save_npy(path, feats.astype(np.float32))
     return feats, ext.weights
 
 

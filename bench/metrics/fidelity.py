@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imagen.errors import UserError
+from imagen.fileio import save_npy
 
 FEATURE_METRICS = ("fid", "kid", "prc")  # on the FID extractor's features
 CLIP_METRICS = ("cmmd", "fd_clip")  # on CLIP image embeddings
@@ -135,7 +136,6 @@ def clip_embeddings_of_files(clip, paths, cache: bool = True, verify: bool = Fal
     CLIP model and its weights), so a reference set is embedded once."""
     import hashlib
     import json
-    import os
 
     from bench.metrics.features import files_hash, load_image
     from bench.metrics.fid import cache_root
@@ -150,11 +150,7 @@ def clip_embeddings_of_files(clip, paths, cache: bool = True, verify: bool = Fal
     parts = [clip_embeddings(clip, [load_image(p) for p in paths[k:k + chunk]]) for k in range(0, len(paths), chunk)]
     emb = np.concatenate(parts)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, emb.astype(np.float32))
-        os.replace(tmp, path)
+        save_npy(path, emb.astype(np.float32))
     return emb
 
 
