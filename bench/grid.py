@@ -392,7 +392,10 @@ def status(study: str | os.PathLike) -> dict:
     runs = store.read_table(study, store.STUDY)
     samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
     metrics = store.read_table(study, store.METRICS)
-    planned = json.loads(runs[store.COL_PLAN].iloc[-1]) if len(runs) and store.COL_PLAN in runs else {}
+    planned: dict = {}  # every run's cells (a study may have been run, or extended, with several specs)
+    if store.COL_PLAN in runs:
+        for text in runs[store.COL_PLAN].dropna():
+            planned.update(json.loads(text))
     done = samples.groupby(store.COL_CELL_ID).size().to_dict() if len(samples) else {}
     nmet = metrics.groupby(store.COL_CELL_ID).size().to_dict() if len(metrics) else {}
     cells = []

@@ -1,11 +1,11 @@
 """Prompt suites: DrawBench, COCO captions (zero-shot protocol), the shapes world's held-out captions, any CSV.
 
-A suite is named by a string: `drawbench`, `coco`, `shapes`, `shapes-hard` (imagen.worlds), or the path of a prompt file: CSV or TSV (by the
-extension, else sniffed from the header line), a `prompt` column and an optional `category`, header names matched
-without regard to case (`Prompt`, `Category`); any other columns are kept with each prompt as metadata (JSON) and
-land in its sample rows. `NAME:N` takes a seeded subset of N prompts (stratified over categories where there are any,
-so `drawbench:22` holds two prompts of each of its 11 categories). Every prompt gets a stable id: the suite name and
-a hash of its text, the same in every run.
+A suite is named by a string: `drawbench`, `coco` (or `coco=<captions file>`), `shapes`, `shapes-hard`
+(imagen.worlds), or the path of a prompt file: CSV or TSV (by the extension, else sniffed from the header line), a
+`prompt` column and an optional `category`, header names matched without regard to case (`Prompt`, `Category`); any
+other columns are kept with each prompt as metadata (JSON) and land in its sample rows. `NAME:N` takes a seeded
+subset of N prompts (stratified over categories where there are any, so `drawbench:22` holds two prompts of each of
+its 11 categories). Every prompt gets a stable id: the suite name and a hash of its text, the same in every run.
 """
 
 from __future__ import annotations
@@ -150,15 +150,19 @@ def drawbench(data_dir: Path | None) -> list[Prompt]:
     return read_prompt_csv(_need_data(data_dir, DRAWBENCH_FILE, "drawbench"), "drawbench")
 
 
-def coco(data_dir: Path | None, n: int | None, seed: int) -> list[Prompt]:
-    """MS-COCO validation captions (zero-shot protocol, paper 4.1): the metrics issue's sampling when present."""
-    path = _need_data(data_dir, COCO_FILE, "coco")
-    from bench.metrics import coco as coco_metrics  # the metrics issue owns the protocol's caption sampling
+def coco(data_dir: Path | None, n: int | None, seed: int, captions_file: str | None = None) -> list[Prompt]:
+    """MS-COCO validation captions (zero-shot protocol, paper 4.1), drawn by bench.metrics.coco's protocol: from the
+    data folder's 5k CSV (`coco:N`), or from a captions file (`coco=captions_val2014.json:N`); each prompt's meta
+    holds its caption id, image id and file name."""
+    path = Path(captions_file).expanduser() if captions_file else _need_data(data_dir, COCO_FILE, "coco")
+    from bench.metrics import coco as coco_metrics  # the protocol's caption sampling lives with the protocol
 
     captions = coco_metrics.read_captions(path)
     if n is not None:
         captions = coco_metrics.sample_captions(captions, n, seed)  # one caption per distinct image
-    return [Prompt("coco", prompt_id("coco", c.caption), c.caption, None) for c in captions]
+    return [Prompt("coco", prompt_id("coco", c.caption), c.caption, None,
+                   meta=json.dumps({"caption_id": c.caption_id, "image_id": c.image_id, "file_name": c.file_name}))
+            for c in captions]
 
 
 def shapes(n: int | None, seed: int, world_name: str = "shapes") -> list[Prompt]:
@@ -223,8 +227,8 @@ def load_suite(name: str, data_dir: str | os.PathLike | None = None, seed: int =
     root = resolve_data_dir(data_dir)
     if base == "drawbench":
         prompts = _dedupe(drawbench(root))
-    elif base == "coco":
-        prompts = _dedupe(coco(root, n, seed))
+    elif base == "coco" or base.startswith("coco="):
+        prompts = _dedupe(coco(root, n, seed, base[len("coco="):] if base.startswith("coco=") else None))
     elif base == "shapes":
         return (shapes_fn or shapes)(n, seed)  # the world draws exactly n captions from the seed
     elif base == "shapes-hard":

@@ -202,13 +202,13 @@ CLIP_EPILOG = """examples:
 
 COCO_DESCRIPTION = """Zero-shot FID on MS-COCO 2014 validation captions (the Imagen paper's protocol, section 4.1).
 
-N captions are drawn with --seed, one per image, from captions_val2014.json or a captions CSV; one image is
-generated per caption into OUT/images, and compared at 256x256 with the reference: the val2014 image folder
-(--images; statistics cached by content hash) or a precomputed --reference-stats .npz. Resumable: images already
-there are kept, but only when OUT/generation.json shows that the same weights, sampler settings, seed and captions
-made them (otherwise the run is refused before any work). Sampling flags left out are the model's own
-(sampler.toml in its folder), else the global defaults. Writes OUT/manifest.json (seed, N, caption ids, reference
-hash, extractor, resize protocol, model, sampler) and OUT/result.json. Two numbers may be compared only when their
+N captions are drawn with --seed, one per image, from captions_val2014.json or a captions CSV; the run is a grid
+study in OUT (suite `coco=<captions>:N`, one image per caption, seeded like every study, the FID metric): `grid status
+OUT` shows its progress, `report OUT` reads it, a killed run resumes, and another setting adds a cell beside the first.
+Images are compared at 256x256 with the reference: the val2014 image folder (--images; statistics cached by content
+hash) or a precomputed --reference-stats .npz. Sampling flags left out are the model's own (sampler.toml in its
+folder), else the global defaults. Writes OUT/manifest.json (seed, N, caption ids, reference hash, extractor, resize
+protocol, model, sampler) and OUT/result.json for the cell just run. Two numbers may be compared only when their
 manifests agree; N below 30,000 is not comparable with published FID-30K figures (a warning says so)."""
 
 COCO_EPILOG = """examples:
@@ -296,7 +296,7 @@ def _add_coco(sub, formatter) -> None:
     p.add_argument("--n", type=int, default=30_000, help="number of captions/images (30000 = FID-30K)")
     p.add_argument("--seed", type=int, default=0, help="caption-sampling seed (also seeds the image noise)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="output folder (images/, generation.json, manifest.json, result.json)")
+                   help="the study folder (tables/, images/, manifest.json, result.json); rerun to resume")
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0])
     p.add_argument("--protocol", choices=["torch-fidelity", "clean"], default="torch-fidelity",
                    help="after the 256 px step: the extractor's own resize (the published protocol) or clean-fid's")
@@ -322,7 +322,8 @@ def _add_coco(sub, formatter) -> None:
 
 
 def run_coco_cmd(args: argparse.Namespace) -> int:
-    from bench.metrics.coco import CocoRun, run_coco
+    from bench.coco_study import run_coco
+    from bench.metrics.coco import CocoRun
     from imagen_bench import sampler_flags
 
     flags = sampler_flags(args)  # checked before the model is loaded; put over the model's own settings
@@ -340,7 +341,7 @@ def run_coco_cmd(args: argparse.Namespace) -> int:
         print(json.dumps({k: result[k] for k in ("metric", "value", "n", "n_ref")}))
     else:
         print(f"{result['metric']} = {result['value']:.4f}  (n={result['n']}, reference n={result['n_ref']}); "
-              f"manifest: {args.out}/manifest.json")
+              f"manifest: {args.out}/manifest.json; the study: imagen-bench report {args.out}")
     return 0
 
 

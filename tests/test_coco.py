@@ -119,7 +119,9 @@ def test_small_n_warning():
     assert "fewer than the paper's" in K.small_n_warning(20_000)
 
 
-def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
+def test_end_to_end_tiny_model_is_a_resumable_study(fixture, tmp_path, capsys):
+    from bench import store
+    from bench.coco_study import run_coco
     from imagen.config import SamplerConfig
     from imagen_bench import main
 
@@ -127,14 +129,20 @@ def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
                     images=str(fixture.images_dir), batch_size=4)
     sampler = SamplerConfig(sampler="ddim", steps=2, guidance=(3.0,), threshold="dynamic:0.995")
     with pytest.warns(UserWarning, match="not comparable"):
-        result = K.run_coco(run, sampler, progress=False)
+        result = run_coco(run, sampler, progress=False)
     out = tmp_path / "run"
-    pngs = sorted((out / "images").glob("*.png"))
+    pngs = sorted((out / "images").rglob("*.png"))
     assert len(pngs) == 4 and result["n"] == 4 and result["n_ref"] == 10
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["caption_ids"] == [c.caption_id for c in K.sample_captions(
         K.read_captions(fixture.annotations), 4, 0)]
+    assert manifest["sampler"]["guidance"] == [3.0] and manifest["generation"]["kind"] == "imagen"
     assert json.loads((out / "result.json").read_text())["value"] == result["value"] > 0
+    # a study like any other: one row per image with the caption's ids, the FID row in the store
+    rows = store.read_table(out, store.SAMPLES)
+    assert len(rows) == 4 and set(rows[store.COL_SUITE]) == {"coco"}
+    metas = [json.loads(m) for m in rows[store.COL_META]]
+    assert sorted(m["caption_id"] for m in metas) == sorted(manifest["caption_ids"])
     # the FID equals one computed by hand from the written images and the reference folder
     from bench.metrics.features import COCO_PROTOCOL
 
@@ -145,33 +153,33 @@ def test_end_to_end_tiny_model_resumable(fixture, tmp_path, capsys):
     mtimes = [p.stat().st_mtime_ns for p in pngs]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = K.run_coco(run, sampler, progress=False)
+        again = run_coco(run, sampler, progress=False)
+        # the same settings spelled otherwise are the same cell: guidance per stage, the threshold's spelling
+        same = run_coco(run, SamplerConfig(sampler="ddim", steps=2, guidance=(3.0, 3.0), threshold="dynamic:.995"),
+                        progress=False)
     assert [p.stat().st_mtime_ns for p in pngs] == mtimes and again["value"] == result["value"]
-    # ... but not with other sampler settings: those images would be mixed with these
+    assert same["cell_id"] == result["cell_id"]
+    # other settings are another cell beside the first, its images never mixed into this one's FID
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(UserError, match="another sampler"):
-            K.run_coco(run, SamplerConfig(sampler="ddim", steps=2, guidance=(3.0,), threshold="static"),
-                       progress=False)
-    assert [p.stat().st_mtime_ns for p in pngs] == mtimes
-    # the same settings spelled otherwise are the same run: guidance per stage, the threshold's spelling
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        K.run_coco(run, SamplerConfig(sampler="ddim", steps=2, guidance=(3.0, 3.0), threshold="dynamic:.995"),
-                   progress=False)
-    assert [p.stat().st_mtime_ns for p in pngs] == mtimes
-    # the CLI: same run through `imagen-bench coco`
+        other = run_coco(run, SamplerConfig(sampler="ddim", steps=2, guidance=(3.0,), threshold="static"),
+                         progress=False)
+    assert other["cell_id"] != result["cell_id"] and other["n"] == 4
+    assert [p.stat().st_mtime_ns for p in pngs] == mtimes and len(list((out / "images").rglob("*.png"))) == 8
+    # the CLI: the same run through `imagen-bench coco`; `report` and `grid status` read the study
     code = main(["coco", "--model", "tiny", "--captions", str(fixture.annotations), "--images",
                  str(fixture.images_dir), "--n", "4", "--seed", "0", "--out", str(out), "--sampler", "ddim",
-                 "--steps", "2", "--guidance", "3", "--batch-size", "4", "--json"])
+                 "--steps", "2", "--guidance", "3", "--threshold", "dynamic:0.995", "--batch-size", "4", "--json"])
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out)["value"] == pytest.approx(result["value"], rel=1e-9)
     assert "not comparable" in captured.err
+    assert main(["grid", "status", str(out)]) == 0 and "8/8 images" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0 and (out / "report" / "index.html").is_file()
 
 
-def test_resume_checks_what_made_the_images(fixture, tmp_path):
-    """generation.json is written before the first image, after every input is checked; a folder of images without
-    it is matched against its manifest, and one with no record at all is refused."""
+def test_a_coco_study_refuses_what_would_mix_runs(fixture, tmp_path):
+    """Another seed (another caption draw and noise) is refused before any work; a bad setting writes nothing."""
+    from bench.coco_study import run_coco
     from imagen.config import SamplerConfig
 
     out = tmp_path / "run"
@@ -180,19 +188,11 @@ def test_resume_checks_what_made_the_images(fixture, tmp_path):
     good = SamplerConfig(sampler="ddim", steps=1, guidance=(3.0,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(UserError, match="--guidance"):  # three weights for a two-stage model: nothing written
-            K.run_coco(run, SamplerConfig(sampler="ddim", steps=1, guidance=(3.0, 1.0, 1.0)), progress=False)
-        assert not (out / K.GENERATION_FILE).exists() and not list(out.glob("images/*.png"))
-        # a record without images (a run stopped before its first image) gives way to the next run's settings
-        K.write_json(out / K.GENERATION_FILE, {"checkpoint_hash": "other"})
-        K.run_coco(run, good, progress=False)
-        assert json.loads((out / K.GENERATION_FILE).read_text())["sampler"]["guidance"] == [3.0, 3.0]
-        (out / K.GENERATION_FILE).unlink()  # a folder from before the record existed: its manifest stands in
-        K.run_coco(run, good, progress=False)
-        (out / K.GENERATION_FILE).unlink()
+        with pytest.raises(UserError, match="axes.guidance"):  # three weights for a two-stage model: nothing written
+            run_coco(run, SamplerConfig(sampler="ddim", steps=1, guidance=(3.0, 1.0, 1.0)), progress=False)
+        assert not out.exists()
+        run_coco(run, good, progress=False)
         with pytest.raises(UserError, match="another seed"):
-            K.run_coco(dataclasses.replace(run, seed=1), good, progress=False)
-        (out / K.GENERATION_FILE).unlink(missing_ok=True)
-        (out / "manifest.json").unlink()
-        with pytest.raises(UserError, match="no record of what made them"):
-            K.run_coco(run, good, progress=False)
+            run_coco(dataclasses.replace(run, seed=1), good, progress=False)
+        with pytest.raises(UserError, match="not both"):
+            run_coco(dataclasses.replace(run, reference_stats="x.npz"), good, progress=False)

@@ -234,12 +234,14 @@ def test_last_written_part_wins_whatever_its_random_name(tmp_path, monkeypatch):
     store.write_part(tmp_path, store.METRICS, [{**row, store.COL_VALUE: 1.0}], prefix="s0of1")
     store.write_part(tmp_path, store.METRICS, [{**row, store.COL_VALUE: 2.0}], prefix="s0of1")
     assert overall_metrics(store.read_table(tmp_path, store.METRICS))[store.COL_VALUE].tolist() == [2.0]
-    names = iter(["f" * 32, "0" * 32])  # and across writers: a later run's plan is the one `grid status` shows
-    for prefix, plan in (("s1of2", {"old": {"items": 1}}), ("s0of1", {"new": {"items": 2}})):
+    names = iter(["f" * 32, "0" * 32])  # and across writers: a later run's plan of a cell is the one status shows
+    for prefix, plan in (("s1of2", {"old": {"items": 1}, "both": {"items": 1}}),
+                         ("s0of1", {"new": {"items": 2}, "both": {"items": 3}})):
         store.write_part(tmp_path, store.STUDY, [{store.COL_NAME: prefix, store.COL_PLAN: json.dumps(plan)}],
                          prefix=prefix)
     (tmp_path / "tables" / store.SAMPLES).mkdir()
-    assert [c["cell_id"] for c in status(tmp_path)["cells"]] == ["new"]
+    cells = {c["cell_id"]: c["planned"] for c in status(tmp_path)["cells"]}
+    assert cells == {"old": 1, "both": 3, "new": 2}  # every run's cells; the later plan wins for a cell in both
 
 
 @pytest.mark.parametrize("edit, message", [
