@@ -84,41 +84,70 @@ def _data_shapes(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval shapes
 
 
+def eval_spec(model: str, world: str, guidances: list[float], n: int, seed: int, steps: int | None,
+              threshold: str | None, sampler: str | None, batch_size: int) -> str:
+    """The grid spec of an `eval shapes` run: n held-out captions of the world, one image each at every guidance
+    weight (each weight for every stage), the alignment metric; a setting that is None is the model's own."""
+    from bench.grid import _toml_value
+
+    axes = {"guidance": [float(g) for g in guidances], "steps": steps, "threshold": threshold, "sampler": sampler}
+    lines = [f"name = {_toml_value(f'eval-{world}')}", f"model = {_toml_value(model)}",
+             f"suites = {_toml_value([f'{world}:{n}'])}", f"seed = {int(seed)}", f"batch_size = {int(batch_size)}",
+             "", "[axes]"]
+    lines += [f"{k} = {_toml_value(v if isinstance(v, list) else [v])}" for k, v in axes.items() if v is not None]
+    return "\n".join(lines + ["", "[metrics]", "alignment = true"]) + "\n"
+
+
 def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: int | None, threshold: str | None,
-                    sampler: str | None, batch_size: int, progress: bool = False, world: str = "shapes") -> list[dict]:
-    """For each guidance weight: n held-out captions sampled with seeds seed+i (the same prompts and seeds at
-    every weight), scored by the world's scorer. A setting that is None is the pipeline's default (its model's
-    sampler.toml, else SamplerConfig's). Returns [{"guidance", "n", "sampler", "accuracy", "by_category"}]."""
-    import numpy as np
+                    sampler: str | None, batch_size: int, progress: bool = False, world: str = "shapes",
+                    out=None, device: str = "cpu") -> list[dict]:
+    """`eval shapes` as a grid study (the one flow: the same seeds as `grid run` of the same spec): n held-out captions
+    of the world at each guidance weight, scored by the world's scorer, stored in the study folder `out` (default: one
+    per spec and model under $IMAGEN_BENCH_CACHE/studies, so a rerun reuses every image and score). Returns
+    [{"guidance", "n", "sampler", "accuracy", "by_category", "cell_id"}], one per weight."""
+    import hashlib
+    import os
 
-    from bench.generators import Request, contract
-    from bench.metrics.alignment import accuracy_dict, alignment
-    from imagen.config import to_dict
-    from imagen.worlds import get_world
+    from bench import store
+    from bench.generators import contract
+    from bench.grid import parse_spec, run_grid
+    from bench.metrics.alignment import ALIGN_OVERALL
 
-    w = get_world(world)
     gen = contract(pipeline)
     if gen.sampler_defaults is None:
         raise UserError(f"{gen.model_id} is a precomputed image set; eval shapes samples held-out captions at "
                         f"several guidance weights, so it needs a model (use grid run with the shapes suite instead)")
-
-    captions = w.held_out_captions(n, seed)
-    prompts = [c for c, _, _ in captions]
-    facts = [f for _, f, _ in captions]
-    seeds = [seed + i for i in range(n)]
+    d = gen.sampler_defaults  # a setting not given is the model's own (None for a diffusers stage's own)
+    text = eval_spec(gen.model_id, world, guidances, n, seed, d.steps if steps is None else steps,
+                     d.threshold if threshold is None else threshold, d.sampler if sampler is None else sampler,
+                     batch_size)
+    spec = parse_spec(text, source="eval shapes")
+    if out is None:
+        root = Path(os.environ.get("IMAGEN_BENCH_CACHE") or Path.home() / ".cache" / "imagen-bench")
+        key = hashlib.sha256((text + gen.checkpoint_hash).encode()).hexdigest()[:12]
+        out = root / "studies" / f"eval-{world}-{key}"
+    run_grid(spec, out, generator=gen, device=device, progress=progress, log=lambda *_: None)
+    plan = json.loads(store.read_table(out, store.STUDY)[store.COL_PLAN].iloc[-1])
+    metrics = store.read_table(out, store.METRICS)
+    metrics = metrics.drop_duplicates([store.COL_CELL_ID, store.COL_METRIC, store.COL_CATEGORY], keep="last")
     results = []
-    for g in guidances:
-        cfg = gen.sampler_defaults.given(sampler=sampler, steps=steps, threshold=threshold, guidance=(float(g),))
-        requests = [Request(p, s) for p, s in zip(prompts, seeds)]
-        gen.check([cfg], requests)
-        images = gen.generate(requests, cfg, batch_size=batch_size).images  # the generator batches
-        res = alignment(np.stack(images), facts)
-        results.append({
-            "guidance": float(g), "n": n, "sampler": to_dict(cfg),
-            "accuracy": accuracy_dict(res.accuracy),
-            "by_category": {cat: accuracy_dict(acc) for cat, acc in res.by_category.items()},
-        })
-    return results
+    for cid, cell in plan.items():
+        rows = metrics[metrics[store.COL_CELL_ID] == cid]
+        overall = rows[rows[store.COL_CATEGORY].isna()]
+        acc = {m[len("align_"):]: float(v) for m, v in zip(overall[store.COL_METRIC], overall[store.COL_VALUE])
+               if m.startswith("align_") and m != ALIGN_OVERALL}
+        total = overall[overall[store.COL_METRIC] == ALIGN_OVERALL]
+        acc["overall"] = float(total[store.COL_VALUE].iloc[0])
+        cats = rows[rows[store.COL_CATEGORY].notna() & (rows[store.COL_METRIC] == ALIGN_OVERALL)]
+        used = {"sampler": cell.get(store.COL_SAMPLER), "steps": cell.get(store.COL_STEPS),
+                "guidance": [float(x) for x in str(cell.get(store.COL_GUIDANCE_STAGES)).split(",")],
+                "threshold": cell.get(store.COL_THRESHOLD),
+                "aug_level": [float(x) for x in str(cell.get(store.COL_AUG_LEVEL)).split(",")]}
+        results.append({"guidance": float(cell.get(store.COL_GUIDANCE)), "n": int(total[store.COL_N].iloc[0]),
+                        "sampler": used, "accuracy": acc, "cell_id": cid, "study": str(out),
+                        "by_category": {c: {"overall": float(v)} for c, v in zip(cats[store.COL_CATEGORY],
+                                                                                 cats[store.COL_VALUE])}})
+    return sorted(results, key=lambda r: r["guidance"])
 
 
 def _table(results: list[dict]) -> str:
@@ -159,8 +188,10 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     world = args.world or model_world_of(args.model)
     pipeline = load_generator(args.model, device=args.device, precision=args.precision)
     results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, flags["steps"], flags["threshold"],
-                              flags["sampler"], args.batch_size, progress=True, world=world)
+                              flags["sampler"], args.batch_size, progress=not args.json, world=world, out=args.out,
+                              device=args.device)
     report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed, "world": world,
+              "study": results[0]["study"] if results else None,
               "precision": args.precision,
               "defaults": to_dict(pipeline.sampler_defaults), "results": results}
     if args.json:
@@ -172,6 +203,7 @@ def _eval_shapes(args: argparse.Namespace) -> int:
               f"default guidance: {_weights(pipeline.sampler_defaults.guidance)}); fraction of images passing each "
               f"fact (overall: every fact of the caption)")
         print(_table(results))
+        print(f"\nthe study: {results[0]['study']} (imagen-bench report / grid status read it)")
     return 0
 
 
@@ -253,7 +285,11 @@ def register(subparsers) -> None:
     es.add_argument("--world", default=None, choices=WORLDS,
                     help="which world's held-out captions and scorer (default: the one the model was trained on, "
                          "its world.txt; shapes for models without one)")
-    es.add_argument("--seed", type=int, default=0, help="picks the held-out captions and the first image seed")
+    es.add_argument("--seed", type=int, default=0,
+                    help="picks the held-out captions and, as in any study, the image seeds (spec seed, prompt, sample)")
+    es.add_argument("--out", default=None, metavar="DIR",
+                    help="the study folder (default: one per spec and model under $IMAGEN_BENCH_CACHE/studies, so a "
+                         "rerun reuses its images and scores)")
     es.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     es.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     es.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),

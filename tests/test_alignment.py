@@ -1,6 +1,7 @@
 """bench.metrics.alignment (the shapes scorer as a metric) and `imagen-bench eval shapes`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,18 +95,25 @@ class _RenderingPipeline:
         return np.stack([S.render(self.lookup[p], 32) for p in prompts])
 
 
-def test_evaluate_shapes_aggregates_per_guidance():
+def test_evaluate_shapes_aggregates_per_guidance(tmp_path, monkeypatch):
+    from bench.work import item_seed
     from imagen_bench.data import evaluate_shapes
 
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
     good = evaluate_shapes(_RenderingPipeline(3), [1, 4], n=10, seed=3, steps=2, threshold="none", sampler=None,
                            batch_size=4)
     assert [r["guidance"] for r in good] == [1.0, 4.0]
     assert good[0]["accuracy"] == {"color": 1.0, "shape": 1.0, "count": 1.0, "position": 1.0, "overall": 1.0}
     blank_pipe = _RenderingPipeline(3, blank=True)
-    bad = evaluate_shapes(blank_pipe, [2], n=5, seed=3, steps=2, threshold="none", sampler=None, batch_size=4)
+    bad = evaluate_shapes(blank_pipe, [2], n=5, seed=3, steps=2, threshold="none", sampler=None, batch_size=5)
     assert bad[0]["accuracy"]["overall"] == 0.0 and bad[0]["accuracy"]["color"] == 0.0
-    # seeds seed..seed+n-1, guidance and the given settings passed through, the rest from the model's defaults
-    assert blank_pipe.calls == [([3, 4, 5, 6, 7], (2.0,), "ddim", 2, "none")]
+    # a grid study: the seeds are every study's (spec seed, prompt id, sample index), guidance and the given settings
+    # passed through, the rest from the model's defaults
+    from bench.suites import load_suite
+
+    seeds = [item_seed(3, p.prompt_id, 0) for p in load_suite("shapes:5", seed=3)]
+    assert [(sorted(c[0]),) + c[1:] for c in blank_pipe.calls] == [(sorted(seeds), (2.0,), "ddim", 2, "none")]
+    assert (tmp_path / "cache" / "studies").is_dir() and Path(bad[0]["study"]).is_dir()
     used = bad[0]["sampler"]
     assert (used["sampler"], used["steps"], used["threshold"], used["guidance"]) == ("ddim", 2, "none", [2.0])
     only_colors = evaluate_shapes(_RenderingPipeline(3), [1], n=1, seed=3, steps=2, threshold="none", sampler=None,
