@@ -17,7 +17,8 @@ from pathlib import Path
 from imagen.errors import UserError
 
 from bench import store
-from bench.grid import _toml_value, parse_spec, run_grid
+from bench.grid import run_grid
+from bench.spec import _toml_value, parse_spec
 from bench.metrics.coco import CocoRun, build_manifest, read_captions, reference_stats, sample_captions, \
     small_n_warning, write_json
 from bench.metrics.features import Protocol

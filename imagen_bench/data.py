@@ -88,7 +88,7 @@ def eval_spec(model: str, world: str, guidances: list[float], n: int, seed: int,
               threshold: str | None, sampler: str | None, batch_size: int) -> str:
     """The grid spec of an `eval shapes` run: n held-out captions of the world, one image each at every guidance
     weight (each weight for every stage), the alignment metric; a setting that is None is the model's own."""
-    from bench.grid import _toml_value
+    from bench.spec import _toml_value
 
     axes = {"guidance": [float(g) for g in guidances], "steps": steps, "threshold": threshold, "sampler": sampler}
     lines = [f"name = {_toml_value(f'eval-{world}')}", f"model = {_toml_value(model)}",

@@ -87,7 +87,7 @@ def _call_flags(args: argparse.Namespace) -> dict:
     otherwise kept as text."""
     import tomllib
 
-    from bench.grid import _call_table
+    from bench.spec import _call_table
     from imagen.errors import UserError
 
     out = {}
