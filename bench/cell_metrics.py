@@ -261,19 +261,107 @@ def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, items=None, me
                                 progress=progress, prefix=prefix, log=log)
 
 
+@dataclass
+class CellImages:
+    """What a scorer sees of one cell: its sample rows (flagged images left out), their images and categories, the
+    inputs already scored (cell, inputs hash), and the shapes reference, rendered once per run on first use."""
+
+    cell_id: str
+    df: object  # pandas rows of the cell, by sample id
+    images: np.ndarray  # [N, H, W, 3] uint8 (an object array when sizes differ)
+    cats: list
+    have: set
+    spec: GridSpec
+    refs: dict  # {"shapes": renders}, shared by every cell of the run
+
+    def shapes_reference(self):
+        if "shapes" not in self.refs:
+            self.refs["shapes"] = _shapes_reference(self.spec, self.images[0].shape[0])
+        return self.refs["shapes"]
+
+    def against(self, table: dict):
+        """(the images a metric with this reference scores, their sha256s, the reference images or None)."""
+        if table["reference"] != "shapes":
+            return self.images, self.df[store.COL_SHA256], None
+        sel = self.df[store.COL_SUITE].isin(WORLD_SUITES).to_numpy()  # only the world's captions are its renders
+        return self.images[sel], self.df[store.COL_SHA256][sel], self.shapes_reference()
+
+
+# ----------------------------------------------------------------------------- the scorers, one per [metrics] key
+# Each takes (the run's functions, a cell, the metric's table, its settings with their inputs) and returns the rows
+# to store; a metric whose inputs hash is stored for the cell is skipped. A new metric is one entry of SCORERS.
+
+
+def _score_fid(fns, cell: CellImages, table: dict, settings: dict) -> list[dict]:
+    images, shas, reference = cell.against(table)
+    ihash = _inputs_hash("fid", settings, shas)
+    if (cell.cell_id, ihash) in cell.have:
+        return []
+    name, value = fns.fid(images, table, reference)
+    return [_value_row(cell.cell_id, name, value, len(shas), ihash)]
+
+
+def _score_distribution(key: str):
+    """KID, precision/recall, CMMD, FD-CLIP: values of the cell's images against the reference set."""
+    def score(fns, cell: CellImages, table: dict, settings: dict) -> list[dict]:
+        images, shas, reference = cell.against(table)
+        ihash = _inputs_hash(key, settings, shas)
+        if (cell.cell_id, ihash) in cell.have:
+            return []
+        got = fns.distribution(images, key, table, reference)
+        return [_value_row(cell.cell_id, name, value, len(shas), ihash, got.details.get(name))
+                for name, value in got.metrics.items()]
+
+    return score
+
+
+def _score_clip(fns, cell: CellImages, table: dict, settings: dict) -> list[dict]:
+    ihash = _inputs_hash("clip", settings, cell.df[store.COL_SHA256])
+    if (cell.cell_id, ihash) in cell.have:
+        return []
+    name, scores = fns.clip(cell.images, list(cell.df[store.COL_PROMPT]), table)
+    return _mean_rows(cell.cell_id, name, scores, cell.cats, ihash, list(cell.df[store.COL_PROMPT_ID]))
+
+
+def _score_alignment(fns, cell: CellImages, table, settings) -> list[dict]:
+    df = cell.df
+    if store.COL_FACTS not in df or not df[store.COL_FACTS].notna().any():
+        return []  # no prompt of the cell has facts to check (not a shapes-world suite)
+    sel = df[store.COL_FACTS].notna().to_numpy()
+    ihash = _inputs_hash("alignment", True, df[store.COL_SHA256][sel])
+    if (cell.cell_id, ihash) in cell.have:
+        return []
+    checks = [fns.alignment(img, f) for img, f in zip(cell.images[sel], df[store.COL_FACTS][sel])]
+    sub_cats = [c for c, keep in zip(cell.cats, sel) if keep]
+    pids = list(df[store.COL_PROMPT_ID][sel])
+    rows = _mean_rows(cell.cell_id, ALIGNMENT, [float(all(c.values())) for c in checks], sub_cats, ihash, pids)
+    for fact in sorted({k for c in checks for k in c}):
+        keep = [fact in c for c in checks]
+        vals = [float(c[fact]) for c in checks if fact in c]
+        rows += _mean_rows(cell.cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash,
+                           [p for p, k in zip(pids, keep) if k])[:1]
+    return rows
+
+
+SCORERS = {"fid": _score_fid, "kid": _score_distribution("kid"), "prc": _score_distribution("prc"),
+           "cmmd": _score_distribution("cmmd"), "fd_clip": _score_distribution("fd_clip"),
+           "clip_score": _score_clip, "alignment": _score_alignment}
+
+
 def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFns | None, device: str,
                      progress: bool, prefix: str, log) -> int:
-    fns = metric_fns or MetricFns()
-    nets = Networks(device)  # one extractor / CLIP model per name for every metric of the run
-    fid_fn = fns.fid or make_default_fid(device, nets)
-    clip_fn, align_fn = fns.clip or make_default_clip(device, nets), fns.alignment or default_alignment
     m = spec.metrics
-    if m.clip_score and fns.clip is None and not _importable("bench.metrics.clip_score"):
+    given = metric_fns or MetricFns()
+    nets = Networks(device)  # one extractor / CLIP model per name for every metric of the run
+    fns = MetricFns(fid=given.fid or make_default_fid(device, nets), clip=given.clip or make_default_clip(device, nets),
+                    alignment=given.alignment or default_alignment,
+                    distribution=given.distribution or make_default_distribution(device, nets))
+    if m.clip_score and given.clip is None and not _importable("bench.metrics.clip_score"):
         log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
         m = dataclasses.replace(m, clip_score=None)
-    if m.clip_score and fns.clip is None:
+    if m.clip_score and given.clip is None:
         try:  # the CLIP model may not be installed yet: the other metrics still run, with a warning
-            clip_fn.load(m.clip_score)
+            fns.clip.load(m.clip_score)
         except UserError as exc:
             log(f"warning: CLIP score skipped: {exc}")
             m = dataclasses.replace(m, clip_score=None)
@@ -283,23 +371,19 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         samples = samples[samples[store.COL_SAMPLE_ID].isin(wanted)]
         order = {c: k for k, c in enumerate(dict.fromkeys(it.cell.id for it in items))}
         samples = samples.assign(_o=samples[store.COL_CELL_ID].map(order)).sort_values("_o", kind="stable")
-    if not len(samples) or not (m.fid or m.clip_score or m.alignment or m.distribution()):
+    tables = m.tables()
+    if not len(samples) or not tables:
         return 0
-    dist_fn = fns.distribution or make_default_distribution(device, nets)
     prompts_hash = None
-    if items is not None:
-        import hashlib
-
-        ids = sorted({it.prompt.prompt_id for it in items})
-        prompts_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()  # = the study table's prompts_hash
-    dist_settings = {k: _with_inputs(t) for k, t in m.distribution().items()}
+    if items is not None:  # = the study table's prompts_hash
+        prompts_hash = hashlib.sha256("\n".join(sorted({it.prompt.prompt_id for it in items})).encode()).hexdigest()
+    # what a metric depends on besides the images: a reference path's content, the network's weights
+    settings = {k: _with_inputs(t) if isinstance(t, dict) else t for k, t in tables.items()}
     stored = store.read_table(study, store.METRICS)
     have = set()
     if len(stored) and store.COL_INPUTS_HASH in stored:
         have = set(zip(stored[store.COL_CELL_ID], stored[store.COL_INPUTS_HASH]))
-    reference = None
-    # what a metric depends on besides the images: a reference path's content, the network's weights
-    fid_settings = _with_inputs(m.fid)
+    refs: dict = {}
     written = 0
     cells = list(dict.fromkeys(samples[store.COL_CELL_ID]))
     bar = None
@@ -309,67 +393,13 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         bar = tqdm(total=len(cells), unit="cell", desc="metrics")
     for cell_id in cells:
         df = samples[samples[store.COL_CELL_ID] == cell_id].sort_values(store.COL_SAMPLE_ID)
-        n_flagged = 0
-        rows: list[dict] = []
-        if store.COL_FLAGGED in df:
-            bad = df[store.COL_FLAGGED].fillna(False).astype(bool)
-            n_flagged = int(bad.sum())
-            if n_flagged:
-                log(f"warning: cell {cell_id}: {n_flagged} of {len(df)} images were blacked out by the model's "
-                    f"safety checker; its metrics leave them out (n_flagged in the metric rows)")
-                ihash = _inputs_hash("flagged", None, df[store.COL_SHA256])
-                if (cell_id, ihash) not in have:  # the share itself, stored even when no image is left to score
-                    rows.append(_value_row(cell_id, FLAGGED, n_flagged / len(df), len(df), ihash))
-            df = df[~bad.to_numpy()]
-        if not len(df):
-            _store_rows(study, rows, n_flagged, prefix, prompts_hash)
-            written += len(rows)
-            if bar is not None:
-                bar.update(1)
-            continue
-        images = load_images(study, list(df[store.COL_IMAGE_PATH]))  # [N, H, W, 3] (object array: mixed sizes)
-        cats = [c if isinstance(c, str) and c else None for c in df[store.COL_CATEGORY]]  # NaN/None: no category
-        if m.fid:
-            sel = df[store.COL_SUITE].isin(WORLD_SUITES).to_numpy() if m.fid["reference"] == "shapes" else None
-            shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
-            ihash = _inputs_hash("fid", fid_settings, shas)
-            if (cell_id, ihash) not in have:
-                if m.fid["reference"] == "shapes" and reference is None:
-                    reference = _shapes_reference(spec, images[0].shape[0])
-                name, value = fid_fn(images[sel] if sel is not None else images, m.fid,
-                                     reference if sel is not None else None)
-                rows.append(_value_row(cell_id, name, value, len(shas), ihash))
-        for key, table in m.distribution().items():  # KID, precision/recall, CMMD, FD-CLIP against the reference
-            sel = df[store.COL_SUITE].isin(WORLD_SUITES).to_numpy() if table["reference"] == "shapes" else None
-            shas = df[store.COL_SHA256][sel] if sel is not None else df[store.COL_SHA256]
-            ihash = _inputs_hash(key, dist_settings[key], shas)
-            if (cell_id, ihash) not in have:
-                if table["reference"] == "shapes" and reference is None:
-                    reference = _shapes_reference(spec, images[0].shape[0])
-                got = dist_fn(images[sel] if sel is not None else images, key, table,
-                              reference if sel is not None else None)
-                for name, value in got.metrics.items():
-                    extra = got.details.get(name)
-                    rows.append(_value_row(cell_id, name, value, len(shas), ihash, extra))
-        if m.clip_score:
-            ihash = _inputs_hash("clip", _with_inputs(m.clip_score), df[store.COL_SHA256])
-            if (cell_id, ihash) not in have:
-                name, scores = clip_fn(images, list(df[store.COL_PROMPT]), m.clip_score)
-                rows += _mean_rows(cell_id, name, scores, cats, ihash, list(df[store.COL_PROMPT_ID]))
-        if m.alignment and store.COL_FACTS in df and df[store.COL_FACTS].notna().any():
-            sel = df[store.COL_FACTS].notna().to_numpy()
-            ihash = _inputs_hash("alignment", True, df[store.COL_SHA256][sel])
-            if (cell_id, ihash) not in have:
-                checks = [align_fn(img, f) for img, f in zip(images[sel], df[store.COL_FACTS][sel])]
-                sub_cats = [c for c, s in zip(cats, sel) if s]
-                pids = list(df[store.COL_PROMPT_ID][sel])
-                rows += _mean_rows(cell_id, ALIGNMENT, [float(all(c.values())) for c in checks], sub_cats, ihash,
-                                   pids)
-                for fact in sorted({k for c in checks for k in c}):
-                    keep = [fact in c for c in checks]
-                    vals = [float(c[fact]) for c in checks if fact in c]
-                    rows += _mean_rows(cell_id, ALIGN_PREFIX + fact, vals, [None] * len(vals), ihash,
-                                       [p for p, k in zip(pids, keep) if k])[:1]
+        rows, df, n_flagged = _flagged(cell_id, df, have, log)
+        if len(df):
+            cell = CellImages(cell_id, df, load_images(study, list(df[store.COL_IMAGE_PATH])),
+                              [c if isinstance(c, str) and c else None for c in df[store.COL_CATEGORY]], have, spec,
+                              refs)
+            for key, table in tables.items():
+                rows += SCORERS[key](fns, cell, table, settings[key])
         _store_rows(study, rows, n_flagged, prefix, prompts_hash)
         written += len(rows)
         if bar is not None:
@@ -379,6 +409,23 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
     return written
 
 
-__all__ = ["MetricFns", "Networks", "compute_metrics", "bootstrap_ci", "make_default_fid", "make_default_clip",
+def _flagged(cell_id: str, df, have: set, log):
+    """(rows, the cell's rows less the images a safety checker blacked out, how many): the share is stored even
+    when no image is left to score."""
+    if store.COL_FLAGGED not in df:
+        return [], df, 0
+    bad = df[store.COL_FLAGGED].fillna(False).astype(bool)
+    n_flagged = int(bad.sum())
+    rows = []
+    if n_flagged:
+        log(f"warning: cell {cell_id}: {n_flagged} of {len(df)} images were blacked out by the model's safety "
+            f"checker; its metrics leave them out (n_flagged in the metric rows)")
+        ihash = _inputs_hash("flagged", None, df[store.COL_SHA256])
+        if (cell_id, ihash) not in have:
+            rows.append(_value_row(cell_id, FLAGGED, n_flagged / len(df), len(df), ihash))
+    return rows, df[~bad.to_numpy()], n_flagged
+
+
+__all__ = ["MetricFns", "Networks", "CellImages", "SCORERS", "compute_metrics", "bootstrap_ci", "make_default_fid", "make_default_clip",
            "make_default_distribution",
            "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]

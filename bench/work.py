@@ -39,6 +39,11 @@ class MetricsSpec:
         return {k: v for k, v in (("kid", self.kid), ("prc", self.prc), ("cmmd", self.cmmd),
                                   ("fd_clip", self.fd_clip)) if v}
 
+    def tables(self) -> dict:
+        """Every metric the spec turns on, by its [metrics] key, in scoring order (bench.cell_metrics.SCORERS)."""
+        return {k: v for k, v in (("fid", self.fid), *self.distribution().items(), ("clip_score", self.clip_score),
+                                  ("alignment", self.alignment)) if v}
+
 
 @dataclass(frozen=True)
 class GridSpec:
