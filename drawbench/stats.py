@@ -7,7 +7,7 @@ Votes are not independent: the same prompt is judged by many raters and the same
   is a two-way cluster-robust one (Cameron, Gelbach & Miller 2011): the variance is the prompt-clustered plus the
   rater-clustered minus the vote-level sandwich, each with its G / (G - 1) small-cluster factor, and the quantile is
   Student's t with Satterthwaite's degrees of freedom from those three parts (a study with 5 raters who differ
-  gets about 4). A percentile bootstrap over 5 raters covers too rarely (0.86-0.90 measured, see the README).
+  gets about 4). A percentile bootstrap over 5 raters covers too rarely (0.86-0.90 measured, see docs/human-eval.md).
 - Model fits (Davidson strengths, the order effect) get a two-way cluster ("pigeonhole") bootstrap (Owen 2007):
   each replicate resamples prompts and raters independently with replacement, and a vote's weight is (times its
   prompt was drawn) x (times its rater was drawn). Percentile intervals at 95%.

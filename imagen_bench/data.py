@@ -255,8 +255,9 @@ def register(subparsers) -> None:
         "shapes", formatter_class=HelpFormatter, help="caption alignment on held-out shapes captions",
         description="Sample n held-out captions of the model's world (shapes: balanced over Colors, Counting, "
                     "Positional, Binding, Misspellings; shapes-hard: Attributes, Counting, Positional, Inside, "
-                    "Largest) at each guidance weight, with seeds seed..seed+n-1 (the same prompts and seeds "
-                    "at every weight), and score each image against its caption's facts with the world's scorer. "
+                    "Largest) at each guidance weight, as a grid study (the seeds of every study: spec seed, "
+                    "prompt, sample; the same prompts and seeds at every weight; --out names the folder), "
+                    "and score each image against its caption's facts with the world's scorer. "
                     "Accuracy per fact type = fraction of the images whose caption tests it that pass it; overall = "
                     "fraction of images passing every fact their caption tests. A fact type the sample did not "
                     "test is absent, not zero.",
@@ -286,7 +287,8 @@ def register(subparsers) -> None:
                     help="which world's held-out captions and scorer (default: the one the model was trained on, "
                          "its world.txt; shapes for models without one)")
     es.add_argument("--seed", type=int, default=0,
-                    help="picks the held-out captions and, as in any study, the image seeds (spec seed, prompt, sample)")
+                    help="picks the held-out captions and, as in any study, the image seeds (spec seed, prompt, "
+                         "sample)")
     es.add_argument("--out", default=None, metavar="DIR",
                     help="the study folder (default: one per spec and model under $IMAGEN_BENCH_CACHE/studies, so a "
                          "rerun reuses its images and scores)")

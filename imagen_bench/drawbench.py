@@ -142,7 +142,7 @@ def register(subparsers) -> None:
                    help="also write the human-results report (the paper's DrawBench figure per category, tables) "
                         "to DIR (default SESSION/report)")
     p.add_argument("--bootstrap", type=int, default=2000,
-                   help="bootstrap replicates of the order effect (at most 500)")
+                   help="bootstrap replicates of the model fits; the order effect uses at most 500 of them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     p.set_defaults(func=cmd_stats)

@@ -1,4 +1,4 @@
-"""`imagen-bench fid | clip-score | coco | train-clip`: the metrics on the command line."""
+"""`imagen-bench fid | fidelity | clip-score | coco | train-clip`: the metrics on the command line."""
 
 from __future__ import annotations
 

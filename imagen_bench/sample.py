@@ -11,7 +11,7 @@ DESCRIPTION = """Generate images from text prompts and write them as PNG files.
 
 The model is a preset (untrained, deterministic weights from seed 0: useful to check the plumbing), a checkpoint
 folder written by `imagen-bench train`, a shipped model name, or any diffusers pipeline or cascade
-(--model diffusers:<hub id or folder>[+stage II], see the README's "Benchmark your own model"). Each prompt
+(--model diffusers:<hub id or folder>[+stage II], see docs/models.md). Each prompt
 gets the same --seed, so any image can be reproduced alone. With one prompt the image goes to --out; with
 several, prompt k goes to OUT-k.png (a.png -> a-0.png, a-1.png, ...).
 

@@ -6,7 +6,7 @@
 #   scripts/train_hard.sh [RUN_DIR]          # default RUN_DIR: runs/shapes-hard; rerun to resume after a stop
 #
 # The recipe is the CPU one (configs/hard_base.toml, configs/hard_sr.toml): about 36 + 13 minutes on a 2-core CPU
-# when run one after the other, about 50 with caption encoding (README, "The second reference model"). The stages are independent (the SR stage
+# when run one after the other, about 50 with caption encoding (docs/reference-models.md, "The second reference model"). The stages are independent (the SR stage
 # trains on real low-res renders), so they may also run at the same time. Extra arguments after RUN_DIR go to every
 # `imagen-bench train` call.
 set -euo pipefail

@@ -136,7 +136,7 @@ def _accuracy(sampler, n: int):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="at the CPU budget (base 1,400 steps, SR 1,000) no fact type reaches 0.70 at "
-                   "the default settings (colour 0.56 is the best on the eval captions): README, 'The second reference "
+                   "the default settings (colour 0.56 is the best on the eval captions): docs/reference-models.md, 'The second reference "
                    "model'. Remove this mark when it passes.")
 def test_shapes_hard_meets_every_fact_target_at_its_default_settings():
     """Every fact type >= 0.70 at the model's own settings (its sampler.toml), on 100 held-out captions."""
@@ -148,7 +148,7 @@ def test_shapes_hard_meets_every_fact_target_at_its_default_settings():
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="the shipped default is w = 1 (chosen on seed 1000's captions, where w = 3 "
                    "lost by 0.05), so its settings cannot beat w = 1; w = 3 beat it by 0.10 on the eval captions, "
-                   "within the intervals: README, 'The second reference model'. Remove this mark when it passes.")
+                   "within the intervals: docs/reference-models.md, 'The second reference model'. Remove this mark when it passes.")
 def test_shapes_hard_guidance_beats_no_guidance_by_a_tenth():
     """Overall alignment at the model's default settings beats the same settings at w = 1 by 0.10."""
     d = sampler_defaults("shapes-hard")

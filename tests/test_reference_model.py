@@ -67,7 +67,7 @@ def test_shapes_model_meets_the_fact_targets_at_its_default_settings():
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="w = 1 is already 0.95-0.97 overall on 200 captions, so no guidance weight "
                    "can beat it by 0.10 (w = 3 adds 0.015 on the default eval set, 0.025 on seed 1000's captions): "
-                   "see README, 'The shipped reference model'. Remove this mark when it passes.")
+                   "see docs/reference-models.md, 'The shipped reference model'. Remove this mark when it passes.")
 def test_shapes_model_guidance_beats_no_guidance_by_a_tenth():
     """Guidance at the model's default weight beating no guidance (w = 1) by 0.10 overall."""
     from imagen.checkpoint import sampler_defaults

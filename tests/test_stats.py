@@ -361,7 +361,7 @@ def test_krippendorff_with_missing_data_by_hand_and_by_the_package():
 def test_preference_interval_coverage_with_prompt_and_rater_effects(prompts, raters, rater_sd):
     """The report's 95% interval of prefer_a - prefer_b covers the population truth in 90-99% of 400 simulated
     studies with prompt (sd 0.5) and rater random effects, up to a rater spread comparable to the effect and with
-    as few as 5 raters (the README's table). Too wide fails as well as too narrow."""
+    as few as 5 raters (the table in docs/human-eval.md). Too wide fails as well as too narrow."""
     from drawbench.plan import Design, coverage
 
     got = coverage(Design(raters=raters, rater_sd=rater_sd), 0.2, prompts, sims=400, seed=7)

@@ -5,8 +5,8 @@ Any open_clip model: an architecture name with a pretrained tag (`ViT-L-14` + `o
 read from its Hugging Face cache with HF_HUB_OFFLINE=1), an architecture with a weights file
 (`--clip-pretrained /path/to/file.bin`), an `hf-hub:` / `local-dir:` name, or `shapes-clip`, the small CLIP the
 project trains on the shapes world and ships as package data (works offline). Texts longer than the model's context
-are truncated by open_clip's tokenizer (the end-of-text token is kept). The metric name carries the model:
-`clip_score_vit_l_14`, `clip_score_shapes_clip`.
+are truncated by open_clip's tokenizer (the end-of-text token is kept). The metric name carries the model and its
+weights: `clip_score_vit_l_14_openai`, `clip_score_shapes_clip`.
 """
 
 from __future__ import annotations
