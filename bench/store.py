@@ -9,8 +9,9 @@ A study is a folder:
       images/<cell_id>/<prompt_id>-<sample_index>.png
 
 A table is the union of its part files, read as one dataset. Rows are never updated in place: a writer appends a
-new part; a reader that needs one row per key keeps the last. Column names are the constants below; readers of an
-older study get the columns it lacks as nulls, so older studies stay readable when the schema grows.
+new part; a reader that needs one row per key keeps the last. Column names are the constants below. Every part
+records the result schema it was written with (SCHEMA_VERSION); a study of another schema is refused in one line
+that says how to rerun it, never read half-understood.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 
 from imagen.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the result tables of imagen-bench 0.2 (studies of 0.1 are refused, with how to rerun)
 
 # ----------------------------------------------------------------------------- table names
 SAMPLES = "samples"  # one row per generated image
@@ -109,9 +110,9 @@ _PART_TIME = re.compile(r"-(\d{20})-[0-9a-f]{32}\.parquet$")
 
 
 def _write_order(part: Path) -> tuple[int, str]:
-    """Sort key: the write time in the part's name (older parts without one: the file's mtime)."""
+    """Sort key: the write time in the part's name (a part without one sorts first; it is refused when read)."""
     m = _PART_TIME.search(part.name)
-    return (int(m.group(1)) if m else part.stat().st_mtime_ns), part.name
+    return (int(m.group(1)) if m else 0), part.name
 
 
 def part_files(study: Path | str, table: str) -> list[Path]:
@@ -130,9 +131,15 @@ def read_arrow(study: Path | str, table: str) -> pa.Table:
     tables = []
     for p in parts:
         try:
-            tables.append(pq.read_table(p))
+            t = pq.read_table(p)
         except (OSError, pa.ArrowInvalid) as exc:
             raise UserError(f"unreadable result file {p}: {exc}; delete it and rerun to regenerate its rows") from exc
+        version = (t.schema.metadata or {}).get(b"imagen_bench_schema", b"0").decode()
+        if version != str(SCHEMA_VERSION):
+            raise UserError(f"{Path(study)} was written by another imagen-bench (result schema {version}, this one "
+                            f"reads {SCHEMA_VERSION}); its rows are not read: run its spec again into a new folder "
+                            f"(imagen-bench grid run SPEC --out NEW; the spec is in its tables/study rows)")
+        tables.append(t)
     return pa.concat_tables(tables, promote_options="default")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from pathlib import Path
 
 from bench import store
@@ -143,7 +142,8 @@ def check_same_study(out: Path, identity: dict, extend: bool) -> None:
     runs = store.read_table(out, store.STUDY)
     if not len(runs):
         return
-    stored = {store.COL_SEED: _stored_seeds(runs),
+    stored = {store.COL_SEED: {str(int(v)) for v in runs[store.COL_SEED].dropna()} if store.COL_SEED in runs
+              else set(),
               store.COL_PROMPTS_HASH: set(runs[store.COL_PROMPTS_HASH].dropna()) if store.COL_PROMPTS_HASH in runs
               else set(),
               store.COL_CHECKPOINT_HASH: set(runs[store.COL_CHECKPOINT_HASH].dropna())
@@ -162,22 +162,6 @@ def check_same_study(out: Path, identity: dict, extend: bool) -> None:
             fix = "" if col == store.COL_SEED else ", or pass --extend to add it to that study on purpose"
             raise UserError(f"{out} is a study of another {what} ({before[-1][:16]}, now {now_value[:16]}); give "
                             f"another --out for this spec{fix}")
-
-
-def _stored_seeds(runs) -> set[str]:
-    """The spec seeds a study ran: its seed column, or, for rows written before that column, the stored spec's."""
-    seeds = set()
-    for k in range(len(runs)):
-        v = runs[store.COL_SEED].iloc[k] if store.COL_SEED in runs else None
-        if v is not None and v == v:  # not null / NaN
-            seeds.add(str(int(v)))
-        elif store.COL_SPEC in runs and isinstance(runs[store.COL_SPEC].iloc[k], str):
-            try:
-                seeds.add(str(int(tomllib.loads(runs[store.COL_SPEC].iloc[k]).get("seed", 0))))
-            except (tomllib.TOMLDecodeError, TypeError, ValueError):
-                pass
-    return seeds
-
 
 
 __all__ = ["status", "format_status", "environment", "provenance", "check_metric_inputs", "check_reference",

@@ -376,23 +376,18 @@ def test_cli_refuses_another_seed_in_one_line(tmp_path, prompts_csv, capsys):
     assert main(["grid", "run", str(spec), "--out", str(tmp_path / "elsewhere"), "--json"]) == 0
 
 
-def test_a_study_made_before_the_identity_columns_keeps_resuming(tmp_path, prompts_csv):
-    """Study rows written before seed/prompts_hash existed are null there (and turn seed into floats once a new row
-    is added): reruns of the same spec must keep working, twice and more."""
+def test_a_study_written_by_the_earlier_version_is_refused_before_any_work(tmp_path, prompts_csv):
+    """Study rows of imagen-bench 0.1 (result schema 1: no seed or prompts_hash columns) are not read half-understood:
+    the rerun is refused in one line that says how to run the spec again, and nothing is written."""
     import pyarrow.parquet as pq
 
     spec = replace(spec_for(prompts_csv), threshold=("none",), guidance=((1.0,),))
     out = tmp_path / "old"
     run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
     for part in store.part_files(out, store.STUDY):  # as the older code wrote them
-        t = pq.read_table(part)
-        pq.write_table(t.drop_columns([store.COL_SEED, store.COL_PROMPTS_HASH]), part)
-    with pytest.raises(UserError, match="another seed"):  # the old rows' seed is read from their stored spec
-        run_grid(replace(spec, seed=9), out, generator=FakeGenerator(), metrics=False, progress=False,
-                 log=lambda m: None)
-    for _ in range(2):
-        summary = run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
-        assert summary["generated"] == 0 and summary["complete"]
-    with pytest.raises(UserError, match="another seed"):
-        run_grid(replace(spec, seed=9), out, generator=FakeGenerator(), metrics=False, progress=False,
-                 log=lambda m: None)
+        t = pq.read_table(part).drop_columns([store.COL_SEED, store.COL_PROMPTS_HASH])
+        pq.write_table(t.replace_schema_metadata({b"imagen_bench_schema": b"1"}), part)
+    before = sorted(p.name for p in (out / "tables").rglob("*.parquet"))
+    with pytest.raises(UserError, match="result schema 1.*run its spec again into a new folder"):
+        run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
+    assert sorted(p.name for p in (out / "tables").rglob("*.parquet")) == before

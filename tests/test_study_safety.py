@@ -186,3 +186,16 @@ def test_cli_reports_a_full_disk_in_one_line(tmp_path, capsys, monkeypatch):
     assert main(["sample", "--preset", "tiny", "--prompt", "a red circle", "--steps", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the disk is full" in err[0] and "MiB free" in err[0] and not out.exists()
+
+
+def test_a_study_of_an_earlier_schema_is_refused_with_how_to_rerun(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "study"
+    run(out)
+    old = out / "tables" / store.SAMPLES / ("s0of1-00000000000000000001-" + "0" * 32)
+    table = pa.table({store.COL_SAMPLE_ID: ["x/y/0"]}).replace_schema_metadata({b"imagen_bench_schema": b"1"})
+    pq.write_table(table, str(old) + ".parquet")
+    with pytest.raises(UserError, match="result schema 1, this one reads 2.*grid run SPEC --out NEW"):
+        store.read_table(out, store.SAMPLES)

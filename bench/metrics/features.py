@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -299,13 +298,9 @@ def as_extractor(extractor: "str | Extractor | LazyExtractor") -> Extractor:
 
 CLEAN, TORCH_FIDELITY = "clean", "torch-fidelity"
 PROTOCOL_KINDS = (CLEAN, TORCH_FIDELITY)
-LEGACY_ID = re.compile(r"^center-crop\+pil-bicubic-(\d+)$")  # statistics files written before protocols had names
-
-
 def canonical_id(text: str) -> str:
-    """A recorded protocol id in today's spelling ('center-crop+pil-bicubic-N' -> 'cropN+torch-fidelity')."""
-    m = LEGACY_ID.match(str(text).strip())
-    return f"crop{m.group(1)}+torch-fidelity" if m else str(text).strip()
+    """A recorded protocol id as it is compared."""
+    return str(text).strip()
 
 
 @dataclass(frozen=True)
