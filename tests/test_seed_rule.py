@@ -29,8 +29,8 @@ def test_sample_seed_remakes_a_grid_image(tmp_path, monkeypatch, capsys):
     out = tmp_path / "again.png"
     capsys.readouterr()
     seed = str(int(row[store.COL_SEED]))
-    assert main(["sample", "--preset", "tiny", "--prompt", row[store.COL_PROMPT], "--seed", seed, "ddim", "--steps", "2", "--guidance", "3", "--threshold", "static", "--out", str(out),
-                 "--json"]) == 0
+    assert main(["sample", "--preset", "tiny", "--prompt", row[store.COL_PROMPT], "--seed", seed, "--sampler", "ddim",
+                 "--steps", "2", "--guidance", "3", "--threshold", "static", "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["seed"] == int(row[store.COL_SEED])
     stored = np.asarray(Image.open(tmp_path / "study" / row[store.COL_IMAGE_PATH]).convert("RGB")).astype(int)
     again = np.asarray(Image.open(out).convert("RGB")).astype(int)
