@@ -17,6 +17,7 @@ from pathlib import Path
 from imagen.errors import UserError
 
 from bench import store
+from bench.generators import kind_of
 from bench.grid import run_grid
 from bench.spec import _toml_value, parse_spec
 from bench.metrics.coco import CocoRun, build_manifest, read_captions, reference_stats, sample_captions, \
@@ -78,7 +79,11 @@ def run_coco(run: CocoRun, sampler=None, progress: bool = True, log=None, *, fla
         warnings.warn(warning, stacklevel=2)
     say = log or (lambda *_: None)
     if run.verify and run.images:  # re-hash every reference image once, before the study uses the cached statistics
-        reference_stats(run.images, None, run.extractor, run.size, progress=progress, kind=run.protocol, verify=True)
+        from bench.generators import rank_device
+        from bench.metrics.features import LazyExtractor
+
+        reference_stats(run.images, None, LazyExtractor(run.extractor, rank_device(run.device)), run.size,
+                        progress=progress, kind=run.protocol, verify=True)
     summary = run_grid(spec, out, device=run.device, generator=generator, progress=progress, log=say)
     return _result(run, spec, out, sampled, warning, summary)
 
@@ -86,19 +91,29 @@ def run_coco(run: CocoRun, sampler=None, progress: bool = True, log=None, *, fla
 def _result(run: CocoRun, spec, out: Path, sampled, warning, summary: dict) -> dict:
     """The study's FID row for this run's cell -> result.json, with manifest.json (what makes two numbers
     comparable)."""
+    from bench.cell_metrics import _inputs_hash, _with_inputs
+    from bench.metrics.fid import fid_metric_name
+
     plan = json.loads(store.read_table(out, store.STUDY)[store.COL_PLAN].iloc[-1])
-    cells = [c for c in plan if plan[c].get("items")]
+    (cell_id,) = [c for c in plan if plan[c].get("items")]  # this run's spec has one cell
+    samples = store.read_table(out, store.SAMPLES, key=store.COL_SAMPLE_ID)
+    mine = samples[samples[store.COL_CELL_ID] == cell_id]
+    model_hash = str(mine[store.COL_CHECKPOINT_HASH].iloc[0])
+    if store.COL_FLAGGED in mine:
+        mine = mine[~mine[store.COL_FLAGGED].fillna(False).astype(bool).to_numpy()]
+    # the FID row of exactly this run's inputs: its images, extractor, protocol and reference (a study may hold the
+    # same cell's FID against another reference, from an earlier run)
+    ihash = _inputs_hash("fid", _with_inputs(spec.metrics.fid), mine[store.COL_SHA256])
     metrics = store.read_table(out, store.METRICS)
-    rows = metrics[metrics[store.COL_CELL_ID].isin(cells) & metrics[store.COL_CATEGORY].isna()
-                   & metrics[store.COL_METRIC].str.startswith("fid_")] if len(metrics) else metrics
+    name = fid_metric_name(run.extractor, Protocol(run.protocol, run.size))
+    rows = metrics[(metrics[store.COL_CELL_ID] == cell_id) & (metrics[store.COL_METRIC] == name)
+                   & (metrics[store.COL_INPUTS_HASH] == ihash)] if len(metrics) else metrics
     if not len(rows):
         raise UserError(f"{out}: the study has no FID row for this run yet (other shards still generating?); rerun "
                         f"the same command to finish it")
     row = rows.iloc[-1]
-    samples = store.read_table(out, store.SAMPLES, key=store.COL_SAMPLE_ID)
-    mine = samples[samples[store.COL_CELL_ID] == row[store.COL_CELL_ID]]
     reference = reference_stats(run.images, run.reference_stats, run.extractor, run.size, kind=run.protocol)
-    cell = plan[row[store.COL_CELL_ID]]
+    cell = plan[cell_id]
 
     def floats(text):
         return [float(x) for x in str(text).split(",")] if text is not None else None
@@ -109,8 +124,9 @@ def _result(run: CocoRun, spec, out: Path, sampled, warning, summary: dict) -> d
     manifest = build_manifest(
         captions_file=run.captions, sampled=sampled, seed=run.seed, reference=reference, extractor=run.extractor,
         size=run.size, kind=run.protocol, extractor_weights=getattr(reference, "weights", None),
-        model={"model": spec.model, "checkpoint_hash": str(mine[store.COL_CHECKPOINT_HASH].iloc[0]),
-               "cell_id": str(row[store.COL_CELL_ID])},
+        model={"model": spec.model, "kind": kind_of(spec.model),
+               "checkpoint_hash": model_hash,
+               "cell_id": cell_id},
         sampler=sampler if cell.get(store.COL_GUIDANCE_STAGES) is not None else {})
     manifest["generation"] = cell.get("generation", {})
     manifest["n_flagged"] = int(row.get(store.COL_N_FLAGGED) or 0) if store.COL_N_FLAGGED in rows else 0

@@ -110,7 +110,7 @@ _PART_TIME = re.compile(r"-(\d{20})-[0-9a-f]{32}\.parquet$")
 
 
 def _write_order(part: Path) -> tuple[int, str]:
-    """Sort key: the write time in the part's name (a part without one sorts first; it is refused when read)."""
+    """Sort key: the write time in the part's name (a part without one sorts first)."""
     m = _PART_TIME.search(part.name)
     return (int(m.group(1)) if m else 0), part.name
 
@@ -230,8 +230,8 @@ def writer(study: Path | str, shard: str, wait: bool = False):
             who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
                    if holder else "another process")
             if not wait:
-                raise UserError(f"{study} shard {shard} is being written by {who}; wait for it (or pass --wait), "
-                                f"or give this run another --shard or --out") from None
+                raise UserError(f"{study} shard {shard} is being written by {who}; wait for it (grid run --wait "
+                                f"waits), or give this run another --out (or --shard)") from None
             print(f"waiting for {who} to finish writing {study} shard {shard} ...", flush=True)
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         fh.seek(0)
@@ -251,13 +251,20 @@ WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
                   errno.EPERM: "no permission to write there", errno.ENOENT: "the folder vanished while writing"}
 
 
-def write_failure(exc: OSError, where: Path | str) -> UserError | None:
+def write_failure(exc: OSError, where: Path | str | None) -> UserError | None:
     """An OSError from writing results as one line: what failed, where, how much space is free there; None when it
-    is not a failure of the disk or folder."""
+    is not a failure of the disk or of the folder being written. A missing file or a refused permission counts only
+    inside `where` (the study folder being written; None: only a full disk, a quota or a read-only file system)."""
     why = WRITE_FAILURES.get(exc.errno)
     if why is None:
         return None
-    target = Path(exc.filename or where)
+    if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM):
+        if where is None or not exc.filename:
+            return None
+        inside = Path(os.path.abspath(exc.filename)).is_relative_to(Path(os.path.abspath(where)))
+        if not inside:
+            return None  # an input that is missing or unreadable: the caller's own error says which
+    target = Path(exc.filename or where or ".")
     probe = target
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

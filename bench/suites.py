@@ -160,7 +160,8 @@ def coco(data_dir: Path | None, n: int | None, seed: int, captions_file: str | N
     captions = coco_metrics.read_captions(path)
     if n is not None:
         captions = coco_metrics.sample_captions(captions, n, seed)  # one caption per distinct image
-    return [Prompt("coco", prompt_id("coco", c.caption), c.caption, None,
+    # keyed by caption id, not text: the protocol draws N images, and two of them may share a caption's words
+    return [Prompt("coco", prompt_id("coco", f"caption {c.caption_id}"), c.caption, None,
                    meta=json.dumps({"caption_id": c.caption_id, "image_id": c.image_id, "file_name": c.file_name}))
             for c in captions]
 
@@ -227,8 +228,8 @@ def load_suite(name: str, data_dir: str | os.PathLike | None = None, seed: int =
     root = resolve_data_dir(data_dir)
     if base == "drawbench":
         prompts = _dedupe(drawbench(root))
-    elif base == "coco" or base.startswith("coco="):
-        prompts = _dedupe(coco(root, n, seed, base[len("coco="):] if base.startswith("coco=") else None))
+    elif base == "coco" or base.startswith("coco="):  # the protocol's draw of n: exactly n prompts, one per image
+        return coco(root, n, seed, base[len("coco="):] if base.startswith("coco=") else None)
     elif base == "shapes":
         return (shapes_fn or shapes)(n, seed)  # the world draws exactly n captions from the seed
     elif base == "shapes-hard":

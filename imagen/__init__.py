@@ -6,4 +6,4 @@ This package imports nothing from bench/, drawbench/ or reports/.
 from imagen.errors import UserError
 
 __all__ = ["UserError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -113,18 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"imagen-bench: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a full disk, a read-only or vanished folder under any command: one line, exit 2
-        from bench.store import write_failure
-
-        failure = write_failure(exc, os.getcwd())
-        if failure is None:
-            raise
-        print(f"imagen-bench: error: {failure}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `imagen-bench ... --json | head`: the reader left; not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a full disk, a quota, a read-only file system under any command: one line, exit 2
+        from bench.store import write_failure
+
+        failure = write_failure(exc, None)
+        if failure is None:
+            raise
+        print(f"imagen-bench: error: {failure}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("imagen-bench: interrupted; completed work is kept, run the same command again to resume",
               file=sys.stderr)

@@ -100,7 +100,7 @@ def eval_spec(model: str, world: str, guidances: list[float], n: int, seed: int,
 
 def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: int | None, threshold: str | None,
                     sampler: str | None, batch_size: int, progress: bool = False, world: str = "shapes",
-                    out=None, device: str = "cpu") -> list[dict]:
+                    out=None, device: str = "cpu", precision: str = "fp32") -> list[dict]:
     """`eval shapes` as a grid study (the one flow: the same seeds as `grid run` of the same spec): n held-out captions
     of the world at each guidance weight, scored by the world's scorer, stored in the study folder `out` (default: one
     per spec and model under $IMAGEN_BENCH_CACHE/studies, so a rerun reuses every image and score). Returns
@@ -122,10 +122,10 @@ def evaluate_shapes(pipeline, guidances: list[float], n: int, seed: int, steps: 
                      d.threshold if threshold is None else threshold, d.sampler if sampler is None else sampler,
                      batch_size)
     spec = parse_spec(text, source="eval shapes")
-    if out is None:
+    if out is None:  # one cached study per spec, model, precision and result schema
         root = Path(os.environ.get("IMAGEN_BENCH_CACHE") or Path.home() / ".cache" / "imagen-bench")
-        key = hashlib.sha256((text + gen.checkpoint_hash).encode()).hexdigest()[:12]
-        out = root / "studies" / f"eval-{world}-{key}"
+        key = hashlib.sha256(json.dumps([text, gen.checkpoint_hash, precision, store.SCHEMA_VERSION]).encode())
+        out = root / "studies" / f"eval-{world}-{key.hexdigest()[:12]}"
     run_grid(spec, out, generator=gen, device=device, progress=progress, log=lambda *_: None)
     plan = json.loads(store.read_table(out, store.STUDY)[store.COL_PLAN].iloc[-1])
     metrics = store.read_table(out, store.METRICS)
@@ -189,7 +189,7 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     pipeline = load_generator(args.model, device=args.device, precision=args.precision)
     results = evaluate_shapes(pipeline, args.guidance, args.n, args.seed, flags["steps"], flags["threshold"],
                               flags["sampler"], args.batch_size, progress=not args.json, world=world, out=args.out,
-                              device=args.device)
+                              device=args.device, precision=args.precision)
     report = {"model": args.model, "checkpoint_hash": pipeline.checkpoint_hash, "seed": args.seed, "world": world,
               "study": results[0]["study"] if results else None,
               "precision": args.precision,
@@ -198,7 +198,9 @@ def _eval_shapes(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         used = results[0]["sampler"]
-        print(f"model {args.model} ({pipeline.checkpoint_hash[:12]}), {args.n} held-out {world} captions, "
+        n = results[0]["n"] if results else 0
+        drawn = "" if n == args.n else f" ({args.n} drawn; a caption drawn twice is one prompt)"
+        print(f"model {args.model} ({pipeline.checkpoint_hash[:12]}), {n} held-out {world} captions{drawn}, "
               f"seed {args.seed}, {used['sampler']} {used['steps']} steps, threshold {used['threshold']} (model's "
               f"default guidance: {_weights(pipeline.sampler_defaults.guidance)}); fraction of images passing each "
               f"fact (overall: every fact of the caption)")

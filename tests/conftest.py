@@ -10,6 +10,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _shared = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "IMAGEN_BENCH_DATA" not in os.environ and _shared.is_dir():
     os.environ["IMAGEN_BENCH_DATA"] = str(_shared)
+# The suite's own cache (text embeddings, reference statistics, file hashes, eval studies), shared by its tests but
+# never the user's ~/.cache/imagen-bench: what an earlier version left there must not decide a test.
+if "IMAGEN_BENCH_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["IMAGEN_BENCH_CACHE"] = tempfile.mkdtemp(prefix="imagen-bench-test-cache-")
 
 
 @pytest.fixture(scope="session")

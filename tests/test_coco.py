@@ -196,3 +196,35 @@ def test_a_coco_study_refuses_what_would_mix_runs(fixture, tmp_path):
             run_coco(dataclasses.replace(run, seed=1), good, progress=False)
         with pytest.raises(UserError, match="not both"):
             run_coco(dataclasses.replace(run, reference_stats="x.npz"), good, progress=False)
+
+
+def test_a_coco_draw_with_repeated_caption_texts_keeps_every_image(data_dir):
+    """The 5k CSV repeats some caption texts: the protocol's draw of N images is N prompts (keyed by caption id)."""
+    from bench.suites import load_suite
+
+    drawn = K.sample_captions(K.read_captions(data_dir / "coco" / "val2014_captions_5k.csv"), 1000, 0)
+    assert len({c.caption for c in drawn}) < 1000  # the case: some texts twice
+    prompts = load_suite("coco:1000", data_dir, 0)
+    assert len(prompts) == 1000 and len({p.prompt_id for p in prompts}) == 1000
+    assert [json.loads(p.meta)["caption_id"] for p in prompts] == [c.caption_id for c in drawn]
+
+
+def test_the_result_is_the_fid_of_this_runs_reference(fixture, tmp_path):
+    """Two runs of one cell against two references: each run reports the FID against its own."""
+    from bench.coco_study import run_coco
+    from bench.metrics.features import COCO_PROTOCOL
+    from imagen.config import SamplerConfig
+
+    half = tmp_path / "half.npz"
+    files = sorted(fixture.images_dir.iterdir())[:5]
+    F.save_stats(F.stats_from_files(files, protocol=COCO_PROTOCOL, cache=False), half)
+    run = K.CocoRun(model="tiny", captions=str(fixture.annotations), out=str(tmp_path / "run"), n=3, seed=0,
+                    images=str(fixture.images_dir), batch_size=3)
+    good = SamplerConfig(sampler="ddim", steps=1, guidance=(3.0,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = run_coco(run, good, progress=False)
+        npz = run_coco(dataclasses.replace(run, images=None, reference_stats=str(half)), good, progress=False)
+        again = run_coco(run, good, progress=False)
+    assert (folder["n_ref"], npz["n_ref"], again["n_ref"]) == (10, 5, 10)
+    assert folder["value"] != npz["value"] and again["value"] == folder["value"]
