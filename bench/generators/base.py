@@ -53,10 +53,6 @@ class Settings(SamplerConfig):
     def call_options(self) -> dict:
         return json.loads(self.call) if self.call else {}
 
-    def options_set(self) -> list[str]:
-        """The options of OPTIONS that are set."""
-        return [k for k in ("negative_prompt", "call") if getattr(self, k) is not None]
-
 
 def canonical_call(table: dict | None) -> str | None:
     """A [call] table as the canonical JSON a cell carries (None for none or an empty table)."""
