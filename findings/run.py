@@ -13,10 +13,11 @@ Four findings of Saharia et al. 2022, each measured here and given a verdict (fi
    cross-attention on the tokens beats the pooled vector alone (`--ablation pooled-text`): three bases trained by
    the same recipe and budget, scored at the base's resolution.
 
-Findings 1-2 run as grids (bench.grid, study folders under CACHE/studies, resumable); 3-4 sample through
-imagen.pipeline with given low-res inputs and truncated cascades. Ablation models are trained by imagen.train with
-the same config and a flag, into CACHE/<name>, and reused when their recipe (config, overrides, ablation, steps) is
-unchanged. Every part records its wall and CPU minutes.
+Every finding runs as grid studies (bench.grid, study folders under CACHE/studies, resumable, the seeds of every
+study): 3-4 inject their generators (a cascade truncated to its base, SR stages on given low-res images, and the
+inputs themselves as an image set), with FID against reference renders written once under CACHE/references.
+Ablation models are trained by imagen.train with the same config and a flag, into CACHE/<name>, and reused when their
+recipe (config, overrides, ablation, steps) is unchanged. Every part records its wall and CPU minutes.
 """
 
 from __future__ import annotations
@@ -150,7 +151,10 @@ def _pipeline(folder_or_name: str, device: str, n_stages: int | None = None):
             short.unets[k].load_state_dict(cascade.unets[k].state_dict())
         cascade = short
     cascade = cascade.to(torch.device(device)).eval()
-    return Pipeline(model_id=str(folder_or_name), checkpoint_hash=checkpoint_hash(folder), cascade=cascade,
+    digest = checkpoint_hash(folder)
+    if n_stages is not None:  # the first stages alone are another model: their images are not the cascade's
+        digest = hashlib.sha256(f"{digest}/stages={n_stages}".encode()).hexdigest()
+    return Pipeline(model_id=str(folder_or_name), checkpoint_hash=digest, cascade=cascade,
                     encoder=_encoder(cascade.cfg.text, device), sampler_defaults=sampler_defaults(folder))
 
 
@@ -179,34 +183,119 @@ def _held_out(world_name: str, n: int, seed: int, size: int, base_res: int | Non
     return [c for c, _, _ in caps], [f for _, f, _ in caps], [c for _, _, c in caps], np.stack(full), low
 
 
-class _Fid:
-    """FID (effnet-lite0, clean protocol) of image sets against reference renders, the extractor loaded once."""
+def _reference_folder(cfg: FindingsConfig, name: str, images: np.ndarray) -> str:
+    """Reference renders as a folder of PNGs under CACHE/references (written once, atomically per file): the FID
+    reference of a findings study, read like any reference folder."""
+    from PIL import Image
 
-    def __init__(self, device: str):
-        from bench.cell_metrics import Networks
+    from imagen.fileio import atomic_write
 
-        self.nets = Networks(device)
-        self.name = None
-        self._refs: dict[int, tuple] = {}  # id(reference array) -> (array, statistics): computed once per set
-
-    def __call__(self, images, reference) -> float:
-        from bench.metrics import fid as F
-        from bench.metrics.features import parse_protocol
-
-        ext = self.nets.extractor("effnet-lite0")
-        protocol = parse_protocol("clean")
-        self.name = F.fid_metric_name("effnet-lite0", protocol)
-        if id(reference) not in self._refs:  # the array is kept, so its id is not reused
-            self._refs[id(reference)] = (reference, F.stats_from_images(list(reference), ext, protocol))
-        ref = self._refs[id(reference)][1]
-        return float(F.fid_images(list(images), ref, extractor=ext, protocol=protocol))
+    folder = Path(cfg.cache) / "references" / name
+    for k, im in enumerate(images):
+        path = folder / f"{k:05d}.png"
+        if not path.is_file():
+            atomic_write(path, lambda tmp, im=im: Image.fromarray(im).save(tmp, format="PNG"))
+    return str(folder)
 
 
-def _alignment(images, facts) -> dict:
-    from bench.metrics.alignment import alignment
+class _Given:
+    """Images that are inputs, not samples (a base's samples or clean renders, upsampled): a generator over them, so
+    they are scored as a study like every sample set. `images` maps a prompt text to its image."""
 
-    res = alignment(np.stack(images), facts)
-    return {t: {"value": a.value, "low": a.low, "high": a.high, "n": a.n} for t, a in res.accuracy.items()}
+    kind, axes, n_stages, sampler_defaults, uses_seeds = "images", frozenset(), None, None, False
+
+    def __init__(self, label: str, images: dict):
+        self.model_id = f"images:{label}"
+        self.images = images
+        self.checkpoint_hash = hashlib.sha256(b"".join(
+            k.encode() + hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest()
+            for k, v in sorted(images.items()))).hexdigest()
+
+    def generate(self, prompts, seeds, settings, *, keys=None, batch_size: int = 8):
+        return [self.images[p] for p in prompts]
+
+
+class _OnLowres:
+    """A cascade whose SR stages start from given low-res images (per prompt text): Pipeline.generate(lowres=)
+    behind the generator contract; the low-res source is part of its identity."""
+
+    kind = "imagen"
+
+    def __init__(self, pipe, lowres: dict, source: str):
+        self.pipe, self.lowres = pipe, lowres
+        self.model_id = pipe.model_id
+        self.n_stages = len(pipe.cascade.cfg.stages)
+        self.sampler_defaults = pipe.sampler_defaults
+        self.axes = frozenset({"guidance", "threshold", "sampler", "steps", "aug_level"})
+        self.checkpoint_hash = hashlib.sha256(f"{pipe.checkpoint_hash}/lowres={source}".encode()).hexdigest()
+
+    def generate(self, prompts, seeds, settings, *, keys=None, batch_size: int = 8):
+        import torch
+
+        low = np.stack([self.lowres[p] for p in prompts])
+        with torch.no_grad():
+            return list(self.pipe.generate(list(prompts), list(seeds), settings, batch_size=batch_size, lowres=low))
+
+
+def _study(cfg: FindingsConfig, name: str, world: str, gen, axes: dict | None, reference: str, log) -> str:
+    """One findings study: the world's held-out captions through `gen` at `axes` (None: an image set), alignment and
+    FID (effnet-lite0, clean) against the `reference` folder; CACHE/studies/NAME-<hash of spec and model>."""
+    from bench.grid import parse_spec, run_grid
+    from bench.spec import _toml_value
+
+    lines = [f"name = {_toml_value('findings ' + name)}", f"model = {_toml_value(gen.model_id)}",
+             f"suites = {_toml_value([f'{world}:{cfg.n}'])}", "samples_per_prompt = 1", f"seed = {int(cfg.seed)}",
+             f"batch_size = {int(cfg.batch_size)}", "", "[axes]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (axes or {}).items()]
+    fid = {"extractor": "effnet-lite0", "reference": reference, "protocol": "clean"}
+    text = "\n".join(lines + ["", "[metrics]", f"fid = {_toml_value(fid)}", "alignment = true", ""])
+    key = hashlib.sha256((text + gen.checkpoint_hash).encode()).hexdigest()[:8]
+    study = Path(cfg.cache) / "studies" / f"{name}-{key}"
+    run_grid(parse_spec(text, f"findings {name}"), study, generator=gen, device=cfg.device, progress=cfg.progress,
+             log=log)
+    return str(study)
+
+
+def _scores(study: str) -> dict:
+    """{cell_id: {"alignment": {fact: {value, low, high, n}}, "fid": value, "settings": the cell's plan}} from the
+    study's rows; the intervals are Wilson's from the share and n, as findings.report gives every cell's (a prompt
+    bootstrap collapses to a point at 0 or 1)."""
+    from bench import store
+    from bench.metrics.alignment import wilson
+
+    plan = json.loads(store.read_table(study, store.STUDY)[store.COL_PLAN].iloc[-1])
+    metrics = store.read_table(study, store.METRICS)
+    metrics = metrics[metrics[store.COL_CATEGORY].isna()].drop_duplicates(
+        [store.COL_CELL_ID, store.COL_METRIC], keep="last")
+    out = {}
+    for cid, cell in plan.items():
+        rows = metrics[metrics[store.COL_CELL_ID] == cid]
+        align, fid = {}, None
+        for _, r in rows.iterrows():
+            name = r[store.COL_METRIC]
+            if name.startswith("align_"):
+                value, n = float(r[store.COL_VALUE]), int(r[store.COL_N])
+                low, high = wilson(int(round(value * n)), n)
+                align[name[len("align_"):]] = {"value": value, "low": low, "high": high, "n": n}
+            elif name.startswith("fid_"):
+                fid = float(r[store.COL_VALUE])
+        out[cid] = {"alignment": align, "fid": fid, "settings": cell}
+    return out
+
+
+def _fid_name() -> str:
+    from bench.metrics.features import parse_protocol
+    from bench.metrics.fid import fid_metric_name
+
+    return fid_metric_name("effnet-lite0", parse_protocol("clean"))
+
+
+def _first(texts: list[str], images) -> dict:
+    """{caption: its image}, the first image of a caption drawn twice (the suite keeps one prompt per caption)."""
+    out: dict = {}
+    for t, im in zip(texts, images):
+        out.setdefault(t, im)
+    return out
 
 
 # ----------------------------------------------------------------------------- findings 1 and 2: grids
@@ -259,8 +348,6 @@ def finding_dynamic(cfg: FindingsConfig, world: str, log=print) -> dict:
 
 def finding_sr_aug(cfg: FindingsConfig, world: str, log=print) -> dict:
     """SR with / without augmentation x aug levels x (the base's samples, clean low-res renders)."""
-    import torch
-
     timer = Timer()
     cache = Path(cfg.cache)
     steps = cfg.sr_steps
@@ -275,32 +362,41 @@ def finding_sr_aug(cfg: FindingsConfig, world: str, log=print) -> dict:
                                                ablation, cfg.train_n, cfg.device, cfg.progress, log)
     ref = _pipeline(cfg.model, cfg.device)
     base_res, res = ref.cascade.cfg.stages[0].resolution, ref.resolution
-    prompts, facts, _, clean, clean_low = _held_out(world, cfg.n, cfg.seed, res, base_res)
-    seeds = [cfg.seed + i for i in range(cfg.n)]
+    prompts, _, _, clean, clean_low = _held_out(world, cfg.n, cfg.seed, res, base_res)
+    reference = _reference_folder(cfg, f"{world}-{cfg.n}-{cfg.seed}-{res}", clean)
     settings = ref.sampler_defaults.given(sampler=cfg.sampler, steps=cfg.steps)
+    first = _first_stage(settings)
+    # the base's own samples: a study of the base alone (its images are the SR stages' inputs below)
     base = _pipeline(cfg.model, cfg.device, n_stages=1)
-    base_images = base.generate(prompts, seeds, _first_stage(settings), batch_size=cfg.batch_size)
-    fid = _Fid(cfg.device)
-    out = {"base_samples": {"alignment": _alignment(_upsample(base_images, res), facts),
-                            "fid": fid(_upsample(base_images, res), clean)},
-           "oracle": {"alignment": _alignment(_upsample(clean_low, res), facts),
-                      "fid": fid(_upsample(clean_low, res), clean)}}
+    base_study = _study(cfg, "sr-base", world, base, _axes(first), _reference_folder(
+        cfg, f"{world}-{cfg.n}-{cfg.seed}-{res}-box{base_res}", clean_low), log)
+    base_images = _images_by_prompt(base_study)
+    lows = {"base samples": base_images, "oracle low-res": _first(prompts, clean_low)}
+    out = {}
+    for key, label in (("base_samples", "base samples"), ("oracle", "oracle low-res")):
+        up = {p: _upsample(im[None], res)[0] for p, im in lows[label].items()}
+        (scores,) = _scores(_study(cfg, f"sr-input-{key}", world, _Given(f"{key}-upsampled", up), None, reference,
+                                   log)).values()
+        out[key] = {"alignment": scores["alignment"], "fid": scores["fid"]}
     curves = []
     for label, folder in folders.items():
         pipe = _pipeline(str(folder), cfg.device)
         if pipe.resolution != res or pipe.cascade.cfg.stages[0].resolution != base_res:
             raise UserError(f"{folder} samples {pipe.resolution} px from {pipe.cascade.cfg.stages[0].resolution} px "
                             f"but {cfg.model} is {base_res} -> {res} px; give an --sr-config of the same cascade")
-        for source, low in (("base samples", base_images), ("oracle low-res", clean_low)):
-            for level in cfg.aug_levels:
-                s = settings.given(aug_level=(float(level),))
-                with torch.no_grad():
-                    images = pipe.generate(prompts, seeds, s, batch_size=cfg.batch_size, lowres=low)
-                curves.append({"sr": label, "input": source, "aug_level": float(level),
-                               "alignment": _alignment(images, facts), "fid": fid(images, clean)})
-                log(f"findings 3: {label}, {source}, aug {level:g}: overall "
+        for source, low in lows.items():
+            source_hash = hashlib.sha256(b"".join(np.ascontiguousarray(low[p]).tobytes() for p in sorted(low)))
+            gen = _OnLowres(pipe, low, f"{source}:{source_hash.hexdigest()}")
+            axes = {**_axes(settings), "aug_level": [float(a) for a in cfg.aug_levels]}
+            study = _study(cfg, f"sr-{'aug' if label.startswith('with ') else 'noaug'}-{source.split()[0]}", world,
+                           gen, axes, reference, log)
+            for cell in sorted(_scores(study).values(), key=lambda c: float(c["settings"]["aug_level"])):
+                curves.append({"sr": label, "input": source, "aug_level": float(cell["settings"]["aug_level"]),
+                               "alignment": cell["alignment"], "fid": cell["fid"], "study": study})
+                log(f"findings 3: {label}, {source}, aug {curves[-1]['aug_level']:g}: overall "
                     f"{curves[-1]['alignment']['overall']['value']:.3f}, FID {curves[-1]['fid']:.2f}")
-    return {"curves": curves, "reference_inputs": out, "fid_metric": fid.name, "sr_steps": steps,
+    return {"curves": curves, "reference_inputs": out, "fid_metric": _fid_name(), "sr_steps": steps,
+            "base_study": base_study,
             "noise_aug_max": max(s.noise_aug_max for s in ref.cascade.cfg.stages[1:]),
             "training": costs, "settings": dataclasses.asdict(settings), **timer.minutes()}
 
@@ -327,25 +423,45 @@ def finding_text(cfg: FindingsConfig, world: str, log=print) -> dict:
                             ("pretrained MiniLM, pooled vector only", "pooled-text")):
         runs[label], costs[label] = trained(cfg.base_config, f"base-{ablation or 'recipe'}-{cfg.base_steps}", cache,
                                             cfg.base_steps, ablation, cfg.train_n, cfg.device, cfg.progress, log)
-    fid = _Fid(cfg.device)
     results = []
     settings = None
     # the scenes rendered at the cascade's last resolution and box-filtered to the base's, as the bases were trained
     from imagen.checkpoint import read_config
 
     stages = read_config(runs["pretrained MiniLM, cross-attention"]).stages
-    prompts, facts, _, _, clean = _held_out(world, cfg.n, cfg.seed, stages[-1].resolution, stages[0].resolution)
-    seeds = [cfg.seed + i for i in range(cfg.n)]
+    _, _, _, _, clean = _held_out(world, cfg.n, cfg.seed, stages[-1].resolution, stages[0].resolution)
+    reference = _reference_folder(cfg, f"{world}-{cfg.n}-{cfg.seed}-{stages[-1].resolution}-box"
+                                       f"{stages[0].resolution}", clean)
+    settings = _sampler_of(cfg)
     for label, folder in runs.items():
         pipe = _pipeline(str(folder), cfg.device, n_stages=1)
-        for w in cfg.text_guidance:
-            settings = _sampler_of(cfg).given(guidance=(w,))
-            images = pipe.generate(prompts, seeds, settings, batch_size=cfg.batch_size)
-            results.append({"base": label, "guidance": w, "alignment": _alignment(images, facts),
-                            "fid": fid(images, clean)})
-            log(f"findings 4: {label}, w {w:g}: overall {results[-1]['alignment']['overall']['value']:.3f}")
-    return {"results": results, "base_steps": cfg.base_steps, "training": costs, "fid_metric": fid.name,
+        axes = {**_axes(settings), "guidance": [float(w) for w in cfg.text_guidance]}
+        study = _study(cfg, f"text-{label.split(',')[0].split()[0].lower()}-"
+                            f"{'xattn' if 'cross' in label else 'pooled'}", world, pipe, axes, reference, log)
+        for cell in sorted(_scores(study).values(), key=lambda c: float(c["settings"]["guidance"])):
+            results.append({"base": label, "guidance": float(cell["settings"]["guidance"]),
+                            "alignment": cell["alignment"], "fid": cell["fid"], "study": study})
+            log(f"findings 4: {label}, w {results[-1]['guidance']:g}: overall "
+                f"{results[-1]['alignment']['overall']['value']:.3f}")
+    return {"results": results, "base_steps": cfg.base_steps, "training": costs, "fid_metric": _fid_name(),
             "settings": dataclasses.asdict(settings) if settings else None, **timer.minutes()}
+
+
+def _axes(s) -> dict:
+    """A SamplerConfig as a spec's [axes], one value each."""
+    one = (lambda v: v[0] if len(v) == 1 else list(v))
+    return {"sampler": [s.sampler], "steps": [int(s.steps)], "guidance": [one(tuple(s.guidance))],
+            "threshold": [s.threshold], "aug_level": [one(tuple(s.aug_level))]}
+
+
+def _images_by_prompt(study: str) -> dict:
+    """{prompt text: its image} of a one-cell study."""
+    from bench import store
+    from bench.generate import load_images
+
+    rows = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
+    images = load_images(study, list(rows[store.COL_IMAGE_PATH]))
+    return dict(zip(rows[store.COL_PROMPT], images))
 
 
 def _sampler_of(cfg: FindingsConfig):
