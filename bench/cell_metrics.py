@@ -111,7 +111,7 @@ def make_default_distribution(device: str = "cpu", nets: Networks | None = None)
         from bench.metrics import fidelity as M
         from bench.metrics.features import parse_protocol
 
-        ref_key = (key in M.CLIP_METRICS, json.dumps(table, sort_keys=True, default=str), given_reference is None)
+        ref_key = (key in M.CLIP_METRICS, json.dumps(dict(table), sort_keys=True, default=str), given_reference is None)
         if key in M.CLIP_METRICS:
             clip = nets.clip(table)
             if ref_key not in state:  # a folder or study: embedded once, cached by the files' remembered hashes
@@ -378,7 +378,7 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
     if items is not None:  # = the study table's prompts_hash
         prompts_hash = hashlib.sha256("\n".join(sorted({it.prompt.prompt_id for it in items})).encode()).hexdigest()
     # what a metric depends on besides the images: a reference path's content, the network's weights
-    settings = {k: _with_inputs(t) if isinstance(t, dict) else t for k, t in tables.items()}
+    settings = {k: _with_inputs(t) if not isinstance(t, bool) else t for k, t in tables.items()}
     stored = store.read_table(study, store.METRICS)
     have = set()
     if len(stored) and store.COL_INPUTS_HASH in stored:

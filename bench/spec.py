@@ -12,12 +12,13 @@ import json
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from bench.generators import kind_of, model_defaults
 from bench.generators.base import canonical_call
 from bench.suites import parse_name
-from bench.work import GridSpec, MetricsSpec
+from bench.work import ClipTable, FeatureTable, GridSpec, MetricsSpec
 from imagen.config import SamplerConfig, normalize_threshold
 from imagen.errors import UserError
 
@@ -179,9 +180,16 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         name=raw["name"].strip(), model=model, suites=tuple(s.strip() for s in suites),
         samples_per_prompt=ints["samples_per_prompt"], seed=ints["seed"], batch_size=ints["batch_size"],
         guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
-        metrics=MetricsSpec(fid=fid, clip_score=clip, alignment=align, kid=kid, prc=prc, cmmd=cmmd, fd_clip=fd_clip),
+        metrics=MetricsSpec(fid=_typed(FeatureTable, fid), clip_score=_typed(ClipTable, clip), alignment=align,
+                            kid=_typed(FeatureTable, kid), prc=_typed(FeatureTable, prc), cmmd=_typed(ClipTable, cmmd),
+                            fd_clip=_typed(ClipTable, fd_clip)),
         distilled_guidance=distilled, negative_prompt=negative, call=canonical_call(call),
     )
+
+
+def _typed(cls, table: dict | None):
+    """A checked [metrics] table as its frozen dataclass (None stays None)."""
+    return cls(**table) if table else None
 
 
 def _distilled(v) -> float:
@@ -313,7 +321,7 @@ def _toml_value(v) -> str:
         return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
+    if isinstance(v, Mapping):  # a dict, or a typed [metrics] table (bench.work.MetricTable)
         return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(type(v))
 

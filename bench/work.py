@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bench import store
@@ -24,15 +25,56 @@ from bench.generators.base import Settings
 from bench.suites import Prompt
 
 
+@dataclass(frozen=True, eq=False)
+class MetricTable(Mapping):
+    """A [metrics] table, typed and frozen, read like the TOML table it came from: its keys are the fields that are
+    set (so `dict(table)`, `table["reference"]` and `table.get("subset_size")` work, and it equals that dict)."""
+
+    def __getitem__(self, key: str):
+        value = getattr(self, key, None) if key in self._names() else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self):
+        return (k for k in self._names() if getattr(self, k) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureTable(MetricTable):
+    """FID, KID, precision/recall: an image-feature network, its preprocessing protocol, the reference set."""
+
+    extractor: str  # "effnet-lite0" | "inception"
+    reference: str  # "shapes" | a folder of images | a study folder | a statistics .npz (FID only)
+    protocol: str  # "clean", "torch-fidelity", "crop256+clean", ... (canonical spelling)
+    subset_size: int | None = None  # KID only
+
+
+@dataclass(frozen=True, eq=False)
+class ClipTable(MetricTable):
+    """CLIP score, CMMD, FD-CLIP: a CLIP model and its weights (and, for CMMD and FD-CLIP, the reference set)."""
+
+    model: str  # "shapes-clip" | an open_clip architecture | hf-hub:/local-dir: name
+    pretrained: str | None = None  # open_clip tag or weights file
+    reference: str | None = None
+
+
 @dataclass(frozen=True)
 class MetricsSpec:
-    fid: dict | None = None  # {"extractor": "effnet-lite0" | "inception", "reference": "shapes" | folder | .npz}
-    clip_score: dict | None = None  # {"model": "shapes-clip" | an open_clip name}
+    fid: FeatureTable | None = None
+    clip_score: ClipTable | None = None
     alignment: bool = False  # the shapes scorer, per cell and per category (shapes suite only)
-    kid: dict | None = None  # {"extractor", "protocol", "reference", "subset_size"?} (torch-fidelity's KID)
-    prc: dict | None = None  # {"extractor", "protocol", "reference"} (precision and recall, k = 3)
-    cmmd: dict | None = None  # {"model", "pretrained"?, "reference"} (CMMD on CLIP embeddings)
-    fd_clip: dict | None = None  # {"model", "pretrained"?, "reference"} (Frechet distance on CLIP embeddings)
+    kid: FeatureTable | None = None  # torch-fidelity's KID
+    prc: FeatureTable | None = None  # precision and recall, k = 3
+    cmmd: ClipTable | None = None  # CMMD on CLIP embeddings
+    fd_clip: ClipTable | None = None  # Frechet distance on CLIP embeddings
 
     def distribution(self) -> dict:
         """The metrics that compare a cell's images with a reference set, by key."""

@@ -391,3 +391,18 @@ def test_a_study_written_by_the_earlier_version_is_refused_before_any_work(tmp_p
     with pytest.raises(UserError, match="result schema 1.*run its spec again into a new folder"):
         run_grid(spec, out, generator=FakeGenerator(), metrics=False, progress=False, log=lambda m: None)
     assert sorted(p.name for p in (out / "tables").rglob("*.parquet")) == before
+
+def test_metric_tables_are_typed_frozen_and_read_like_their_toml():
+    import dataclasses
+
+    from bench.work import ClipTable, FeatureTable
+
+    spec = parse_spec('name = "t"\nmodel = "tiny"\nsuites = ["shapes:4"]\n[metrics]\nfid = true\n'
+                      'kid = { subset_size = 3 }\nclip_score = { model = "shapes-clip" }\n')
+    m = spec.metrics
+    assert isinstance(m.fid, FeatureTable) and isinstance(m.kid, FeatureTable) and isinstance(m.clip_score, ClipTable)
+    assert m.fid == {"extractor": "effnet-lite0", "reference": "shapes", "protocol": "clean"}  # no unset keys
+    assert m.kid["subset_size"] == 3 and m.fid.get("subset_size") is None and "pretrained" not in m.clip_score
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.fid.reference = "elsewhere"
+    assert parse_spec(spec_to_toml(spec)).metrics == m
