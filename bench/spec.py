@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from bench.generators import kind_of, model_defaults
 from bench.generators.base import canonical_call
 from bench.suites import parse_name
 from bench.work import ClipTable, FeatureTable, GridSpec, MetricsSpec
-from imagen.config import SamplerConfig, normalize_threshold
+from imagen.config import SamplerConfig, normalize_threshold, toml_table
 from imagen.errors import UserError
 
 KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
@@ -98,10 +97,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
 
     `model` replaces the spec's model (`--model`) before the axes it leaves out are filled from that model's
     sampler settings."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{source}: not valid TOML: {exc}") from None
+    raw = toml_table(text, source)
     if model is not None:
         raw["model"] = model
     unknown = set(raw) - TOP_KEYS

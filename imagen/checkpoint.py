@@ -105,15 +105,10 @@ def read_config(folder: Path) -> CascadeConfig:
 
 def parse_sampler_defaults(text: str, source: str) -> SamplerConfig:
     """SamplerConfig with the settings in a sampler.toml text; every mistake is a one-line UserError."""
-    import tomllib
-
+    from imagen.config import toml_table
     from imagen.sampling import check_sampler
 
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{source}: not valid TOML ({exc}); fix it or delete the file to use the global "
-                        f"sampler defaults") from None
+    raw = toml_table(text, source, "fix it or delete the file to use the global sampler defaults")
     known = [f.name for f in dataclasses.fields(SamplerConfig)]
     unknown = sorted(set(raw) - set(known))
     if unknown:
@@ -175,9 +170,9 @@ def sampler_defaults(model: str | os.PathLike) -> SamplerConfig:
             if want and len(values) != 1 and len(values) != want:
                 raise UserError(f"{file}: {key} has {len(values)} values but this model needs one value or {want} "
                                 f"(one per {'stage' if key == 'guidance' else 'SR stage'})")
-        import tomllib
+        from imagen.config import toml_table
 
-        raw = tomllib.loads(text)  # the lists as written: equal values collapse in cfg, their count must fit too
+        raw = toml_table(text, str(file))  # the lists as written: equal values collapse in cfg, their count must fit
         for key in ("threshold", "sampler"):
             value = raw.get(key, getattr(cfg, key))
             parts = value if isinstance(value, list) else str(value).split(",")

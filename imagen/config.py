@@ -198,6 +198,31 @@ class SamplerConfig:
         return dataclasses.replace(self, **{k: v for k, v in settings.items() if v is not None})
 
 
+# ----------------------------------------------------------------------------- TOML (every config file of the project)
+
+
+def toml_table(text: str, source: str, fix: str = "") -> dict:
+    """A TOML text as a table: the one reader of the project's TOML files (grid specs, training configs,
+    sampler.toml), a mistake one line naming the source."""
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source}: not valid TOML: {exc}" + (f"; {fix}" if fix else "")) from None
+
+
+def toml_value(text: str):
+    """A value written on a command line (`NAME=VALUE`): a TOML value (512, 0.7, true, [1, 2], "text"), else the
+    text itself."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 # ----------------------------------------------------------------------------- (de)serialisation
 
 

@@ -30,7 +30,6 @@ import math
 import os
 import random
 import time
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagen.config import CascadeConfig, cascade_to_json, from_dict, preset, to_dict
+from imagen.config import CascadeConfig, cascade_to_json, from_dict, preset, to_dict, toml_table
 from imagen.errors import UserError
 from imagen.fileio import atomic_write, sha256_file
 from imagen.worlds import WORLD_FILE, WORLDS, model_world
@@ -191,7 +190,7 @@ def _model(data: dict, base: Path) -> CascadeConfig:
         if path.suffix == ".json":
             inner = json.loads(path.read_text())
         else:
-            inner = tomllib.loads(path.read_text())
+            inner = toml_table(path.read_text(encoding="utf-8"), str(path))
         return _model(inner, path.parent)
     allowed = {"name", "text", "stages"}
     unknown = keys - allowed
@@ -263,11 +262,7 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
     path = Path(path)
     if not path.is_file():
         raise UserError(f"training config {path} not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, path.parent, overrides)
+    return parse_config(toml_table(path.read_text(encoding="utf-8"), str(path)), path.parent, overrides)
 
 
 def _validate(run: RunConfig) -> None:

@@ -85,7 +85,7 @@ def _model_source(args: argparse.Namespace) -> str:
 def _call_flags(args: argparse.Namespace) -> dict:
     """--call KEY=VALUE ... -> {key: value}; a value is read as a TOML value (512, 0.7, true, [1, 2], "text") and
     otherwise kept as text."""
-    import tomllib
+    from imagen.config import toml_value
 
     from bench.spec import _call_table
     from imagen.errors import UserError
@@ -95,10 +95,7 @@ def _call_flags(args: argparse.Namespace) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
             raise UserError(f"--call {item!r}: use NAME=VALUE, e.g. --call max_sequence_length=256")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
+        out[key.strip()] = toml_value(value)
     return _call_table(out, "--call")
 
 

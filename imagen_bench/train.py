@@ -37,8 +37,7 @@ examples:
 
 def _parse_set(items: list[str]) -> dict:
     """--set section.key=value (value parsed as TOML: 10, 1e-4, "text", true, [1, 2])."""
-    import tomllib
-
+    from imagen.config import toml_value
     from imagen.errors import UserError
 
     out = {}
@@ -46,10 +45,7 @@ def _parse_set(items: list[str]) -> dict:
         if "=" not in item:
             raise UserError(f"--set {item!r}: write section.key=value, e.g. --set train.steps=100")
         key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value  # a bare word: a string
+        out[key.strip()] = toml_value(value)  # a bare word: a string
     return out
 
 
