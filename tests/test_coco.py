@@ -175,6 +175,13 @@ def test_end_to_end_tiny_model_is_a_resumable_study(fixture, tmp_path, capsys):
     assert "not comparable" in captured.err
     assert main(["grid", "status", str(out)]) == 0 and "8/8 images" in capsys.readouterr().out
     assert main(["report", str(out)]) == 0 and (out / "report" / "index.html").is_file()
+    capsys.readouterr()
+    # and people can rate its two settings against each other, as any two cells of any study
+    session = tmp_path / "session"
+    assert main(["drawbench", "pairs", "--study", f"{out}:{result['cell_id']}", "--study",
+                 f"{out}:{other['cell_id']}", "--names", "dynamic", "static", "--per-set", "1", "--codes", "1", "--out", str(session),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["comparisons"] >= 4
 
 
 def test_a_coco_study_refuses_what_would_mix_runs(fixture, tmp_path):
