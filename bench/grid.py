@@ -84,7 +84,7 @@ def run_grid(spec: GridSpec, out: str | os.PathLike, *, shard: tuple[int, int] =
     prefix = generate.part_prefix(shard)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with store.writer(out, prefix, wait=wait):  # one writer per study and shard
+        with store.writer(out, prefix, wait=wait, shards=shard[1]):  # one writer per study and shard, one split
             return _run(spec, out, shard, prefix, gen, cells, items, mine, prompts, identity, used, device,
                         metric_fns, metrics, progress, log)
     except OSError as exc:  # a full disk, a read-only or vanished folder: one line, and the rerun resumes

@@ -16,6 +16,7 @@ that says how to rerun it, never read half-understood.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -206,10 +207,12 @@ def locked(study: Path | str, name: str):
 
 
 @contextmanager
-def writer(study: Path | str, shard: str, wait: bool = False):
+def writer(study: Path | str, shard: str, wait: bool = False, shards: int | None = None):
     """Be the one writer of a study's shard while the block runs: a second process on the same study and shard is
     refused in one line naming the holder (pid, host, since when), or, with `wait`, waits for it. The lock is an
-    flock, which the OS drops when its holder dies: a lock left by a killed process is simply taken over."""
+    flock, which the OS drops when its holder dies: a lock left by a killed process is simply taken over. `shards`
+    (the N of --shard i/N): writers that split the study into another number of shards would share its work items
+    between two splits, so they are refused (or waited for) too."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -217,6 +220,37 @@ def writer(study: Path | str, shard: str, wait: bool = False):
         return
     folder = Path(study) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if shards is not None:
+            _one_split(stack, folder, study, shards, wait, fcntl)
+        stack.enter_context(_shard_lock(folder, study, shard, wait, fcntl))
+        yield
+
+
+def _one_split(stack, folder: Path, study, shards: int, wait: bool, fcntl) -> None:
+    """A shared lock on this split (N shards), after checking that no writer holds another split's."""
+    for other in sorted(folder.glob(".split-*.lock")):
+        m = other.name[len(".split-"):-len(".lock")]
+        if m == str(shards):
+            continue
+        with open(other, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise UserError(f"{study} is being written in {m} shard(s) (--shard I/{m}, or torchrun with {m} "
+                                    f"ranks); run this one with the same number, or wait for them (grid run --wait "
+                                    f"waits)") from None
+                print(f"waiting for the writers of {study} in {m} shard(s) to finish ...", flush=True)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    fh = stack.enter_context(open(folder / f".split-{shards}.lock", "a+"))
+    fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+    stack.callback(fcntl.flock, fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def _shard_lock(folder: Path, study, shard: str, wait: bool, fcntl):
     path = folder / f".writer-{shard}.lock"
     with open(path, "a+") as fh:
         try:

@@ -199,3 +199,22 @@ def test_a_study_of_an_earlier_schema_is_refused_with_how_to_rerun(tmp_path):
     pq.write_table(table, str(old) + ".parquet")
     with pytest.raises(UserError, match="result schema 1, this one reads 2.*grid run SPEC --out NEW"):
         store.read_table(out, store.SAMPLES)
+
+
+def test_a_writer_with_another_number_of_shards_is_refused(tmp_path):
+    """`--shard 0/1` beside a torchrun of two ranks would split the same work items twice."""
+    out = tmp_path / "study"
+    code = ("import sys, time; from bench import store\n"
+            f"with store.writer({str(out)!r}, 's0of2', shards=2):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    try:
+        with pytest.raises(UserError, match="being written in 2 shard"):
+            run(out)
+        assert run(out, shard=(1, 2))["generated"] > 0  # the same split, another shard: side by side
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert run(out)["complete"] and len(rows(out)) == len(set(rows(out))) == 12
