@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bench import published as published_suites
 from bench.ids import prompt_id
 from imagen.errors import UserError
 
 BUILTIN = ("drawbench", "coco", "shapes", "shapes-hard")
+PUBLISHED = published_suites.SUITES  # GenEval, T2I-CompBench (and each category), PartiPrompts, DPG-Bench
 WORLD_SUITES = ("shapes", "shapes-hard")  # the suites whose prompts carry facts, and whose scenes are the reference
 DRAWBENCH_FILE = Path("drawbench") / "prompts.csv"
 COCO_FILE = Path("coco") / "val2014_captions_5k.csv"
@@ -166,6 +168,24 @@ def coco(data_dir: Path | None, n: int | None, seed: int, captions_file: str | N
             for c in captions]
 
 
+def published(data_dir: Path | None, name: str) -> list[Prompt]:
+    """A published benchmark's prompts (bench.published: GenEval, T2I-CompBench, PartiPrompts, DPG-Bench) with its
+    skill category and metadata; T2I-CompBench's prompts are one suite, `t2i-compbench`, whichever category asked."""
+    P = published_suites
+    out: list[Prompt] = []
+    for rel, category in P.files(name):
+        path = _need_data(data_dir, rel, name)
+        if name == "geneval":
+            out += [Prompt("geneval", prompt_id("geneval", t), t, tag, meta=meta) for t, tag, meta in P.geneval(path)]
+        elif category is not None:
+            meta = json.dumps({"category": category})
+            out += [Prompt("t2i-compbench", prompt_id("t2i-compbench", f"{category}/{t}"), t, category, meta=meta)
+                    for t in P.compbench(path)]
+        else:  # PartiPrompts (Category; Challenge and Note kept) and DPG-Bench (item_id kept)
+            out += read_prompt_csv(path, name)
+    return out
+
+
 def shapes(n: int | None, seed: int, world_name: str = "shapes") -> list[Prompt]:
     """Held-out captions of a shapes world (`shapes` or `shapes-hard`), with the facts its scorer checks."""
     from imagen.worlds import get_world
@@ -230,6 +250,8 @@ def load_suite(name: str, data_dir: str | os.PathLike | None = None, seed: int =
         prompts = _dedupe(drawbench(root))
     elif base == "coco" or base.startswith("coco="):  # the protocol's draw of n: exactly n prompts, one per image
         return coco(root, n, seed, base[len("coco="):] if base.startswith("coco=") else None)
+    elif base in PUBLISHED or base.startswith("t2i-compbench-"):  # an unknown category: its own line
+        prompts = _dedupe(published(root, base))
     elif base == "shapes":
         return (shapes_fn or shapes)(n, seed)  # the world draws exactly n captions from the seed
     elif base == "shapes-hard":
@@ -237,7 +259,8 @@ def load_suite(name: str, data_dir: str | os.PathLike | None = None, seed: int =
     elif base.lower().endswith((".csv", ".tsv", ".tab")) or Path(base).is_file():
         prompts = _dedupe(read_prompt_csv(Path(base), suite_label(base)))
     else:
-        raise UserError(f"unknown suite {base!r}: use drawbench, coco, shapes, shapes-hard, or the path of a CSV/TSV file "
+        raise UserError(f"unknown suite {base!r}: use drawbench, coco, shapes, shapes-hard, geneval, "
+                        f"t2i-compbench[-CATEGORY], partiprompts, dpg-bench, or the path of a CSV/TSV file "
                         f"with a 'prompt' column (add ':N' for a seeded subset)")
     return prompts if n is None else subset(prompts, n, seed, base)
 

@@ -251,6 +251,26 @@ overflow:auto;font-size:12px}.sheet{margin:0.4em 0}.sheet b{display:inline-block
 vertical-align:top}ol{font-size:13px}"""
 
 
+def protocol_notes(samples: pd.DataFrame) -> list[str]:
+    """One line per published suite whose cells hold another number of images per prompt than its protocol
+    generates (GenEval 4, T2I-CompBench 10, DPG-Bench 4): their scores are not the published protocol's."""
+    from bench.published import protocol_images
+
+    notes = []
+    if not len(samples) or store.COL_SUITE not in samples:
+        return notes
+    for suite, rows in samples.groupby(store.COL_SUITE):
+        want = protocol_images(str(suite))
+        if want is None:
+            continue
+        per = rows.groupby([store.COL_CELL_ID, store.COL_PROMPT_ID]).size()
+        got = sorted(set(int(v) for v in per))
+        if got != [want]:
+            notes.append(f"{suite}: {', '.join(map(str, got))} image(s) per prompt where its protocol makes {want}; "
+                         f"set samples_per_prompt = {want} to score it as published")
+    return notes
+
+
 def build_report(study: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the report folder (default STUDY/report) and return the path of its index.html."""
     study = Path(study)
@@ -295,6 +315,8 @@ def build_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
              f"{html.escape(str(last.get(store.COL_MODEL, '?')) if len(runs) else '?')}</b> (checkpoint "
              f"{html.escape(str(last.get(store.COL_CHECKPOINT_HASH, ''))[:12]) if len(runs) else ''}), "
              f"{len(summary)} cells, {len(samples)} images. Tables: summary.csv, summary.parquet.</p>"]
+    for note in protocol_notes(samples):
+        parts.append(f"<p class='note'><b>Not the published protocol:</b> {html.escape(note)}</p>")
     if has_pareto:
         parts.append("<h2>Fidelity against alignment (paper Figure A.11)</h2>" + _img(out / "pareto.png", "pareto"))
     parts.append("<h2>Summary per cell</h2><p>95% bootstrap intervals over images in grey.</p>"
