@@ -123,3 +123,46 @@ def test_clip_colors_equal_the_zero_shot_classification_by_hand():
     f = f / np.linalg.norm(f, axis=1, keepdims=True)
     assert got == [G.COLORS[i] for i in (f @ w).argmax(1)]
     assert colors(image, [], "square") == []
+
+
+# ----------------------------------------------------------------------------- end to end on rendered scenes
+
+
+def _scene(*objects):
+    from imagen.shapes import Scene, Shape
+
+    return Scene(tuple(Shape(s, c, x, y, 0.16) for s, c, x, y in objects))
+
+
+CASES = [  # (GenEval-style metadata over the shapes world, a scene that satisfies it, scenes that break one fact)
+    ({"tag": "single_object", "include": [{"class": "circle", "count": 1}]},
+     [("circle", "red", 0.5, 0.5)], [[("square", "red", 0.5, 0.5)]]),
+    ({"tag": "two_object", "include": [{"class": "circle", "count": 1}, {"class": "square", "count": 1}]},
+     [("circle", "red", 0.3, 0.5), ("square", "blue", 0.7, 0.5)], [[("circle", "red", 0.3, 0.5)]]),
+    ({"tag": "counting", "include": [{"class": "triangle", "count": 3}], "exclude": [{"class": "triangle", "count": 4}]},
+     [("triangle", "green", 0.2, 0.3), ("triangle", "green", 0.5, 0.7), ("triangle", "green", 0.8, 0.3)],
+     [[("triangle", "green", 0.2, 0.3), ("triangle", "green", 0.8, 0.3)],
+      [("triangle", "green", 0.2, 0.2), ("triangle", "green", 0.8, 0.2), ("triangle", "green", 0.2, 0.8),
+       ("triangle", "green", 0.8, 0.8)]]),
+    ({"tag": "colors", "include": [{"class": "square", "count": 1, "color": "blue"}]},
+     [("square", "blue", 0.5, 0.5)], [[("square", "red", 0.5, 0.5)]]),
+    ({"tag": "position", "include": [{"class": "square", "count": 1},
+                                     {"class": "circle", "count": 1, "position": ["left of", 0]}]},
+     [("circle", "red", 0.2, 0.5), ("square", "blue", 0.8, 0.5)],
+     [[("circle", "red", 0.8, 0.5), ("square", "blue", 0.2, 0.5)], [("circle", "red", 0.2, 0.5)]]),
+    ({"tag": "color_attr", "include": [{"class": "circle", "count": 1, "color": "red"},
+                                       {"class": "triangle", "count": 1, "color": "yellow"}]},
+     [("circle", "red", 0.3, 0.5), ("triangle", "yellow", 0.7, 0.5)],
+     [[("circle", "yellow", 0.3, 0.5), ("triangle", "red", 0.7, 0.5)]]),
+]
+
+
+@pytest.mark.parametrize("meta, good, bad", CASES, ids=[c[0]["tag"] for c in CASES])
+def test_rules_on_rendered_scenes_whose_truth_is_known(meta, good, bad):
+    from imagen.shapes import render
+
+    det = G.ShapesDetector()
+    assert G.score_image(render(_scene(*good), 128), meta, det, det.colors)[0]
+    for objects in bad:
+        ok, why = G.score_image(render(_scene(*objects), 128), meta, det, det.colors)
+        assert not ok and why

@@ -142,6 +142,39 @@ def summary(results: Sequence[tuple[str, bool]]) -> dict[str, float]:
     return out
 
 
+Detector = Callable[[np.ndarray], list[Detection]]  # an image (uint8 [H, W, 3]) -> its detections
+
+
+def score_image(image: np.ndarray, metadata: dict, detect: Detector, colors=None) -> tuple[bool, list]:
+    """(correct, reasons) of one image of a GenEval prompt: `detect` finds the objects, `colors(image, objects, cls)`
+    names their colours (ClipColors for the published numbers)."""
+    objects = kept(detect(image), metadata.get("tag", ""))
+    color_of = (lambda objs, cls: colors(image, objs, cls)) if colors is not None else None
+    return judge(objects, metadata, color_of)
+
+
+class ShapesDetector:
+    """The shapes world's scorer as a detector whose truth is known: class = shape, box = a square of the object's
+    area around its centroid, score 1; its colours (the scorer's palette names) serve as the colour classifier.
+    For testing GenEval's rules end to end on rendered scenes; not a COCO detector."""
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        from imagen.shapes_scorer import detect
+
+        h, w = image.shape[:2]
+        out = []
+        for b in detect(image):
+            half = 0.5 * float(np.sqrt(b.area * h * w))
+            box = (b.cx * w - half, b.cy * h - half, b.cx * w + half, b.cy * h + half)
+            out.append(Detection(b.shape, 1.0, box, None))
+            self._colors = getattr(self, "_colors", {})
+            self._colors[box] = b.color or "none"
+        return out
+
+    def colors(self, image: np.ndarray, objects: list[Detection], cls: str) -> list[str]:
+        return [self._colors.get(o.box, "none") for o in objects]
+
+
 class ClipColors:
     """GenEval's colour classifier on an open_clip model: zero-shot over the ten colours with three templates per
     class (the mean of the normalised text embeddings), on each object's box crop with the rest of the image grey
@@ -193,5 +226,6 @@ class ClipColors:
         return [COLORS[int(i)] for i in logits.argmax(dim=1)]
 
 
-__all__ = ["Detection", "kept", "iou", "relations", "judge", "summary", "ClipColors", "THRESHOLD",
+__all__ = ["Detection", "kept", "iou", "relations", "judge", "summary", "score_image", "ShapesDetector", "ClipColors",
+           "THRESHOLD",
            "COUNTING_THRESHOLD", "MAX_OBJECTS", "POSITION_MARGIN", "COLORS", "TAGS"]
