@@ -38,6 +38,8 @@ class MetricFns:
     alignment: object = None  # (image [H,W,3], facts JSON text) -> {fact_type: bool}
     # (images, metric key "kid" | "prc" | "cmmd" | "fd_clip", its table, reference images or None) -> fidelity.Values
     distribution: object = None
+    # (images, GenEval metadata dicts, geneval table) -> (metric name, [correct per image])
+    geneval: object = None
 
 
 class Networks:
@@ -97,6 +99,29 @@ def make_default_clip(device: str = "cpu", nets: Networks | None = None):
 
     clip_fn.load = nets.clip
     return clip_fn
+
+
+def make_default_geneval(device: str = "cpu", nets: Networks | None = None):
+    """GenEval's rules with the table's detector (bench.metrics.detectors) and its CLIP as the colour classifier,
+    each loaded once per run."""
+    nets = nets or Networks(device)
+    loaded: dict = {}
+
+    def fn(images, metas, table):
+        from bench.metrics import geneval as G
+        from bench.metrics.detectors import Mask2FormerDetector, detector_slug
+        from bench.metrics.clip_score import clip_score_metric_name
+
+        if table["detector"] not in loaded:
+            loaded[table["detector"]] = Mask2FormerDetector(table["detector"], device)
+        detect = loaded[table["detector"]]
+        clip = nets.clip({"model": table["clip"], "pretrained": table.get("pretrained")})
+        colors = G.ClipColors(clip.model, clip.preprocess, clip.tokenizer, device)
+        name = (f"geneval_{detector_slug(table['detector'])}_"
+                f"{clip_score_metric_name(table['clip'], table.get('pretrained'))[len('clip_score_'):]}")
+        return name, [G.score_image(np.asarray(im), m, detect, colors)[0] for im, m in zip(images, metas)]
+
+    return fn
 
 
 def make_default_distribution(device: str = "cpu", nets: Networks | None = None):
@@ -343,9 +368,33 @@ def _score_alignment(fns, cell: CellImages, table, settings) -> list[dict]:
     return rows
 
 
+def _score_geneval(fns, cell: CellImages, table, settings) -> list[dict]:
+    """GenEval on the cell's prompts that carry its metadata: a row per tag (the share of correct images, with its
+    interval) and the overall score, the mean of the tags' (GenEval's summary), without an interval."""
+    df = cell.df
+    metas = [json.loads(m) if isinstance(m, str) else None for m in df[store.COL_META]] if store.COL_META in df \
+        else [None] * len(df)
+    sel = np.array([isinstance(m, dict) and "include" in m and "tag" in m for m in metas])
+    if not sel.any():
+        return []  # no prompt of the cell is a GenEval prompt
+    ihash = _inputs_hash("geneval", settings, df[store.COL_SHA256][sel])
+    if (cell.cell_id, ihash) in cell.have:
+        return []
+    chosen = [m for m, s in zip(metas, sel) if s]
+    name, correct = fns.geneval(cell.images[sel], chosen, table)
+    tags = [m["tag"] for m in chosen]
+    rows = _mean_rows(cell.cell_id, name, [float(c) for c in correct], tags, ihash,
+                      list(df[store.COL_PROMPT_ID][sel]))
+    per_tag = [r for r in rows if r[store.COL_CATEGORY] is not None]
+    overall = rows[0]  # the mean over images: replaced by the mean over tags, as GenEval's overall score
+    overall.update({store.COL_VALUE: float(np.mean([r[store.COL_VALUE] for r in per_tag])), store.COL_LOW: None,
+                    store.COL_HIGH: None})
+    return rows
+
+
 SCORERS = {"fid": _score_fid, "kid": _score_distribution("kid"), "prc": _score_distribution("prc"),
            "cmmd": _score_distribution("cmmd"), "fd_clip": _score_distribution("fd_clip"),
-           "clip_score": _score_clip, "alignment": _score_alignment}
+           "clip_score": _score_clip, "alignment": _score_alignment, "geneval": _score_geneval}
 
 
 def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFns | None, device: str,
@@ -355,7 +404,8 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
     nets = Networks(device)  # one extractor / CLIP model per name for every metric of the run
     fns = MetricFns(fid=given.fid or make_default_fid(device, nets), clip=given.clip or make_default_clip(device, nets),
                     alignment=given.alignment or default_alignment,
-                    distribution=given.distribution or make_default_distribution(device, nets))
+                    distribution=given.distribution or make_default_distribution(device, nets),
+                    geneval=given.geneval or make_default_geneval(device, nets))
     if m.clip_score and given.clip is None and not _importable("bench.metrics.clip_score"):
         log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
         m = dataclasses.replace(m, clip_score=None)
@@ -426,6 +476,6 @@ def _flagged(cell_id: str, df, have: set, log):
     return rows, df[~bad.to_numpy()], n_flagged
 
 
-__all__ = ["MetricFns", "Networks", "CellImages", "SCORERS", "compute_metrics", "bootstrap_ci", "make_default_fid", "make_default_clip",
-           "make_default_distribution",
-           "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]
+__all__ = ["MetricFns", "Networks", "CellImages", "SCORERS", "compute_metrics", "bootstrap_ci", "make_default_fid",
+           "make_default_clip", "make_default_distribution", "make_default_geneval", "default_alignment", "ALIGNMENT",
+           "ALIGN_PREFIX"]

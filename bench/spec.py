@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.generators import kind_of, model_defaults
 from bench.generators.base import canonical_call
 from bench.suites import parse_name
-from bench.work import ClipTable, FeatureTable, GridSpec, MetricsSpec
+from bench.work import ClipTable, FeatureTable, GenevalTable, GridSpec, MetricsSpec
 from imagen.config import SamplerConfig, normalize_threshold, toml_table
 from imagen.errors import UserError
 
@@ -25,7 +25,7 @@ KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
 TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size", "negative_prompt", "axes", "call",
             "metrics"}
 AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level", "distilled_guidance"}
-METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip"}
+METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip", "geneval"}
 
 
 def _known_samplers() -> tuple[str, ...]:
@@ -169,6 +169,15 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
     if kid and "subset_size" in kid and (isinstance(kid["subset_size"], bool) or not isinstance(
             kid["subset_size"], int) or kid["subset_size"] < 2):
         raise UserError(f"metrics.kid.subset_size: {kid['subset_size']!r} must be an integer >= 2")
+    from bench.metrics.detectors import DEFAULT_DETECTOR
+
+    geneval = _metric_table(metrics.get("geneval"), "geneval", {"detector": DEFAULT_DETECTOR, "clip": "ViT-L-14"},
+                            ("pretrained",))
+    if geneval and geneval["clip"] == "ViT-L-14" and "pretrained" not in geneval:
+        geneval["pretrained"] = "openai"  # GenEval's colour classifier: CLIP ViT-L-14 with OpenAI's weights
+    for k, v in (geneval or {}).items():
+        if not isinstance(v, str) or not v.strip():
+            raise UserError(f"metrics.geneval.{k}: {v!r} must be a non-empty string")
     align = metrics.get("alignment", False)
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")
@@ -178,7 +187,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
         metrics=MetricsSpec(fid=_typed(FeatureTable, fid), clip_score=_typed(ClipTable, clip), alignment=align,
                             kid=_typed(FeatureTable, kid), prc=_typed(FeatureTable, prc), cmmd=_typed(ClipTable, cmmd),
-                            fd_clip=_typed(ClipTable, fd_clip)),
+                            fd_clip=_typed(ClipTable, fd_clip), geneval=_typed(GenevalTable, geneval)),
         distilled_guidance=distilled, negative_prompt=negative, call=canonical_call(call),
     )
 
@@ -348,6 +357,8 @@ def spec_to_toml(spec: GridSpec) -> str:
     lines.append(f"alignment = {_toml_value(m.alignment)}")
     for key, table in m.distribution().items():
         lines.append(f"{key} = {_toml_value(table)}")
+    if m.geneval:
+        lines.append(f"geneval = {_toml_value(m.geneval)}")
     if spec.call:
         lines += ["", "[call]"] + [f"{k} = {_toml_value(v)}" for k, v in json.loads(spec.call).items()]
     return "\n".join(lines) + "\n"

@@ -86,6 +86,9 @@ def provenance(spec: GridSpec) -> dict:
         out["protocols"] = sorted({t.get("protocol", "clean") for t in feats})
     if clips:
         out["clip"] = sorted({f"{t['model']}:{t.get('pretrained') or 'shipped'}" for t in clips})
+    if m.geneval:
+        out["geneval"] = {"detector": m.geneval["detector"],
+                          "clip": f"{m.geneval['clip']}:{m.geneval.get('pretrained') or 'shipped'}"}
     return out
 
 
@@ -97,6 +100,13 @@ def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = T
         check_reference(spec, prompts, table["reference"], f"metrics.{key}", need_images=True)
     if spec.metrics.fid:
         check_reference(spec, prompts, spec.metrics.fid["reference"], "metrics.fid")
+    if spec.metrics.geneval:  # the judge is here (detector files, CLIP weights), or one line before any image
+        from bench.metrics.clip_score import load_clip
+        from bench.metrics.detectors import resolve
+
+        g = spec.metrics.geneval
+        resolve(g["detector"])
+        load_clip(g["clip"], g.get("pretrained"))
 
 
 def check_reference(spec: GridSpec, prompts: list[Prompt], ref, key: str, need_images: bool = False) -> None:

@@ -66,6 +66,15 @@ class ClipTable(MetricTable):
     reference: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class GenevalTable(MetricTable):
+    """GenEval's scorer: the detector (hub id or folder) and the CLIP model that names the objects' colours."""
+
+    detector: str
+    clip: str
+    pretrained: str | None = None
+
+
 @dataclass(frozen=True)
 class MetricsSpec:
     fid: FeatureTable | None = None
@@ -75,6 +84,7 @@ class MetricsSpec:
     prc: FeatureTable | None = None  # precision and recall, k = 3
     cmmd: ClipTable | None = None  # CMMD on CLIP embeddings
     fd_clip: ClipTable | None = None  # Frechet distance on CLIP embeddings
+    geneval: GenevalTable | None = None  # GenEval's rules (prompts with GenEval metadata only)
 
     def distribution(self) -> dict:
         """The metrics that compare a cell's images with a reference set, by key."""
@@ -84,7 +94,7 @@ class MetricsSpec:
     def tables(self) -> dict:
         """Every metric the spec turns on, by its [metrics] key, in scoring order (bench.cell_metrics.SCORERS)."""
         return {k: v for k, v in (("fid", self.fid), *self.distribution().items(), ("clip_score", self.clip_score),
-                                  ("alignment", self.alignment)) if v}
+                                  ("alignment", self.alignment), ("geneval", self.geneval)) if v}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""Object detectors behind one small interface for GenEval's rules (bench.metrics.geneval): an image -> Detections.
+
+The default is Mask2Former through `transformers` (`facebook/mask2former-swin-small-coco-instance`, the public COCO
+instance-segmentation checkpoint closest to GenEval's mmdet Mask2Former Swin-S). Numbers from another detector are
+close to the published ones, not equal: the metric's name says which detector made it. Weights come from a folder
+(save_pretrained) or the Hugging Face cache (HF_HUB_OFFLINE respected); a missing one is one line naming what to
+download and where to put it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from imagen.errors import UserError
+
+from bench.metrics.geneval import Detection
+
+DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
+
+
+def detector_slug(source: str) -> str:
+    """A metric-name part for a detector: its hub repository's or folder's name, lower-case, [a-z0-9_]."""
+    return re.sub(r"[^a-z0-9]+", "_", Path(source.rstrip("/")).name.lower()).strip("_")
+
+
+def resolve(source: str) -> str:
+    """A folder holding the detector (config.json beside its weights), or the hub id's snapshot in the Hugging Face
+    cache; anything else is one line that says what to download and where."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"detector folder {path} has no config.json; give a folder written by save_pretrained")
+        return str(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        return snapshot_download(source, local_files_only=offline)
+    except Exception as exc:  # not found, gated, offline: huggingface_hub's own errors
+        raise UserError(f"GenEval's detector {source!r} is not here ({type(exc).__name__}): run `huggingface-cli "
+                        f"download {source}` on a machine with network and copy the Hugging Face cache here (or set "
+                        f"HF_HOME), or give a folder: geneval = {{ detector = \"/path/to/detector\" }}") from None
+
+
+class Mask2FormerDetector:
+    """Mask2Former instance segmentation (transformers) as a GenEval detector: each predicted instance is a Detection
+    with its class name (the checkpoint's id2label), score, the box around its mask and the mask."""
+
+    def __init__(self, source: str = DEFAULT_DETECTOR, device: str = "cpu"):
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
+
+        from imagen.text import quiet_loading
+
+        folder = resolve(source)
+        try:
+            with quiet_loading():
+                self.processor = AutoImageProcessor.from_pretrained(folder)
+                self.model = AutoModelForUniversalSegmentation.from_pretrained(folder).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise UserError(f"detector {source!r}: cannot load it from {folder} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        self.source, self.device, self.torch = source, device, torch
+        self.labels = {int(k): v for k, v in self.model.config.id2label.items()}
+
+    @property
+    def name(self) -> str:
+        return detector_slug(self.source)
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        torch = self.torch
+        h, w = image.shape[:2]
+        inputs = self.processor(images=[image], return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            out = self.model(**inputs)
+        res = self.processor.post_process_instance_segmentation(out, threshold=0.0, target_sizes=[(h, w)],
+                                                                return_binary_maps=True)[0]
+        dets = []
+        seg = res["segmentation"]
+        for k, info in enumerate(res["segments_info"]):
+            mask = seg[k].cpu().numpy().astype(bool) if seg is not None else None
+            if mask is None or not mask.any():
+                continue
+            ys, xs = np.nonzero(mask)
+            box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+            dets.append(Detection(self.labels.get(int(info["label_id"]), str(info["label_id"])), float(info["score"]),
+                                  box, mask))
+        return dets
+
+
+__all__ = ["DEFAULT_DETECTOR", "Mask2FormerDetector", "detector_slug", "resolve"]
