@@ -115,8 +115,11 @@ def make_default_geneval(device: str = "cpu", nets: Networks | None = None):
         if table["detector"] not in loaded:
             loaded[table["detector"]] = Mask2FormerDetector(table["detector"], device)
         detect = loaded[table["detector"]]
-        clip = nets.clip({"model": table["clip"], "pretrained": table.get("pretrained")})
-        colors = G.ClipColors(clip.model, clip.preprocess, clip.tokenizer, device)
+        key = ("colors", table["clip"], table.get("pretrained"))
+        if key not in loaded:  # one classifier per CLIP: its colour prompts are embedded once per class, not per cell
+            clip = nets.clip({"model": table["clip"], "pretrained": table.get("pretrained")})
+            loaded[key] = G.ClipColors(clip.model, clip.preprocess, clip.tokenizer, device)
+        colors = loaded[key]
         name = (f"geneval_{detector_slug(table['detector'])}_"
                 f"{clip_score_metric_name(table['clip'], table.get('pretrained'))[len('clip_score_'):]}")
         return name, [G.score_image(np.asarray(im), m, detect, colors)[0] for im, m in zip(images, metas)]
