@@ -13,9 +13,12 @@ if "IMAGEN_BENCH_DATA" not in os.environ and _shared.is_dir():
 # The suite's own cache (text embeddings, reference statistics, file hashes, eval studies), shared by its tests but
 # never the user's ~/.cache/imagen-bench: what an earlier version left there must not decide a test.
 if "IMAGEN_BENCH_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["IMAGEN_BENCH_CACHE"] = tempfile.mkdtemp(prefix="imagen-bench-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["IMAGEN_BENCH_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
