@@ -1,4 +1,4 @@
-"""Commands: `grid run`, `grid status`, `report`, `quickstart`."""
+"""Commands: `grid run`, `grid status`, `report`, `table`, `quickstart`."""
 
 from __future__ import annotations
 
@@ -89,6 +89,19 @@ def register(subparsers) -> None:
     rep.add_argument("--json", action="store_true", help="print JSON only")
     rep.set_defaults(func=cmd_report)
 
+    table = subparsers.add_parser(
+        "table", help="the paper's table: a row per model or cell, a column per score, with 95% intervals",
+        description="One row per cell of the given studies, one column per stored score (FID, CLIP score, "
+                    "alignment, GenEval overall and its tags, ...), with 95% intervals clustered by prompt, and a "
+                    "footnote of the protocol: images per prompt (against each published suite's), the seed, the "
+                    "judges' weights and the FID protocol.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n  imagen-bench table runs/sd35 runs/flux --format md\n"
+               "  imagen-bench table runs/qs --format latex > table.tex\n")
+    table.add_argument("study", nargs="+", help="study folders (written by grid run, coco, eval shapes, findings)")
+    table.add_argument("--format", default="md", choices=("md", "csv", "latex"), help="Markdown, CSV or LaTeX")
+    table.set_defaults(func=cmd_table)
+
     qs = subparsers.add_parser(
         "quickstart", help="the main job: a guidance x thresholding grid on the shipped model, with a report",
         description="Run bench/specs/quickstart.toml (4+ guidance weights x none/static/dynamic thresholding, "
@@ -136,6 +149,13 @@ def cmd_status(args) -> int:
 
     st = status(args.study)
     print(json.dumps(st) if args.json else format_status(st))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from reports.table import render
+
+    sys.stdout.write(render(args.study, args.format))
     return 0
 
 

@@ -110,3 +110,32 @@ def test_the_defaults_are_the_published_judges():
                        "pretrained": "openai"}
     with pytest.raises(UserError, match="metrics.geneval"):
         parse_spec('name = "g"\nmodel = "tiny"\nsuites = ["geneval:6"]\n[metrics]\ngeneval = { detector = 3 }\n')
+
+
+def test_the_papers_table_has_a_column_per_score_and_the_protocol_below(detector_folder, tmp_path, data_dir,
+                                                                         capsys):
+    from imagen_bench import main
+    from reports.table import collect, render
+
+    spec = parse_spec(_spec(detector_folder) + "clip_score = true\n")
+    fns = MetricFns(geneval=lambda images, metas, table: ("geneval_x", [m["tag"] == "position" for m in metas]))
+    run_grid(spec, tmp_path / "a", generator=_Gen(), metric_fns=fns, progress=False, log=lambda *_: None,
+             data_dir=data_dir)
+    rows, columns, notes = collect([tmp_path / "a"])
+    assert len(rows) == 1 and columns[0] == "clip_score_shapes_clip"
+    assert "geneval_x" in columns and "geneval_x[position]" in columns and len(columns) == 1 + 1 + 6
+    value, low, high = rows[0]["values"]["clip_score_shapes_clip"]
+    assert low <= value <= high
+    assert rows[0]["values"]["geneval_x"] == (pytest.approx(1 / 6), None, None)  # GenEval's overall: no interval
+    assert any("geneval, 1 image(s) per prompt (its protocol makes 4)" in n for n in notes)
+    assert any("seed 0" in n for n in notes) and any("geneval" in n and "detector" in n for n in notes)
+    md = render([tmp_path / "a"], "md")
+    assert md.startswith("| model / setting | clip_score_shapes_clip |") and f"{value:.4g} [" in md
+    assert "\\begin{tabular}" in render([tmp_path / "a"], "latex")
+    csv_text = render([tmp_path / "a"], "csv")
+    assert csv_text.splitlines()[0].startswith("study,cell,label,clip_score_shapes_clip,clip_score_shapes_clip_ci_low,"
+                                               "clip_score_shapes_clip_ci_high,geneval_x,")
+    capsys.readouterr()
+    assert main(["table", str(tmp_path / "a"), "--format", "csv"]) == 0
+    assert capsys.readouterr().out == csv_text
+    assert main(["table", str(tmp_path / "nothing")]) == 2
