@@ -9,6 +9,7 @@ already stored for the same inputs is never recomputed. Shards that finish toget
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import store
+from bench import image_scores, store
 from bench.generate import load_images
 from bench.suites import WORLD_SUITES
 from bench.work import GridSpec, now
@@ -40,6 +41,8 @@ class MetricFns:
     distribution: object = None
     # (images, GenEval metadata dicts, geneval table) -> (metric name, [correct per image])
     geneval: object = None
+    # (images, prompts, vqascore table) -> (metric name, [P(answer) per image])
+    vqascore: object = None
 
 
 class Networks:
@@ -123,6 +126,23 @@ def make_default_geneval(device: str = "cpu", nets: Networks | None = None):
         name = (f"geneval_{detector_slug(table['detector'])}_"
                 f"{clip_score_metric_name(table['clip'], table.get('pretrained'))[len('clip_score_'):]}")
         return name, [G.score_image(np.asarray(im), m, detect, colors)[0] for im, m in zip(images, metas)]
+
+    return fn
+
+
+def make_default_vqascore(device: str = "cpu"):
+    """bench.metrics.vqascore with each vision-language model (and dtype, question, answer) loaded once per run."""
+    loaded: dict = {}
+
+    def fn(images, prompts, table):
+        from bench.metrics.vqascore import VQAScore
+
+        key = (table["model"], table.get("dtype", "auto"), table["template"], table["answer"])
+        if key not in loaded:
+            loaded[key] = VQAScore(table["model"], device, table.get("dtype", "auto"), table["template"],
+                                   table["answer"])
+        scorer = loaded[key]
+        return scorer.name, scorer(list(images), list(prompts), batch_size=table.get("batch_size", 8))
 
     return fn
 
@@ -228,6 +248,11 @@ def _with_inputs(table: dict | None) -> dict | None:
         from bench.metrics.clip_score import weights_tag
 
         out["clip_weights"] = weights_tag(table["pretrained"])
+    judge = table.get("detector") or (table["model"] if "template" in table else None)  # GenEval's, VQAScore's
+    if judge:
+        from bench.metrics.hub import fingerprint
+
+        out["judge_weights"] = fingerprint(judge)
     return out
 
 
@@ -279,28 +304,36 @@ def _store_rows(study: Path, rows: list[dict], n_flagged: int, prefix: str, prom
 
 
 def compute_metrics(study: Path, spec: GridSpec, prompts=None, *, items=None, metric_fns: MetricFns | None = None,
-                    device: str = "cpu", progress: bool = True, prefix: str = "metrics", log=print) -> int:
+                    device: str = "cpu", progress: bool = True, prefix: str = "metrics", log=print,
+                    prepared: Prepared | None = None) -> int:
     """The spec's metrics for every cell; a metric already stored for the same images is skipped. Rows written.
 
     Shards that finish together would each see a complete grid: the study's metrics lock makes the later one wait
     and then find the rows stored, instead of computing and writing every metric twice."""
     with store.locked(study, "metrics"):
-        return _compute_metrics(Path(study), spec, items=items, metric_fns=metric_fns, device=device,
-                                progress=progress, prefix=prefix, log=log)
+        run = prepared or prepare(spec, metric_fns, device, log)
+        return _compute_metrics(Path(study), spec, items=items, run=run, progress=progress, prefix=prefix, log=log)
 
 
 @dataclass
 class CellImages:
-    """What a scorer sees of one cell: its sample rows (flagged images left out), their images and categories, the
-    inputs already scored (cell, inputs hash), and the shapes reference, rendered once per run on first use."""
+    """What a scorer sees of one cell: its sample rows (flagged images left out), their images (read on first use)
+    and categories, the inputs already scored (cell, inputs hash), the per-image values stored for the run
+    (bench.image_scores) and the shapes reference, rendered once per run on first use."""
 
     cell_id: str
     df: object  # pandas rows of the cell, by sample id
-    images: np.ndarray  # [N, H, W, 3] uint8 (an object array when sizes differ)
     cats: list
     have: set
     spec: GridSpec
     refs: dict  # {"shapes": renders}, shared by every cell of the run
+    study: Path
+    scores: dict  # bench.image_scores.stored(): {(sample id, settings hash, sha256): (name, value)}
+
+    @functools.cached_property
+    def images(self) -> np.ndarray:
+        """[N, H, W, 3] uint8 (an object array when sizes differ)."""
+        return load_images(self.study, list(self.df[store.COL_IMAGE_PATH]))
 
     def shapes_reference(self):
         if "shapes" not in self.refs:
@@ -343,12 +376,17 @@ def _score_distribution(key: str):
     return score
 
 
-def _score_clip(fns, cell: CellImages, table: dict, settings: dict) -> list[dict]:
-    ihash = _inputs_hash("clip", settings, cell.df[store.COL_SHA256])
-    if (cell.cell_id, ihash) in cell.have:
-        return []
-    name, scores = fns.clip(cell.images, list(cell.df[store.COL_PROMPT]), table)
-    return _mean_rows(cell.cell_id, name, scores, cell.cats, ihash, list(cell.df[store.COL_PROMPT_ID]))
+def _per_image_means(key: str):
+    """CLIP score, VQAScore: the stored per-image values (bench.image_scores) of the cell's images, as an overall row
+    and a row per category, each a mean with an interval clustered by prompt."""
+    def score(fns, cell: CellImages, table: dict, settings: dict) -> list[dict]:
+        ihash = _inputs_hash(key, settings, cell.df[store.COL_SHA256])
+        if (cell.cell_id, ihash) in cell.have:
+            return []
+        name, values = image_scores.values(cell.scores, key, settings, cell.df)
+        return _mean_rows(cell.cell_id, name, values, cell.cats, ihash, list(cell.df[store.COL_PROMPT_ID]))
+
+    return score
 
 
 def _score_alignment(fns, cell: CellImages, table, settings) -> list[dict]:
@@ -375,19 +413,15 @@ def _score_geneval(fns, cell: CellImages, table, settings) -> list[dict]:
     """GenEval on the cell's prompts that carry its metadata: a row per tag (the share of correct images, with its
     interval) and the overall score, the mean of the tags' (GenEval's summary), without an interval."""
     df = cell.df
-    metas = [json.loads(m) if isinstance(m, str) else None for m in df[store.COL_META]] if store.COL_META in df \
-        else [None] * len(df)
-    sel = np.array([isinstance(m, dict) and "include" in m and "tag" in m for m in metas])
+    sel = image_scores.PER_IMAGE["geneval"].applies(df)
     if not sel.any():
         return []  # no prompt of the cell is a GenEval prompt
     ihash = _inputs_hash("geneval", settings, df[store.COL_SHA256][sel])
     if (cell.cell_id, ihash) in cell.have:
         return []
-    chosen = [m for m, s in zip(metas, sel) if s]
-    name, correct = fns.geneval(cell.images[sel], chosen, table)
-    tags = [m["tag"] for m in chosen]
-    rows = _mean_rows(cell.cell_id, name, [float(c) for c in correct], tags, ihash,
-                      list(df[store.COL_PROMPT_ID][sel]))
+    name, correct = image_scores.values(cell.scores, "geneval", settings, df[sel])
+    tags = [json.loads(m)["tag"] for m in df[store.COL_META][sel]]
+    rows = _mean_rows(cell.cell_id, name, correct, tags, ihash, list(df[store.COL_PROMPT_ID][sel]))
     per_tag = [r for r in rows if r[store.COL_CATEGORY] is not None]
     overall = rows[0]  # the mean over images: replaced by the mean over tags, as GenEval's overall score
     overall.update({store.COL_VALUE: float(np.mean([r[store.COL_VALUE] for r in per_tag])), store.COL_LOW: None,
@@ -397,18 +431,31 @@ def _score_geneval(fns, cell: CellImages, table, settings) -> list[dict]:
 
 SCORERS = {"fid": _score_fid, "kid": _score_distribution("kid"), "prc": _score_distribution("prc"),
            "cmmd": _score_distribution("cmmd"), "fd_clip": _score_distribution("fd_clip"),
-           "clip_score": _score_clip, "alignment": _score_alignment, "geneval": _score_geneval}
+           "clip_score": _per_image_means("clip_score"), "alignment": _score_alignment, "geneval": _score_geneval,
+           "vqascore": _per_image_means("vqascore")}
 
 
-def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFns | None, device: str,
-                     progress: bool, prefix: str, log) -> int:
+@dataclass(frozen=True)
+class Prepared:
+    """A metrics run's tables (the spec's, less any whose model is not installed), each table with what else its
+    values depend on (weights' hashes, a reference's content), and the functions that score them."""
+
+    tables: dict
+    settings: dict
+    fns: MetricFns
+
+
+def prepare(spec: GridSpec, given: MetricFns | None = None, device: str = "cpu", log=print) -> Prepared:
+    """The run's metric functions (the given ones, else bench.metrics', sharing one network per name), made once for
+    a shard's scoring and the metrics stage after it: each judge is loaded once per process."""
     m = spec.metrics
-    given = metric_fns or MetricFns()
+    given = given or MetricFns()
     nets = Networks(device)  # one extractor / CLIP model per name for every metric of the run
     fns = MetricFns(fid=given.fid or make_default_fid(device, nets), clip=given.clip or make_default_clip(device, nets),
                     alignment=given.alignment or default_alignment,
                     distribution=given.distribution or make_default_distribution(device, nets),
-                    geneval=given.geneval or make_default_geneval(device, nets))
+                    geneval=given.geneval or make_default_geneval(device, nets),
+                    vqascore=given.vqascore or make_default_vqascore(device))
     if m.clip_score and given.clip is None and not _importable("bench.metrics.clip_score"):
         log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
         m = dataclasses.replace(m, clip_score=None)
@@ -418,20 +465,54 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         except UserError as exc:
             log(f"warning: CLIP score skipped: {exc}")
             m = dataclasses.replace(m, clip_score=None)
+    tables = m.tables()
+    # what a metric depends on besides the images: a reference path's content, the network's weights
+    settings = {k: _with_inputs(t) if not isinstance(t, bool) else t for k, t in tables.items()}
+    return Prepared(tables, settings, fns)
+
+
+def _samples(study: Path, items) -> object:
+    """The study's sample rows; with `items`, exactly those work items' (in the spec's cell order)."""
     samples = store.read_table(study, store.SAMPLES, key=store.COL_SAMPLE_ID)
-    if items is not None and len(samples):  # exactly this spec's work items, in the spec's cell order
+    if items is not None and len(samples):
         wanted = {it.sample_id for it in items}
         samples = samples[samples[store.COL_SAMPLE_ID].isin(wanted)]
         order = {c: k for k, c in enumerate(dict.fromkeys(it.cell.id for it in items))}
         samples = samples.assign(_o=samples[store.COL_CELL_ID].map(order)).sort_values("_o", kind="stable")
-    tables = m.tables()
+    return samples
+
+
+def _unflagged(samples):
+    if store.COL_FLAGGED not in samples or not len(samples):
+        return samples
+    return samples[~samples[store.COL_FLAGGED].fillna(False).astype(bool).to_numpy()]
+
+
+def score_shard(study: Path, run: Prepared, mine, items, *, progress: bool = True, prefix: str = "metrics") -> bool:
+    """The per-image scores (bench.image_scores) of this shard's work items `mine` not stored yet: what one shard of
+    a grid scores where it made its images, its judges loaded once. Returns whether every image of the grid's
+    `items` now has every per-image score (the other shards' included)."""
+    tables = {k: t for k, t in run.tables.items() if k in image_scores.PER_IMAGE}
+    if not tables:
+        return True
+    settings = run.settings
+    image_scores.score_images(study, _unflagged(_samples(Path(study), mine)), tables, settings, run.fns, prefix=prefix,
+                              load_images=load_images, progress=progress)
+    everything = _unflagged(_samples(Path(study), items))
+    return not image_scores.missing(everything, tables, settings, image_scores.stored(study))
+
+
+def _compute_metrics(study: Path, spec: GridSpec, *, items, run: Prepared, progress: bool, prefix: str, log) -> int:
+    tables, settings, fns = run.tables, run.settings, run.fns
+    samples = _samples(study, items)
     if not len(samples) or not tables:
         return 0
     prompts_hash = None
     if items is not None:  # = the study table's prompts_hash
         prompts_hash = hashlib.sha256("\n".join(sorted({it.prompt.prompt_id for it in items})).encode()).hexdigest()
-    # what a metric depends on besides the images: a reference path's content, the network's weights
-    settings = {k: _with_inputs(t) if not isinstance(t, bool) else t for k, t in tables.items()}
+    # the per-image scores first (those another shard has not stored), then each cell's values from them
+    scores = image_scores.score_images(study, _unflagged(samples), tables, settings, fns, prefix=prefix,
+                                       load_images=load_images, progress=progress)
     stored = store.read_table(study, store.METRICS)
     have = set()
     if len(stored) and store.COL_INPUTS_HASH in stored:
@@ -448,9 +529,8 @@ def _compute_metrics(study: Path, spec: GridSpec, *, items, metric_fns: MetricFn
         df = samples[samples[store.COL_CELL_ID] == cell_id].sort_values(store.COL_SAMPLE_ID)
         rows, df, n_flagged = _flagged(cell_id, df, have, log)
         if len(df):
-            cell = CellImages(cell_id, df, load_images(study, list(df[store.COL_IMAGE_PATH])),
-                              [c if isinstance(c, str) and c else None for c in df[store.COL_CATEGORY]], have, spec,
-                              refs)
+            cell = CellImages(cell_id, df, [c if isinstance(c, str) and c else None for c in df[store.COL_CATEGORY]],
+                              have, spec, refs, study, scores)
             for key, table in tables.items():
                 rows += SCORERS[key](fns, cell, table, settings[key])
         _store_rows(study, rows, n_flagged, prefix, prompts_hash)
@@ -479,6 +559,6 @@ def _flagged(cell_id: str, df, have: set, log):
     return rows, df[~bad.to_numpy()], n_flagged
 
 
-__all__ = ["MetricFns", "Networks", "CellImages", "SCORERS", "compute_metrics", "bootstrap_ci", "make_default_fid",
-           "make_default_clip", "make_default_distribution", "make_default_geneval", "default_alignment", "ALIGNMENT",
-           "ALIGN_PREFIX"]
+__all__ = ["MetricFns", "Networks", "CellImages", "SCORERS", "compute_metrics", "prepare", "Prepared", "score_shard",
+           "bootstrap_ci", "make_default_fid", "make_default_clip", "make_default_distribution", "make_default_geneval",
+           "make_default_vqascore", "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]

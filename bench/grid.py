@@ -109,17 +109,21 @@ def _run(spec, out, shard, prefix, gen, cells, items, mine, prompts, identity, u
         f"= {len(items)} images; this shard ({shard[0]}/{shard[1]}): {len(mine)}")
     made = generate.generate_items(out, mine, gen, study_name=out.name, model=spec.model, used=used,
                                    batch_size=spec.batch_size, shard=shard, progress=progress)
+    scored, prepared = True, None
+    if metrics:  # this shard's per-image scores, where its images are (each rank its own judges, loaded once)
+        prepared = cell_metrics.prepare(spec, metric_fns, device, log)
+        scored = cell_metrics.score_shard(out, prepared, mine, items, progress=progress, prefix=prefix)
     done = generate.done_ids(out)
     complete = all(it.sample_id in done for it in items)
     summary = {"study": str(out), "cells": len(cells), "images": len(items), "generated": made,
                "complete": complete, "metric_rows": 0}
-    if metrics and complete:
+    if metrics and complete and scored:
         summary["metric_rows"] = cell_metrics.compute_metrics(out, spec, prompts, items=items,
-                                                              metric_fns=metric_fns, device=device,
-                                                              progress=progress, prefix=prefix, log=log)
+                                                              progress=progress, prefix=prefix, log=log,
+                                                              prepared=prepared)
     elif metrics:
-        log("other shards are still generating: metrics run when the last shard finishes "
-            "(or rerun this command without --shard)")
+        log(f"other shards are still {'generating' if not complete else 'scoring'}: metrics run when the last "
+            f"shard finishes (or rerun this command without --shard)")
     return summary
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.generators import kind_of, model_defaults
 from bench.generators.base import canonical_call
 from bench.suites import parse_name
-from bench.work import ClipTable, FeatureTable, GenevalTable, GridSpec, MetricsSpec
+from bench.work import ClipTable, FeatureTable, GenevalTable, GridSpec, MetricsSpec, VqaTable
 from imagen.config import SamplerConfig, normalize_threshold, toml_table
 from imagen.errors import UserError
 
@@ -25,7 +25,7 @@ KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
 TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size", "negative_prompt", "axes", "call",
             "metrics"}
 AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level", "distilled_guidance"}
-METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip", "geneval"}
+METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip", "geneval", "vqascore"}
 
 
 def _known_samplers() -> tuple[str, ...]:
@@ -178,6 +178,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
     for k, v in (geneval or {}).items():
         if not isinstance(v, str) or not v.strip():
             raise UserError(f"metrics.geneval.{k}: {v!r} must be a non-empty string")
+    vqascore = _vqascore_table(metrics.get("vqascore"))
     align = metrics.get("alignment", False)
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")
@@ -187,9 +188,30 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         guidance=guidance, threshold=threshold, sampler=sampler, steps=steps, aug_level=aug,
         metrics=MetricsSpec(fid=_typed(FeatureTable, fid), clip_score=_typed(ClipTable, clip), alignment=align,
                             kid=_typed(FeatureTable, kid), prc=_typed(FeatureTable, prc), cmmd=_typed(ClipTable, cmmd),
-                            fd_clip=_typed(ClipTable, fd_clip), geneval=_typed(GenevalTable, geneval)),
+                            fd_clip=_typed(ClipTable, fd_clip), geneval=_typed(GenevalTable, geneval),
+                            vqascore=_typed(VqaTable, vqascore)),
         distilled_guidance=distilled, negative_prompt=negative, call=canonical_call(call),
     )
+
+
+def _vqascore_table(value) -> dict | None:
+    """[metrics] vqascore: the model (default Qwen2.5-VL-7B-Instruct), the paper's question, "Yes", dtype, batch."""
+    from bench.metrics import vqascore as V
+
+    table = _metric_table(value, "vqascore", {"model": V.DEFAULT_MODEL, "template": V.DEFAULT_TEMPLATE,
+                                              "answer": V.DEFAULT_ANSWER}, ("dtype", "batch_size"))
+    if table is None:
+        return None
+    for k in ("model", "template", "answer", "dtype"):
+        if k in table and (not isinstance(table[k], str) or not table[k].strip()):
+            raise UserError(f"metrics.vqascore.{k}: {table[k]!r} must be a non-empty string")
+    V.check_template(table["template"])
+    if table.get("dtype", "auto") not in V.DTYPES:
+        raise UserError(f"metrics.vqascore.dtype: {table['dtype']!r}; use one of {', '.join(V.DTYPES)}")
+    size = table.get("batch_size", 8)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UserError(f"metrics.vqascore.batch_size: {size!r} must be an integer >= 1")
+    return table
 
 
 def _typed(cls, table: dict | None):
@@ -359,6 +381,8 @@ def spec_to_toml(spec: GridSpec) -> str:
         lines.append(f"{key} = {_toml_value(table)}")
     if m.geneval:
         lines.append(f"geneval = {_toml_value(m.geneval)}")
+    if m.vqascore:
+        lines.append(f"vqascore = {_toml_value(m.vqascore)}")
     if spec.call:
         lines += ["", "[call]"] + [f"{k} = {_toml_value(v)}" for k, v in json.loads(spec.call).items()]
     return "\n".join(lines) + "\n"

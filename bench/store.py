@@ -39,7 +39,8 @@ SCHEMA_VERSION = 2  # 2: the result tables of imagen-bench 0.2 (studies of 0.1 a
 SAMPLES = "samples"  # one row per generated image
 METRICS = "metrics"  # one row per (cell, metric, category) value
 STUDY = "study"  # one row per run of the grid: spec, software versions, hardware
-TABLES = (SAMPLES, METRICS, STUDY)
+SCORES = "scores"  # one row per (image, per-image scorer): CLIP score, GenEval's verdict, VQAScore (bench.image_scores)
+TABLES = (SAMPLES, METRICS, STUDY, SCORES)
 
 # ----------------------------------------------------------------------------- column names (shared)
 COL_STUDY = "study"

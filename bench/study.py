@@ -89,6 +89,11 @@ def provenance(spec: GridSpec) -> dict:
     if m.geneval:
         out["geneval"] = {"detector": m.geneval["detector"],
                           "clip": f"{m.geneval['clip']}:{m.geneval.get('pretrained') or 'shipped'}"}
+    if m.vqascore:
+        from bench.metrics.hub import fingerprint
+
+        out["vqascore"] = {k: m.vqascore.get(k) for k in ("model", "template", "answer", "dtype")}
+        out["vqascore"]["weights"] = fingerprint(m.vqascore["model"])
     return out
 
 
@@ -107,6 +112,10 @@ def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = T
         g = spec.metrics.geneval
         resolve(g["detector"])
         load_clip(g["clip"], g.get("pretrained"))
+    if spec.metrics.vqascore:  # the vision-language model is here, or one line before any image
+        from bench.metrics.hub import hub_folder
+
+        hub_folder(spec.metrics.vqascore["model"], "VQAScore's model", 'vqascore = { model = "/path/to/model" }')
 
 
 def check_reference(spec: GridSpec, prompts: list[Prompt], ref, key: str, need_images: bool = False) -> None:

@@ -75,6 +75,18 @@ class GenevalTable(MetricTable):
     pretrained: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class VqaTable(MetricTable):
+    """VQAScore: the vision-language model (hub id or folder), the question and the answer whose probability is the
+    score, the weights' dtype; and how many images go through the model at once (not part of the score)."""
+
+    model: str
+    template: str
+    answer: str
+    dtype: str = "auto"
+    batch_size: int = 8
+
+
 @dataclass(frozen=True)
 class MetricsSpec:
     fid: FeatureTable | None = None
@@ -85,6 +97,7 @@ class MetricsSpec:
     cmmd: ClipTable | None = None  # CMMD on CLIP embeddings
     fd_clip: ClipTable | None = None  # Frechet distance on CLIP embeddings
     geneval: GenevalTable | None = None  # GenEval's rules (prompts with GenEval metadata only)
+    vqascore: VqaTable | None = None  # P("Yes") from a vision-language model, every prompt
 
     def distribution(self) -> dict:
         """The metrics that compare a cell's images with a reference set, by key."""
@@ -94,7 +107,8 @@ class MetricsSpec:
     def tables(self) -> dict:
         """Every metric the spec turns on, by its [metrics] key, in scoring order (bench.cell_metrics.SCORERS)."""
         return {k: v for k, v in (("fid", self.fid), *self.distribution().items(), ("clip_score", self.clip_score),
-                                  ("alignment", self.alignment), ("geneval", self.geneval)) if v}
+                                  ("alignment", self.alignment), ("geneval", self.geneval),
+                                  ("vqascore", self.vqascore)) if v}
 
 
 @dataclass(frozen=True)

@@ -9,41 +9,24 @@ download and where to put it.
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-
 import numpy as np
 
 from imagen.errors import UserError
 
 from bench.metrics.geneval import Detection
+from bench.metrics.hub import hub_folder, slug
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 
 
 def detector_slug(source: str) -> str:
     """A metric-name part for a detector: its hub repository's or folder's name, lower-case, [a-z0-9_]."""
-    return re.sub(r"[^a-z0-9]+", "_", Path(source.rstrip("/")).name.lower()).strip("_")
+    return slug(source)
 
 
 def resolve(source: str) -> str:
-    """A folder holding the detector (config.json beside its weights), or the hub id's snapshot in the Hugging Face
-    cache; anything else is one line that says what to download and where."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"detector folder {path} has no config.json; give a folder written by save_pretrained")
-        return str(path)
-    try:
-        from huggingface_hub import snapshot_download
-
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        return snapshot_download(source, local_files_only=offline)
-    except Exception as exc:  # not found, gated, offline: huggingface_hub's own errors
-        raise UserError(f"GenEval's detector {source!r} is not here ({type(exc).__name__}): run `huggingface-cli "
-                        f"download {source}` on a machine with network and copy the Hugging Face cache here (or set "
-                        f"HF_HOME), or give a folder: geneval = {{ detector = \"/path/to/detector\" }}") from None
+    """The detector's folder, or its hub snapshot in the Hugging Face cache; else one line (bench.metrics.hub)."""
+    return hub_folder(source, "GenEval's detector", 'geneval = { detector = "/path/to/detector" }')
 
 
 class Mask2FormerDetector:
