@@ -2,9 +2,11 @@
 footnote of the protocol (images per prompt, seeds, the judges' weights, the FID protocol). Reads results only through
 the store (`imagen-bench table STUDY [STUDY ...] --format md|csv|latex`).
 
-Columns: every overall metric row of the studies (FID, CLIP score, alignment, GenEval overall, ...), and GenEval's
-per-tag rows as columns of their own ("geneval_...[position]"). An interval is the stored one (a bootstrap clustered
-by prompt); a value without one (FID, GenEval's overall mean of tags) is shown alone.
+Columns: every overall metric row of the studies (FID, CLIP score, VQAScore, alignment, GenEval overall, ...); the
+per-skill rows of the benchmark suites as columns of their own (GenEval's tags, T2I-CompBench's categories:
+"geneval_...[position]", "vqascore_...[color]"); and, for a study of several suites, each per-image score per suite
+("vqascore_... (dpg-bench)"), from the stored per-image values. An interval is the stored one, or for a suite's column
+the same bootstrap clustered by prompt; a value without one (FID, GenEval's overall mean of tags) is shown alone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from imagen.errors import UserError
 
 SKIP = {"flagged_share"}
 FORMATS = ("md", "csv", "latex")
+SKILL_SUITES = ("geneval", "t2i-compbench")  # suites whose categories are the skills their papers report
 
 
 def collect(studies: list[str | Path]) -> tuple[list[dict], list[str], list[str]]:
@@ -40,21 +43,68 @@ def collect(studies: list[str | Path]) -> tuple[list[dict], list[str], list[str]
             raise UserError(f"{study} has no metric rows yet; run its grid to the end (its [metrics] are scored "
                             f"when every image is made)")
         metrics = metrics.drop_duplicates([store.COL_CELL_ID, store.COL_METRIC, store.COL_CATEGORY], keep="last")
+        skills = _skill_categories(samples)
         for cell_id, cell_rows in metrics.groupby(store.COL_CELL_ID, sort=False):
             s = samples[samples[store.COL_CELL_ID] == cell_id]
             label = _label(study, s)
             values = {}
             for _, r in cell_rows.iterrows():
                 name, cat = str(r[store.COL_METRIC]), r[store.COL_CATEGORY]
-                if name in SKIP or (isinstance(cat, str) and not name.startswith("geneval_")):
+                if name in SKIP or (isinstance(cat, str) and not _skill_column(name, skills.get(cat))):
                     continue
                 col = name if not isinstance(cat, str) else f"{name}[{cat}]"
                 values[col] = (float(r[store.COL_VALUE]), _num(r.get(store.COL_LOW)), _num(r.get(store.COL_HIGH)))
                 if col not in columns:
                     columns.append(col)
+            for col, v in _per_suite(study, s).items():
+                values[col] = v
+                if col not in columns:
+                    columns.append(col)
             rows.append({"study": study.name, "cell": cell_id, "label": label, "values": values})
         notes += _footnotes(study, samples, runs)
     return rows, columns, notes
+
+
+def _skill_categories(samples: pd.DataFrame) -> dict:
+    """{category: its benchmark} for the categories that are a benchmark's skills: those whose prompts all come from
+    GenEval or all from T2I-CompBench (DrawBench's or PartiPrompts' categories stay in the report's figures)."""
+    if not len(samples) or store.COL_CATEGORY not in samples:
+        return {}
+    suites = samples.groupby(store.COL_CATEGORY)[store.COL_SUITE].agg(set)
+    out = {}
+    for cat, names in suites.items():
+        for bench in SKILL_SUITES:
+            if all(str(n).startswith(bench) for n in names):
+                out[cat] = bench
+    return out
+
+
+def _skill_column(metric: str, bench: str | None) -> bool:
+    """GenEval's tags are columns of GenEval's score; T2I-CompBench's categories of every alignment score (its own
+    judges are not ours: VQAScore and CLIP score per category stand in, under their own names)."""
+    return bench == "t2i-compbench" or (bench == "geneval" and metric.startswith("geneval_"))
+
+
+def _per_suite(study: Path, samples: pd.DataFrame) -> dict:
+    """{"<metric> (<suite>)": (mean, low, high)} of each per-image score of a cell whose prompts come from several
+    suites: the mean over the suite's images, the interval a bootstrap clustered by prompt."""
+    from bench.cell_metrics import bootstrap_ci
+
+    if not len(samples) or samples[store.COL_SUITE].nunique() < 2:
+        return {}
+    scores = store.read_table(study, store.SCORES)
+    if not len(scores):
+        return {}
+    scores = scores.drop_duplicates([store.COL_SAMPLE_ID, store.COL_METRIC, store.COL_SHA256], keep="last")
+    got = scores.merge(samples[[store.COL_SAMPLE_ID, store.COL_SHA256, store.COL_SUITE, store.COL_PROMPT_ID]],
+                       on=[store.COL_SAMPLE_ID, store.COL_SHA256])
+    out = {}
+    for (name, suite), g in got.groupby([store.COL_METRIC, store.COL_SUITE], sort=True):
+        if str(name).startswith("geneval_"):
+            continue  # GenEval's overall is the mean of its tags, shown as its own columns
+        low, high = bootstrap_ci(g[store.COL_VALUE].to_numpy(), clusters=g[store.COL_PROMPT_ID].to_numpy())
+        out[f"{name} ({suite})"] = (float(g[store.COL_VALUE].mean()), low, high)
+    return out
 
 
 def _num(v):

@@ -260,3 +260,31 @@ def test_two_torchrun_ranks_score_their_shards_and_equal_one_process(vlm, tmp_pa
     assert len(ma) == len(mb) > 1 and ma[cols].equals(mb[cols])
     np.testing.assert_allclose(ma[[store.COL_VALUE, store.COL_LOW, store.COL_HIGH]].astype(float),
                                mb[[store.COL_VALUE, store.COL_LOW, store.COL_HIGH]].astype(float), rtol=1e-6)
+
+
+def test_the_papers_table_has_vqascore_per_suite_and_per_skill(vlm, tmp_path, data_dir, monkeypatch, capsys):
+    """A study of DrawBench and T2I-CompBench prompts: VQAScore overall, per suite (the stored per-image values, an
+    interval clustered by prompt) and per CompBench category; DrawBench's categories stay out of the table."""
+    from imagen_bench import main
+    from reports.table import collect
+
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+    spec = parse_spec(_spec(vlm, suites='["drawbench:4", "t2i-compbench-color:3", "t2i-compbench-shape:3"]'))
+    fns = MetricFns(vqascore=lambda images, prompts, table: ("vqascore_fake", [len(p) % 7 / 7 for p in prompts]))
+    run_grid(spec, tmp_path / "s", generator=_Gen(), progress=False, log=lambda *_: None, data_dir=data_dir,
+             metric_fns=fns)
+    rows, columns, notes = collect([tmp_path / "s"])
+    assert {"vqascore_fake", "vqascore_fake (drawbench)", "vqascore_fake (t2i-compbench)",
+            "vqascore_fake[color]", "vqascore_fake[shape]"} <= set(columns)
+    assert not any(c.startswith("vqascore_fake[") and c not in ("vqascore_fake[color]", "vqascore_fake[shape]")
+                   for c in columns)
+    samples = store.read_table(tmp_path / "s", store.SAMPLES)
+    for r in rows:
+        s = samples[(samples[store.COL_CELL_ID] == r["cell"]) & (samples[store.COL_SUITE] == "drawbench")]
+        value, low, high = r["values"]["vqascore_fake (drawbench)"]
+        assert value == pytest.approx(np.mean([len(p) % 7 / 7 for p in s[store.COL_PROMPT]]))
+        assert low <= value <= high
+        both = [r["values"][f"vqascore_fake[{c}]"][0] for c in ("color", "shape")]  # 3 prompts x 2 images each
+        assert r["values"]["vqascore_fake (t2i-compbench)"][0] == pytest.approx(np.mean(both))
+    assert main(["table", str(tmp_path / "s"), "--format", "csv"]) == 0
+    assert "vqascore_fake (drawbench)" in capsys.readouterr().out
