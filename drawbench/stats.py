@@ -27,6 +27,7 @@ from scipy.stats import binomtest
 from scipy.stats import t as student_t
 
 from drawbench.choices import LEFT, QUESTIONS, RIGHT, SAME
+from imagen.errors import UserError
 
 QUESTION_IDS = tuple(q for q, _ in QUESTIONS)
 OVERALL = "overall"
@@ -348,12 +349,27 @@ def attention_table(votes: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- everything
+def one_answer_per_key(votes: pd.DataFrame) -> None:
+    """Refuse a vote table that holds two answers for one (rater, comparison), naming them: counted twice, that
+    rater would weigh double on those comparisons. (The store's current votes never do; a table put together by
+    hand, or an export with its history, can.)"""
+    if "comparison" not in votes.columns or not len(votes):
+        return
+    keys = votes[votes.duplicated(["rater", "comparison"], keep=False)].groupby(["rater", "comparison"]).size()
+    if len(keys):
+        shown = ", ".join(f"{r} on {c} ({n} answers)" for (r, c), n in keys.head(5).items())
+        raise UserError(f"the vote table holds more than one answer for {len(keys)} (rater, comparison) key(s): "
+                        f"{shown}{', ...' if len(keys) > 5 else ''}; keep one per key (the current votes, as "
+                        f"`drawbench export`'s `current` column marks them)")
+
+
 def summarize(votes: pd.DataFrame, n_boot: int = 2000, n_boot_bt: int = 300, seed: int = 0,
               min_attention: float | None = None, systems: list[str] | None = None) -> dict:
     """All statistics of a session as one JSON-able dict (current votes in, attention checks included).
 
     `systems`: the session's system order (pairs are reported as (earlier, later)); default alphabetical.
     """
+    one_answer_per_key(votes)
     att = attention_table(votes)
     dropped: list[str] = []
     if min_attention is not None:
