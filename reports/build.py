@@ -202,6 +202,74 @@ def category_plot(summary: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> b
     return True
 
 
+BENCHMARKS = ("geneval", "t2i-compbench", "partiprompts", "drawbench")  # published suites whose categories are skills
+
+
+def skills_by_suite(samples: pd.DataFrame) -> dict:
+    """{suite: its categories} for each suite whose prompts have categories that no other suite of the study shares
+    (GenEval's tags, T2I-CompBench's and PartiPrompts' categories, DrawBench's): a benchmark's skills."""
+    if not len(samples) or store.COL_CATEGORY not in samples:
+        return {}
+    rows = samples[samples[store.COL_CATEGORY].notna() & (samples[store.COL_CATEGORY] != "")]
+    suites = rows.groupby(store.COL_CATEGORY)[store.COL_SUITE].agg(set)
+    out: dict = {}
+    for cat, names in suites.items():
+        if len(names) == 1:
+            out.setdefault(next(iter(names)), []).append(cat)
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def skill_plots(summary: pd.DataFrame, metrics: pd.DataFrame, samples: pd.DataFrame, out: Path) -> list:
+    """One figure per benchmark suite with skills and per score of it (GenEval's score on its tags; VQAScore, CLIP
+    score on T2I-CompBench's, PartiPrompts' or DrawBench's categories): each skill's value per cell with its
+    95% interval. Returns [(title, path)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = category_metrics(metrics)
+    made = []
+    for suite, skills in skills_by_suite(samples).items():
+        if suite not in BENCHMARKS:
+            continue  # a prompt file's own categories, the shapes worlds' fact types: the accuracy-by-category figure
+        rows = cats[cats[store.COL_CATEGORY].isin(skills)]
+        for name in sorted(rows[store.COL_METRIC].unique()):
+            if suite == "geneval" and not str(name).startswith("geneval_"):
+                continue  # GenEval's tags are its own score's skills
+            sub = rows[rows[store.COL_METRIC] == name]
+            cells = [c for c in summary[store.COL_CELL_ID] if c in set(sub[store.COL_CELL_ID])]
+            if not cells:
+                continue
+            fig, ax = plt.subplots(figsize=(11, 1.2 + 0.32 * len(skills) * min(len(cells), 4)))
+            height = 0.8 / len(cells)
+            for j, cid in enumerate(cells):
+                v = sub[sub[store.COL_CELL_ID] == cid].set_index(store.COL_CATEGORY)
+                vals = np.array([v[store.COL_VALUE].get(c, np.nan) for c in skills], dtype=float)
+                lo = np.array([v[store.COL_LOW].get(c, np.nan) if store.COL_LOW in v else np.nan for c in skills],
+                              dtype=float)
+                hi = np.array([v[store.COL_HIGH].get(c, np.nan) if store.COL_HIGH in v else np.nan for c in skills],
+                              dtype=float)
+                err = np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)])
+                cell = summary[summary[store.COL_CELL_ID] == cid].iloc[0]
+                label = ", ".join(fmt.format(cell[k]) for k, fmt in (
+                    (store.COL_GUIDANCE_STAGES, "w={}"), (store.COL_THRESHOLD, "{}"), (store.COL_SAMPLER, "{}"),
+                    (store.COL_STEPS, "{} steps")) if k in cell and not pd.isna(cell[k])) or cid
+                ax.barh(np.arange(len(skills)) + j * height, vals, height, xerr=err, capsize=2, label=label)
+            ax.set_yticks(np.arange(len(skills)) + 0.4 - height / 2, skills, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel(str(name))
+            ax.set_title(f"{suite}: {name} per skill (95% intervals clustered by prompt)", fontsize=10)
+            ax.grid(axis="x", alpha=0.3)
+            if len(cells) > 1:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            fig.tight_layout()
+            path = out / f"skills-{suite}-{name}.png"
+            _save_figure(fig, path, dpi=100)
+            made.append((f"{suite}: {name}", path))
+    return made
+
+
 def contact_sheet(study: Path, rows: pd.DataFrame, path: Path) -> None:
     """The cell's images of the first prompts in one row of thumbnails (uint8 PNG)."""
     tiles = [Image.open(study / p).convert("RGB").resize((THUMB, THUMB), Image.NEAREST)
@@ -292,6 +360,7 @@ def build_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
     _write_atomic(out / "summary.parquet", buf.getvalue())
     has_pareto = pareto_plot(summary, out / "pareto.png")
     has_cats = category_plot(summary, metrics, out / "categories.png")
+    skills = skill_plots(summary, metrics, samples, out)
 
     # contact sheets: the same first prompts (by prompt id, sample 0) in every cell
     first = sorted(samples[samples[store.COL_SAMPLE_INDEX] == 0][store.COL_PROMPT_ID].unique())[:SHEET_PROMPTS]
@@ -323,6 +392,9 @@ def build_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
                  + _summary_html(summary))
     if has_cats:
         parts.append("<h2>Accuracy by category</h2>" + _img(out / "categories.png", "categories"))
+    if skills:
+        parts.append("<h2>Per skill, by benchmark</h2>" + "".join(f"<h3>{html.escape(t)}</h3>" + _img(p, t)
+                                                                   for t, p in skills))
     parts.append("<h2>Contact sheets</h2><p>Each row is a cell; columns are the same prompts and seeds:</p><ol>"
                  + "".join(f"<li>{html.escape(str(prompts[p]))}</li>" for p in first) + "</ol>" + "".join(sheets))
     if len(runs):
@@ -335,4 +407,5 @@ def build_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
     return out / "index.html"
 
 
-__all__ = ["build_report", "summary_table", "pareto_plot", "category_plot", "contact_sheet"]
+__all__ = ["build_report", "summary_table", "pareto_plot", "category_plot", "skill_plots", "skills_by_suite",
+           "contact_sheet"]

@@ -68,15 +68,9 @@ def collect(studies: list[str | Path]) -> tuple[list[dict], list[str], list[str]
 def _skill_categories(samples: pd.DataFrame) -> dict:
     """{category: its benchmark} for the categories that are a benchmark's skills: those whose prompts all come from
     GenEval or all from T2I-CompBench (DrawBench's or PartiPrompts' categories stay in the report's figures)."""
-    if not len(samples) or store.COL_CATEGORY not in samples:
-        return {}
-    suites = samples.groupby(store.COL_CATEGORY)[store.COL_SUITE].agg(set)
-    out = {}
-    for cat, names in suites.items():
-        for bench in SKILL_SUITES:
-            if all(str(n).startswith(bench) for n in names):
-                out[cat] = bench
-    return out
+    from reports.build import skills_by_suite
+
+    return {cat: suite for suite, cats in skills_by_suite(samples).items() if suite in SKILL_SUITES for cat in cats}
 
 
 def _skill_column(metric: str, bench: str | None) -> bool:

@@ -288,3 +288,22 @@ def test_the_papers_table_has_vqascore_per_suite_and_per_skill(vlm, tmp_path, da
         assert r["values"]["vqascore_fake (t2i-compbench)"][0] == pytest.approx(np.mean(both))
     assert main(["table", str(tmp_path / "s"), "--format", "csv"]) == 0
     assert "vqascore_fake (drawbench)" in capsys.readouterr().out
+
+
+def test_the_report_has_a_per_skill_figure_of_each_benchmark(tmp_path, data_dir, monkeypatch, vlm):
+    from PIL import Image
+
+    from reports.build import build_report, skills_by_suite
+
+    monkeypatch.setenv("IMAGEN_BENCH_CACHE", str(tmp_path / "cache"))
+    spec = parse_spec(_spec(vlm, suites='["drawbench:4", "t2i-compbench-color:2", "t2i-compbench-shape:2"]'))
+    fns = MetricFns(vqascore=lambda images, prompts, table: ("vqascore_fake", [len(p) % 7 / 7 for p in prompts]))
+    run_grid(spec, tmp_path / "s", generator=_Gen(), progress=False, log=lambda *_: None, data_dir=data_dir,
+             metric_fns=fns)
+    skills = skills_by_suite(store.read_table(tmp_path / "s", store.SAMPLES))
+    assert skills["t2i-compbench"] == ["color", "shape"] and "drawbench" in skills
+    index = build_report(tmp_path / "s")
+    text = index.read_text()
+    assert "Per skill, by benchmark" in text and "t2i-compbench: vqascore_fake" in text
+    fig = index.parent / "skills-t2i-compbench-vqascore_fake.png"
+    assert fig.is_file() and Image.open(fig).size[0] > 500
