@@ -307,3 +307,29 @@ def test_the_report_has_a_per_skill_figure_of_each_benchmark(tmp_path, data_dir,
     assert "Per skill, by benchmark" in text and "t2i-compbench: vqascore_fake" in text
     fig = index.parent / "skills-t2i-compbench-vqascore_fake.png"
     assert fig.is_file() and Image.open(fig).size[0] > 500
+
+
+def test_people_against_vqascore_in_a_drawbench_session(vlm, tmp_path, data_dir):
+    """Two studies scored by the real (tiny) VQAScore per DrawBench category; people prefer one of them: the human
+    report says, per category, whether VQAScore picks their winner."""
+    from bench.cell_metrics import compute_metrics
+    from drawbench.report import build_human_report, metric_agreement
+    from drawbench.stats import preference_table
+    from drawbench.votes import VoteStore, votes_table
+    from drawbench_fixtures import make_session
+
+    s, _ = make_session(tmp_path, data_dir, n_prompts=6, n_codes=0, per_set=1)
+    spec = parse_spec(f'name = "v"\nmodel = "m"\nsuites = ["drawbench:6"]\n[metrics]\nvqascore = {{ model = "{vlm}" }}\n')
+    for sys_ in s.systems:
+        assert compute_metrics(Path(sys_.study), spec, progress=False, log=lambda *_: None) > 0
+    vs = VoteStore.of_session(s)
+    for r in ("r1", "r2", "r3", "r4"):
+        vs.register_rater(r)
+        for c in s.comparisons:  # everyone prefers sys1 on alignment
+            vs.submit(r, c.id, "same", "left" if c.left == "sys1" else "right")
+    table = metric_agreement(s, preference_table(votes_table(s), systems=["sys0", "sys1"]))
+    v = table[table.metric == "vqascore_qwen2_5_vl_tiny"]
+    assert len(v) == len({c.category for c in s.comparisons}) + 1  # each category and overall
+    for r in v.itertuples():
+        assert r.agree == (r.people_decided and np.sign(r.metric_a - r.metric_b) == np.sign(r.human_difference))
+    assert "vqascore_qwen2_5_vl_tiny" in Path(build_human_report(s.path, n_boot=100)).read_text()
