@@ -66,3 +66,51 @@ def make_session(tmp: Path, data_dir: Path, *, n_prompts=6, n_codes=2, attention
     return build_session(studies, tmp / "session", names=[f"sys{i}" for i in range(n_systems)], per_set=per_set,
                          attention_rate=attention_rate, n_codes=n_codes, organiser_password=password, seed=seed,
                          open_access=not n_codes)
+
+
+# ----------------------------------------------------------------------------- vote stores
+POSTGRES_ENV = "DRAWBENCH_TEST_POSTGRES"  # a libpq connection string; the tests make and drop their own schemas
+
+
+def postgres_conninfo() -> str:
+    """The test PostgreSQL server, or a skip that says why (a failure in CI, where .ci/run starts one)."""
+    import os
+
+    import pytest
+
+    conninfo = os.environ.get(POSTGRES_ENV)
+    why = None
+    if not conninfo:
+        why = f"no PostgreSQL server for the vote-store tests: set {POSTGRES_ENV} (e.g. 'dbname=drawbench_test')"
+    else:
+        try:
+            import psycopg
+
+            with psycopg.connect(conninfo, connect_timeout=5):
+                pass
+        except Exception as exc:  # noqa: BLE001  (any reason the server cannot be used is a reason to skip)
+            why = f"PostgreSQL at {POSTGRES_ENV}={conninfo!r} is not usable: {str(exc).splitlines()[0]}"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; .ci/run starts one in CI")
+        pytest.skip(f"{why}; .ci/run starts one in CI")
+    return conninfo
+
+
+def use_store(session, kind: str):
+    """Put a fresh session's votes in the store of `kind` ("sqlite": as built; "postgres": a schema of its own);
+    returns a function that removes the PostgreSQL schema again."""
+    if kind == "sqlite":
+        return lambda: None
+    import psycopg
+
+    from drawbench.votes import use_postgres
+
+    conninfo = postgres_conninfo()
+    store = use_postgres(session, conninfo)
+
+    def drop() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as con:
+            con.execute(f'DROP SCHEMA IF EXISTS "{store.db.schema}" CASCADE')
+
+    return drop
