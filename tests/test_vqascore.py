@@ -319,7 +319,8 @@ def test_people_against_vqascore_in_a_drawbench_session(vlm, tmp_path, data_dir)
     from drawbench_fixtures import make_session
 
     s, _ = make_session(tmp_path, data_dir, n_prompts=6, n_codes=0, per_set=1)
-    spec = parse_spec(f'name = "v"\nmodel = "m"\nsuites = ["drawbench:6"]\n[metrics]\nvqascore = {{ model = "{vlm}" }}\n')
+    spec = parse_spec(f'name = "v"\nmodel = "m"\nsuites = ["drawbench:6"]\n[metrics]\n'
+                      f'vqascore = {{ model = "{vlm}" }}\n')
     for sys_ in s.systems:
         assert compute_metrics(Path(sys_.study), spec, progress=False, log=lambda *_: None) > 0
     vs = VoteStore.of_session(s)
