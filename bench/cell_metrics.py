@@ -43,6 +43,8 @@ class MetricFns:
     geneval: object = None
     # (images, prompts, vqascore table) -> (metric name, [P(answer) per image])
     vqascore: object = None
+    # (images, diversity table) -> (the embedding's name part, embeddings [N, D])
+    embed: object = None
 
 
 class Networks:
@@ -80,11 +82,11 @@ def make_default_fid(device: str = "cpu", nets: Networks | None = None):
         name = fid_spec["extractor"]
         protocol = parse_protocol(fid_spec.get("protocol", "clean"))
         ext = nets.extractor(name)
-        if "reference" not in state:
-            state["reference"] = (F.stats_from_images(list(reference_images), ext, protocol)
-                                  if reference_images is not None
-                                  else F.resolve_stats(fid_spec["reference"], ext, protocol))
-        value = F.fid_images(list(images), state["reference"], extractor=ext, protocol=protocol)
+        key = (name, protocol.id, fid_spec["reference"], reference_images is None)  # FID and FD-DINOv2 apart
+        if key not in state:
+            state[key] = (F.stats_from_images(list(reference_images), ext, protocol)
+                          if reference_images is not None else F.resolve_stats(fid_spec["reference"], ext, protocol))
+        value = F.fid_images(list(images), state[key], extractor=ext, protocol=protocol)
         return F.fid_metric_name(name, protocol), float(value)
 
     return fid_fn
@@ -143,6 +145,25 @@ def make_default_vqascore(device: str = "cpu"):
                                    table["answer"])
         scorer = loaded[key]
         return scorer.name, scorer(list(images), list(prompts), batch_size=table.get("batch_size", 8))
+
+    return fn
+
+
+def make_default_embed(device: str = "cpu", nets: Networks | None = None):
+    """The diversity table's embedding of a cell's images: a feature extractor's features (the clean protocol,
+    cached like FID's) or a CLIP model's image embeddings; each network loaded once per run."""
+    nets = nets or Networks(device)
+
+    def fn(images, table):
+        from bench.metrics import fid as F
+        from bench.metrics import fidelity as M
+        from bench.metrics.features import metric_key, parse_protocol
+
+        if table["embedding"] == "clip":
+            clip = nets.clip(table)
+            return clip.metric[len("clip_score_"):], M.clip_embeddings(clip, list(images))
+        ext = nets.extractor(table["embedding"])
+        return metric_key(table["embedding"]), F.features_from_images(list(images), ext, parse_protocol("clean"))
 
     return fn
 
@@ -353,13 +374,17 @@ class CellImages:
 # to store; a metric whose inputs hash is stored for the cell is skipped. A new metric is one entry of SCORERS.
 
 
-def _score_fid(fns, cell: CellImages, table: dict, settings: dict) -> list[dict]:
-    images, shas, reference = cell.against(table)
-    ihash = _inputs_hash("fid", settings, shas)
-    if (cell.cell_id, ihash) in cell.have:
-        return []
-    name, value = fns.fid(images, table, reference)
-    return [_value_row(cell.cell_id, name, value, len(shas), ihash)]
+def _score_frechet(key: str):
+    """FID, FD-DINOv2: the Frechet distance of the cell's features from the reference's."""
+    def score(fns, cell: CellImages, table: dict, settings: dict) -> list[dict]:
+        images, shas, reference = cell.against(table)
+        ihash = _inputs_hash(key, settings, shas)
+        if (cell.cell_id, ihash) in cell.have:
+            return []
+        name, value = fns.fid(images, table, reference)
+        return [_value_row(cell.cell_id, name, value, len(shas), ihash)]
+
+    return score
 
 
 def _score_distribution(key: str):
@@ -429,10 +454,32 @@ def _score_geneval(fns, cell: CellImages, table, settings) -> list[dict]:
     return rows
 
 
-SCORERS = {"fid": _score_fid, "kid": _score_distribution("kid"), "prc": _score_distribution("prc"),
+def _score_diversity(fns, cell: CellImages, table, settings) -> list[dict]:
+    """Diversity within each prompt of the cell (bench.metrics.diversity): the mean pairwise distance and the Vendi
+    score of its images' embeddings, as the mean over prompts with a bootstrap interval over prompts."""
+    from bench.metrics import diversity as D
+
+    ihash = _inputs_hash("diversity", settings, cell.df[store.COL_SHA256])
+    if (cell.cell_id, ihash) in cell.have:
+        return []
+    slug, emb = fns.embed(cell.images, table)
+    pids = list(cell.df[store.COL_PROMPT_ID])
+    got = D.per_prompt(emb, pids)
+    if not got:
+        return []  # no prompt has two images left (a safety checker blacked the others out)
+    prompts = list(got)
+    cat_of = dict(zip(pids, cell.cats))
+    cats = [cat_of[p] for p in prompts]
+    pairwise, vendi = D.metric_names(slug)
+    return (_mean_rows(cell.cell_id, pairwise, [got[p][0] for p in prompts], cats, ihash, prompts)
+            + _mean_rows(cell.cell_id, vendi, [got[p][1] for p in prompts], cats, ihash, prompts))
+
+
+SCORERS = {"fid": _score_frechet("fid"), "fd_dinov2": _score_frechet("fd_dinov2"), "kid": _score_distribution("kid"),
+           "prc": _score_distribution("prc"),
            "cmmd": _score_distribution("cmmd"), "fd_clip": _score_distribution("fd_clip"),
            "clip_score": _per_image_means("clip_score"), "alignment": _score_alignment, "geneval": _score_geneval,
-           "vqascore": _per_image_means("vqascore")}
+           "vqascore": _per_image_means("vqascore"), "diversity": _score_diversity}
 
 
 @dataclass(frozen=True)
@@ -455,7 +502,8 @@ def prepare(spec: GridSpec, given: MetricFns | None = None, device: str = "cpu",
                     alignment=given.alignment or default_alignment,
                     distribution=given.distribution or make_default_distribution(device, nets),
                     geneval=given.geneval or make_default_geneval(device, nets),
-                    vqascore=given.vqascore or make_default_vqascore(device))
+                    vqascore=given.vqascore or make_default_vqascore(device),
+                    embed=given.embed or make_default_embed(device, nets))
     if m.clip_score and given.clip is None and not _importable("bench.metrics.clip_score"):
         log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
         m = dataclasses.replace(m, clip_score=None)
@@ -561,4 +609,4 @@ def _flagged(cell_id: str, df, have: set, log):
 
 __all__ = ["MetricFns", "Networks", "CellImages", "SCORERS", "compute_metrics", "prepare", "Prepared", "score_shard",
            "bootstrap_ci", "make_default_fid", "make_default_clip", "make_default_distribution", "make_default_geneval",
-           "make_default_vqascore", "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]
+           "make_default_vqascore", "make_default_embed", "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]

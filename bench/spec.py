@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.generators import kind_of, model_defaults
 from bench.generators.base import canonical_call
 from bench.suites import parse_name
-from bench.work import ClipTable, FeatureTable, GenevalTable, GridSpec, MetricsSpec, VqaTable
+from bench.work import ClipTable, DiversityTable, FeatureTable, GenevalTable, GridSpec, MetricsSpec, VqaTable
 from imagen.config import SamplerConfig, normalize_threshold, toml_table
 from imagen.errors import UserError
 
@@ -25,7 +25,8 @@ KNOWN_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
 TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size", "negative_prompt", "axes", "call",
             "metrics"}
 AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level", "distilled_guidance"}
-METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip", "geneval", "vqascore"}
+METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip", "geneval", "vqascore",
+               "fd_dinov2", "diversity"}
 
 
 def _known_samplers() -> tuple[str, ...]:
@@ -160,6 +161,8 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
     # CMMD and FD-CLIP: on the CLIP score's model (else shapes-clip) and the same reference
     feat = {k: (fid or feat_defaults)[k] for k in ("extractor", "reference", "protocol")}
     clip_model = {k: v for k, v in (clip or {"model": "shapes-clip"}).items() if k in ("model", "pretrained")}
+    dinov2 = {**feat, "extractor": "dinov2-vit-l-14", "protocol": "clean"}
+    fd_dinov2 = _feature_table(_metric_table(metrics.get("fd_dinov2"), "fd_dinov2", dinov2), "fd_dinov2")
     kid = _feature_table(_metric_table(metrics.get("kid"), "kid", feat, ("subset_size",)), "kid")
     prc = _feature_table(_metric_table(metrics.get("prc"), "prc", feat), "prc")
     cmmd = _clip_table(_metric_table(metrics.get("cmmd"), "cmmd", {**clip_model, "reference": feat["reference"]},
@@ -179,6 +182,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         if not isinstance(v, str) or not v.strip():
             raise UserError(f"metrics.geneval.{k}: {v!r} must be a non-empty string")
     vqascore = _vqascore_table(metrics.get("vqascore"))
+    diversity = _diversity_table(metrics.get("diversity"), clip_model)
     align = metrics.get("alignment", False)
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")
@@ -189,9 +193,29 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
         metrics=MetricsSpec(fid=_typed(FeatureTable, fid), clip_score=_typed(ClipTable, clip), alignment=align,
                             kid=_typed(FeatureTable, kid), prc=_typed(FeatureTable, prc), cmmd=_typed(ClipTable, cmmd),
                             fd_clip=_typed(ClipTable, fd_clip), geneval=_typed(GenevalTable, geneval),
-                            vqascore=_typed(VqaTable, vqascore)),
+                            vqascore=_typed(VqaTable, vqascore), fd_dinov2=_typed(FeatureTable, fd_dinov2),
+                            diversity=_typed(DiversityTable, diversity)),
         distilled_guidance=distilled, negative_prompt=negative, call=canonical_call(call),
     )
+
+
+def _diversity_table(value, clip_model: dict) -> dict | None:
+    """[metrics] diversity: an embedding (default DINOv2 ViT-L/14); "clip" takes the CLIP score's model unless the
+    table names its own."""
+    from bench.metrics.diversity import EMBEDDINGS
+
+    table = _metric_table(value, "diversity", {"embedding": "dinov2-vit-l-14"}, ("model", "pretrained"))
+    if table is None:
+        return None
+    if table["embedding"] not in EMBEDDINGS:
+        raise UserError(f"metrics.diversity.embedding: {table['embedding']!r}; choose one of {', '.join(EMBEDDINGS)}")
+    if table["embedding"] == "clip":
+        if "model" not in table:
+            table.update(clip_model)
+        _clip_table(table, "diversity")
+    elif {"model", "pretrained"} & set(table):
+        raise UserError("metrics.diversity: model and pretrained go with embedding = \"clip\"")
+    return table
 
 
 def _vqascore_table(value) -> dict | None:
@@ -260,8 +284,11 @@ def _feature_table(table: dict | None, key: str) -> dict | None:
         return table
     from bench.metrics.features import parse_protocol
 
-    if table["extractor"] not in ("effnet-lite0", "inception"):
-        raise UserError(f"metrics.{key}.extractor: {table['extractor']!r}; choose effnet-lite0 or inception")
+    allowed = {"fid": ("effnet-lite0", "inception"), "fd_dinov2": ("dinov2-vit-l-14",)}.get(
+        key, ("effnet-lite0", "inception", "dinov2-vit-l-14"))
+    if table["extractor"] not in allowed:
+        raise UserError(f"metrics.{key}.extractor: {table['extractor']!r}; choose {' or '.join(allowed)}"
+                        + (" (FD on DINOv2 features: fd_dinov2 = { reference = ... })" if key == "fid" else ""))
     if not isinstance(table["protocol"], str):
         raise UserError(f"metrics.{key}.protocol: {table['protocol']!r}; use clean, torch-fidelity, crop256+clean, "
                         f"crop256+torch-fidelity or coco")
@@ -383,6 +410,10 @@ def spec_to_toml(spec: GridSpec) -> str:
         lines.append(f"geneval = {_toml_value(m.geneval)}")
     if m.vqascore:
         lines.append(f"vqascore = {_toml_value(m.vqascore)}")
+    if m.fd_dinov2:
+        lines.append(f"fd_dinov2 = {_toml_value(m.fd_dinov2)}")
+    if m.diversity:
+        lines.append(f"diversity = {_toml_value(m.diversity)}")
     if spec.call:
         lines += ["", "[call]"] + [f"{k} = {_toml_value(v)}" for k, v in json.loads(spec.call).items()]
     return "\n".join(lines) + "\n"

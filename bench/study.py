@@ -76,8 +76,12 @@ def provenance(spec: GridSpec) -> dict:
     """What made the study's metrics besides the images: each feature extractor's weights sha256 (None: not on this
     machine yet) and protocol, each CLIP model's weights."""
     m = spec.metrics
-    feats = [t for t in (m.fid, m.kid, m.prc) if t]
+    feats = [t for t in (m.fid, m.fd_dinov2, m.kid, m.prc) if t]
+    if m.diversity and m.diversity["embedding"] != "clip":
+        feats.append({"extractor": m.diversity["embedding"], "protocol": "clean"})
     clips = [t for t in (m.clip_score, m.cmmd, m.fd_clip) if t]
+    if m.diversity and m.diversity["embedding"] == "clip":
+        clips.append(m.diversity)
     out: dict = {}
     if feats:
         from bench.metrics.features import weights_sha256
@@ -103,8 +107,22 @@ def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = T
         return
     for key, table in spec.metrics.distribution().items():
         check_reference(spec, prompts, table["reference"], f"metrics.{key}", need_images=True)
-    if spec.metrics.fid:
-        check_reference(spec, prompts, spec.metrics.fid["reference"], "metrics.fid")
+    for key in ("fid", "fd_dinov2"):
+        table = getattr(spec.metrics, key)
+        if table:
+            check_reference(spec, prompts, table["reference"], f"metrics.{key}")
+    feats = [t["extractor"] for t in (spec.metrics.fid, spec.metrics.fd_dinov2, spec.metrics.kid, spec.metrics.prc)
+             if t]
+    if spec.metrics.diversity:
+        if spec.samples_per_prompt < 2:
+            raise UserError(f"metrics.diversity compares the images of one prompt: set samples_per_prompt >= 2 "
+                            f"(it is {spec.samples_per_prompt})")
+        feats.append(spec.metrics.diversity["embedding"])
+    if feats:  # a network that only the network can bring (DINOv2's), here or one line before any image
+        from bench.metrics.features import check_weights
+
+        for name in feats:
+            check_weights(name)
     if spec.metrics.geneval:  # the judge is here (detector files, CLIP weights), or one line before any image
         from bench.metrics.clip_score import load_clip
         from bench.metrics.detectors import resolve

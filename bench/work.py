@@ -51,7 +51,7 @@ class MetricTable(Mapping):
 class FeatureTable(MetricTable):
     """FID, KID, precision/recall: an image-feature network, its preprocessing protocol, the reference set."""
 
-    extractor: str  # "effnet-lite0" | "inception"
+    extractor: str  # "effnet-lite0" | "inception" | "dinov2-vit-l-14"
     reference: str  # "shapes" | a folder of images | a study folder | a statistics .npz (FID only)
     protocol: str  # "clean", "torch-fidelity", "crop256+clean", ... (canonical spelling)
     subset_size: int | None = None  # KID only
@@ -87,6 +87,15 @@ class VqaTable(MetricTable):
     batch_size: int = 8
 
 
+@dataclass(frozen=True, eq=False)
+class DiversityTable(MetricTable):
+    """Diversity within a prompt: the embedding (a feature extractor, or "clip" with a CLIP model and weights)."""
+
+    embedding: str
+    model: str | None = None  # with embedding = "clip"
+    pretrained: str | None = None
+
+
 @dataclass(frozen=True)
 class MetricsSpec:
     fid: FeatureTable | None = None
@@ -98,6 +107,8 @@ class MetricsSpec:
     fd_clip: ClipTable | None = None  # Frechet distance on CLIP embeddings
     geneval: GenevalTable | None = None  # GenEval's rules (prompts with GenEval metadata only)
     vqascore: VqaTable | None = None  # P("Yes") from a vision-language model, every prompt
+    fd_dinov2: FeatureTable | None = None  # the Frechet distance on DINOv2 ViT-L/14 features (Stein et al. 2023)
+    diversity: DiversityTable | None = None  # within a prompt: mean pairwise distance and Vendi score
 
     def distribution(self) -> dict:
         """The metrics that compare a cell's images with a reference set, by key."""
@@ -106,9 +117,10 @@ class MetricsSpec:
 
     def tables(self) -> dict:
         """Every metric the spec turns on, by its [metrics] key, in scoring order (bench.cell_metrics.SCORERS)."""
-        return {k: v for k, v in (("fid", self.fid), *self.distribution().items(), ("clip_score", self.clip_score),
+        return {k: v for k, v in (("fid", self.fid), ("fd_dinov2", self.fd_dinov2), *self.distribution().items(),
+                                  ("clip_score", self.clip_score),
                                   ("alignment", self.alignment), ("geneval", self.geneval),
-                                  ("vqascore", self.vqascore)) if v}
+                                  ("vqascore", self.vqascore), ("diversity", self.diversity)) if v}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ $TORCH_HOME/hub/checkpoints/ or network access). Numbers from different extracto
 comparable."""
 
 # The names of bench.metrics.features.EXTRACTORS, spelled out so that `--help` imports no torch-fidelity.
-EXTRACTOR_NAMES = ["effnet-lite0", "inception"]
+EXTRACTOR_NAMES = ["effnet-lite0", "inception", "dinov2-vit-l-14"]
 
 FID_EPILOG = """examples:
   imagen-bench fid generated/ reference/ --json                       # clean protocol, effnet-lite0
@@ -101,27 +101,32 @@ A is the generated set, B the reference; each a folder of images or a study dire
 --kid-subset-size, recorded in details) and --prc (precision and recall, k = 3, torch-fidelity's) use --extractor
 under --protocol (see `imagen-bench fid --help`; features cached as FID's statistics are); --cmmd (MMD^2 with a
 Gaussian RBF kernel, sigma 10, on CLIP image embeddings, x 1000: Jayasumana et al. 2024) and --fd-clip (Frechet
-distance of the same embeddings) use --clip-model with its weights (--clip-pretrained). Every name carries what
-made it: fid_effnet_lite0_clean, kid_inception_torch_fidelity, precision_..., recall_..., cmmd_vit_l_14_openai,
-fd_clip_shapes_clip."""
+distance of the same embeddings) use --clip-model with its weights (--clip-pretrained); --fd-dinov2 is the Frechet
+distance on torch-fidelity's DINOv2 ViT-L/14 features under --protocol (Stein et al. 2023; KID and precision/recall
+in that space: --extractor dinov2-vit-l-14; its code and weights come from the torch hub cache, $TORCH_HOME/hub).
+Every name carries what made it: fid_effnet_lite0_clean, kid_inception_torch_fidelity, precision_..., recall_...,
+cmmd_vit_l_14_openai, fd_clip_shapes_clip, fd_dinov2_vit_l_14_torch_fidelity."""
 
 FIDELITY_EPILOG = """examples:
   imagen-bench fidelity generated/ reference/ --fid --kid --prc --json
   imagen-bench fidelity runs/qs reference/ --cell a1b2c3 --fid --cmmd --clip-model shapes-clip --json
   imagen-bench fidelity gen/ coco_val/ --fid --kid --extractor inception --protocol coco \\
       --cmmd --fd-clip --clip-model ViT-L-14 --clip-pretrained openai --json
+  imagen-bench fidelity gen/ ref/ --fd-dinov2 --protocol torch-fidelity --json   # = torch-fidelity's dinov2-vit-l-14
 """
 
 
 def _add_fidelity(sub, formatter) -> None:
-    p = sub.add_parser("fidelity", help="FID, KID, precision/recall, CMMD and FD-CLIP between two image sets at once",
+    p = sub.add_parser("fidelity", help="FID, KID, precision/recall, CMMD, FD-CLIP, FD-DINOv2 between two image sets",
                        description=FIDELITY_DESCRIPTION, epilog=FIDELITY_EPILOG, formatter_class=formatter)
     p.add_argument("a", help="generated images: a folder or a study directory")
     p.add_argument("b", help="reference images: a folder or a study directory")
     for flag, what in (("--fid", "Frechet distance on the extractor's features"),
                        ("--kid", "kernel inception distance (torch-fidelity)"),
                        ("--prc", "precision and recall (torch-fidelity, k = 3)"),
-                       ("--cmmd", "CMMD on CLIP image embeddings"), ("--fd-clip", "Frechet distance on CLIP embeddings")):
+                       ("--cmmd", "CMMD on CLIP image embeddings"),
+                       ("--fd-clip", "Frechet distance on CLIP embeddings"),
+                       ("--fd-dinov2", "Frechet distance on DINOv2 ViT-L/14 features (torch-fidelity's extractor)")):
         p.add_argument(flag, action="store_true", help=what)
     p.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=EXTRACTOR_NAMES[0], help="feature network")
     p.add_argument("--protocol", default="clean",
@@ -146,8 +151,8 @@ def run_fidelity(args: argparse.Namespace) -> int:
     from imagen.errors import UserError
 
     wanted = {m for m in ("fid", "kid", "prc", "cmmd", "fd_clip") if getattr(args, m)}
-    if not wanted:
-        raise UserError("choose at least one metric: --fid, --kid, --prc, --cmmd, --fd-clip")
+    if not wanted and not args.fd_dinov2:
+        raise UserError("choose at least one metric: --fid, --kid, --prc, --cmmd, --fd-clip, --fd-dinov2")
     if args.kid_subset_size is not None and args.kid_subset_size < 2:
         raise UserError(f"--kid-subset-size must be at least 2, got {args.kid_subset_size}")
     paths = [F.image_paths(src, args.cell) for src in (args.a, args.b)]
@@ -161,6 +166,17 @@ def run_fidelity(args: argparse.Namespace) -> int:
         out.metrics.update(part.metrics)
         out.details.update(part.details)
         info.update(extractor=args.extractor, extractor_weights=weights, protocol=protocol.id)
+    if args.fd_dinov2:
+        from bench.metrics.features import DINOV2, check_weights
+
+        protocol = _protocol(args)
+        check_weights(DINOV2)
+        ext = LazyExtractor(DINOV2, args.device)
+        (fa, weights), (fb, _) = [F.features_from_files(p, ext, protocol, args.batch_size, not args.no_cache,
+                                                        not args.json, args.verify) for p in paths]
+        part = M.feature_values(fa, fb, DINOV2, protocol, {"fid"})
+        out.metrics.update(part.metrics)
+        info.update(dinov2_weights=weights, protocol=protocol.id)
     if wanted & set(M.CLIP_METRICS):
         from bench.metrics.clip_score import load_clip
 

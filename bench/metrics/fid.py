@@ -52,9 +52,10 @@ ExtractorLike = str | Extractor | LazyExtractor  # a name, a loaded extractor, o
 
 
 def fid_metric_name(extractor: str, protocol: Protocol | str = DEFAULT_PROTOCOL) -> str:
-    """The metric/column name: 'fid_effnet_lite0_clean', 'fid_inception_crop256_torch_fidelity'."""
+    """The metric/column name: 'fid_effnet_lite0_clean', 'fid_inception_crop256_torch_fidelity',
+    'fd_dinov2_vit_l_14_clean' (a Frechet distance on DINOv2 features is FD-DINOv2, not FID)."""
     proto = protocol if isinstance(protocol, Protocol) else parse_protocol(protocol)
-    return f"fid_{metric_key(extractor)}_{proto.slug}"
+    return f"{extractor_spec(extractor).distance}_{metric_key(extractor)}_{proto.slug}"
 
 
 KEY_FID_INCEPTION = "fid_inception_clean"
