@@ -245,16 +245,15 @@ async function showComparison(view, opts) {
   const me = generation;
   screen = {cid: view.id, answers, ready: false, revise: !!opts.revise, practice: !!opts.practice, view,
             buttons, submit, shownAt: 0};
+  // The images are decoded, so they are painted in the same frame as the prompt and these buttons: the inputs are
+  // enabled with them, and a click from now on answers this comparison.
+  screen.ready = true;
+  screen.shownAt = performance.now();
+  root.setAttribute("data-ready", "true");
   refresh();
-  // enable the inputs once the images are on screen (painted), not merely inserted
-  requestAnimationFrame(() => requestAnimationFrame(() => {
-    if (me !== generation) return;
-    screen.ready = true;
-    screen.shownAt = performance.now();
-    root.setAttribute("data-ready", "true");
-    refresh();
-    if (!opts.practice && !opts.revise && state.upcoming) fetchAhead(state.upcoming);
-  }));
+  requestAnimationFrame(() => {
+    if (me === generation && !opts.practice && !opts.revise && state.upcoming) fetchAhead(state.upcoming);
+  });
 }
 
 function fetchAhead(view) {

@@ -9,7 +9,7 @@ history is kept; the current vote of a rater on a comparison is its highest revi
 itself refuse a vote for an unknown comparison or from an unknown rater.
 
 Where the votes live: SESSION/votes.sqlite, unless SESSION/votes.postgres names a PostgreSQL database (written by
-`python -m drawbench.votes use-postgres SESSION CONNINFO`); then every server, export and `drawbench stats` of that
+`python -m drawbench.postgres SESSION CONNINFO`); then every server, export and `drawbench stats` of that
 session use the database. The password never goes into that file: libpq reads it from ~/.pgpass or $PGPASSWORD.
 
 A session here is any object with `path` and `comparisons` (a `drawbench.pairs.Session`); the answers' vocabulary
@@ -22,7 +22,6 @@ import hashlib
 import json
 import re
 import sqlite3
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -122,7 +121,7 @@ class _Postgres:
         self.psycopg = psycopg
         self.integrity_errors = (psycopg.errors.IntegrityError,)
         self.conninfo, self.schema = conninfo, schema
-        self.where = f"PostgreSQL {_redact(conninfo)} schema {schema}"
+        self.where = f"PostgreSQL {redact(conninfo)} schema {schema}"
         self._local = threading.local()
 
     def _connection(self):
@@ -162,7 +161,7 @@ class _PgConnection:
             cur.executemany(sql.replace("?", "%s"), rows)
 
 
-def _redact(conninfo: str) -> str:
+def redact(conninfo: str) -> str:
     return re.sub(r"(password=)\S+", r"\1***", re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", conninfo))
 
 
@@ -200,7 +199,7 @@ class VoteStore:
             con.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
             con.executescript(SQLITE_SCHEMA)
             con.execute("BEGIN")
-            con.executemany("INSERT INTO comparisons VALUES (?, ?, ?, ?)", _comparison_rows(session))
+            con.executemany("INSERT INTO comparisons VALUES (?, ?, ?, ?)", comparison_rows(session))
             con.execute("COMMIT")
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -316,7 +315,7 @@ class VoteStore:
         return int(n) + int(r), float(max(t or 0.0, u or 0.0))
 
 
-def _comparison_rows(session) -> list[tuple]:
+def comparison_rows(session) -> list[tuple]:
     return [(c.id, c.left, c.right, c.attention) for c in session.comparisons]
 
 
@@ -324,38 +323,8 @@ def _comparison_rows(session) -> list[tuple]:
 def postgres_schema_name(session) -> str:
     """The schema that holds one session's tables in a shared database: named by the session's comparisons, so
     every server of the session finds the same one and two sessions never share one."""
-    ids = json.dumps(sorted(_comparison_rows(session)) + [getattr(session, "created", 0.0)])
+    ids = json.dumps(sorted(comparison_rows(session)) + [getattr(session, "created", 0.0)])
     return "drawbench_" + hashlib.sha256(ids.encode()).hexdigest()[:16]
-
-
-def use_postgres(session, conninfo: str) -> VoteStore:
-    """Move a session's vote store (before any vote) to a PostgreSQL database: create the schema, tables and
-    comparisons there, then write SESSION/votes.postgres (atomically) so every server of the session uses it."""
-    if "password=" in conninfo or re.search(r"://[^/@]*:[^@]*@", conninfo):
-        raise UserError("keep the password out of the connection string (it would be written into the session "
-                        "folder): put it in ~/.pgpass or $PGPASSWORD")
-    local = Path(session.path) / VOTES_FILE
-    if local.is_file() and VoteStore(local).count():
-        raise UserError(f"{local} already holds votes; move the store to PostgreSQL before rating starts")
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise UserError("the PostgreSQL vote store needs psycopg: pip install 'psycopg[binary]'") from exc
-    schema = postgres_schema_name(session)
-    try:
-        with psycopg.connect(conninfo, connect_timeout=20) as con:
-            con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            con.execute(f'SET search_path TO "{schema}"')
-            for stmt in filter(str.strip, POSTGRES_SCHEMA.split(";")):
-                con.execute(stmt)
-            with con.cursor() as cur:
-                cur.executemany("INSERT INTO comparisons VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                                _comparison_rows(session))
-    except psycopg.OperationalError as exc:
-        raise UserError(f"cannot reach PostgreSQL at {_redact(conninfo)}: {str(exc).splitlines()[0]}") from exc
-    atomic_write(Path(session.path) / POSTGRES_FILE,
-                 lambda p: p.write_text(json.dumps({"conninfo": conninfo, "schema": schema}) + "\n"))
-    return VoteStore(postgres=(conninfo, schema))
 
 
 # ----------------------------------------------------------------------------- export
@@ -388,29 +357,3 @@ def export(session: "Session", out_dir: Path | str | None = None, history: bool 
         atomic_write(out_dir / name, write)
         paths.append(out_dir / name)
     return paths[0], paths[1]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m drawbench.votes use-postgres SESSION CONNINFO`: keep a session's votes in PostgreSQL."""
-    import argparse
-
-    from drawbench.pairs import load_session
-
-    p = argparse.ArgumentParser(prog="python -m drawbench.votes", description=main.__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    u = sub.add_parser("use-postgres", help="move a session's (empty) vote store to a PostgreSQL database")
-    u.add_argument("session", type=Path)
-    u.add_argument("conninfo", help="a libpq connection string, e.g. 'host=db.lab dbname=drawbench user=rater' "
-                                    "(the password goes in ~/.pgpass or $PGPASSWORD)")
-    args = p.parse_args(argv)
-    try:
-        store = use_postgres(load_session(args.session), args.conninfo)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.session}: votes now go to {store.where}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

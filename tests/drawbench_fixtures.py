@@ -104,7 +104,7 @@ def use_store(session, kind: str):
         return lambda: None
     import psycopg
 
-    from drawbench.votes import use_postgres
+    from drawbench.postgres import use_postgres
 
     conninfo = postgres_conninfo()
     store = use_postgres(session, conninfo)

@@ -248,7 +248,7 @@ def test_stats_refuse_two_answers_for_one_key(session, capsys):
 
 
 def test_postgres_store_refuses_a_password_in_the_session_folder(tmp_path, data_dir):
-    from drawbench.votes import use_postgres
+    from drawbench.postgres import use_postgres
     from imagen.errors import UserError
 
     s, _ = make_session(tmp_path, data_dir, n_prompts=2, n_codes=0)
