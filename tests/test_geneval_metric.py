@@ -13,13 +13,20 @@ from bench.grid import parse_spec, run_grid
 from imagen.errors import UserError
 
 
+def _geneval_names(data_dir) -> list[str]:
+    return [n.strip() for n in (data_dir / "geneval" / "object_names.txt").read_text().splitlines() if n.strip()]
+
+
 @pytest.fixture(scope="module")
 def detector_folder(tmp_path_factory, data_dir):
+    return _tiny_mask2former(tmp_path_factory.mktemp("m2f") / "mask2former-tiny", _geneval_names(data_dir))
+
+
+def _tiny_mask2former(folder, names: list[str]) -> str:
     import torch
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, \
         SwinConfig
 
-    names = [n.strip() for n in (data_dir / "geneval" / "object_names.txt").read_text().splitlines() if n.strip()]
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
                           window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
     cfg = Mask2FormerConfig(backbone_config=backbone, hidden_dim=32, feature_size=32, mask_feature_size=32,
@@ -27,7 +34,6 @@ def detector_folder(tmp_path_factory, data_dir):
                             dim_feedforward=64, num_attention_heads=2, common_stride=4,
                             id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("m2f") / "mask2former-tiny"
     Mask2FormerForUniversalSegmentation(cfg).eval().save_pretrained(folder)
     Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}, num_labels=len(names)) \
         .save_pretrained(folder)
@@ -63,6 +69,18 @@ def test_the_detector_loads_like_a_downloaded_checkpoint(detector_folder):
         ys, xs = np.nonzero(d.mask)
         assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max(), ys.max())
         assert d.label in det.labels.values()
+
+
+def test_cocos_class_names_are_read_in_genevals_spelling(tmp_path, data_dir):
+    """The published checkpoint's id2label has COCO's "mouse", "remote", "keyboard"; GenEval's prompts ask for a
+    "computer mouse", a "tv remote", a "computer keyboard" (its object list maps mmdet's class index to them)."""
+    from bench.metrics.detectors import GENEVAL_NAMES, Mask2FormerDetector
+
+    genevals = _geneval_names(data_dir)
+    coco = [{v: k for k, v in GENEVAL_NAMES.items()}.get(n, n) for n in genevals]
+    assert coco != genevals and {"mouse", "remote", "keyboard"} <= set(coco)
+    det = Mask2FormerDetector(_tiny_mask2former(tmp_path / "coco-names", coco))
+    assert [det.labels[i] for i in range(len(coco))] == genevals
 
 
 def test_a_grid_scores_geneval_per_tag_and_overall_as_the_mean_of_tags(detector_folder, tmp_path, data_dir):

@@ -17,6 +17,9 @@ from bench.metrics.geneval import Detection
 from bench.metrics.hub import hub_folder, slug
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
+# COCO's class names where GenEval's object list spells them otherwise (GenEval maps mmdet's class index to its
+# object_names.txt, so its "computer mouse" is COCO's "mouse"); a detector's labels are read in GenEval's spelling
+GENEVAL_NAMES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard"}
 
 
 def detector_slug(source: str) -> str:
@@ -31,7 +34,8 @@ def resolve(source: str) -> str:
 
 class Mask2FormerDetector:
     """Mask2Former instance segmentation (transformers) as a GenEval detector: each predicted instance is a Detection
-    with its class name (the checkpoint's id2label), score, the box around its mask and the mask."""
+    with its class name (the checkpoint's id2label in GenEval's spelling), score, the box around its mask and the
+    mask."""
 
     def __init__(self, source: str = DEFAULT_DETECTOR, device: str = "cpu"):
         import torch
@@ -48,7 +52,7 @@ class Mask2FormerDetector:
             raise UserError(f"detector {source!r}: cannot load it from {folder} ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         self.source, self.device, self.torch = source, device, torch
-        self.labels = {int(k): v for k, v in self.model.config.id2label.items()}
+        self.labels = {int(k): GENEVAL_NAMES.get(v, v) for k, v in self.model.config.id2label.items()}
 
     @property
     def name(self) -> str:
@@ -75,4 +79,4 @@ class Mask2FormerDetector:
         return dets
 
 
-__all__ = ["DEFAULT_DETECTOR", "Mask2FormerDetector", "detector_slug", "resolve"]
+__all__ = ["DEFAULT_DETECTOR", "GENEVAL_NAMES", "Mask2FormerDetector", "detector_slug", "resolve"]
