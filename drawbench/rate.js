@@ -58,9 +58,11 @@ async function start() {
   const r = await api("/api/session");
   if (!r.ok) { show(el("p", {class: "error", text: r.data.error || "The study could not be loaded."})); return; }
   session = r.data.session;
-  if (r.data.state) { enter(r.data.state); return; }
+  const params = Object.fromEntries(new URLSearchParams(location.search));
+  // a crowd link names its participant: it signs in whoever the cookie says (two people may share a browser)
+  const byLink = session.crowd && params[session.crowd.param];
+  if (r.data.state && !byLink) { enter(r.data.state); return; }
   if (session.crowd) {
-    const params = Object.fromEntries(new URLSearchParams(location.search));
     const s = await api("/api/sign-in", {params});
     if (s.ok) { enter(s.data.state); return; }
     show(el("div", {class: "card"}, el("h1", {text: "Image comparison"}),
