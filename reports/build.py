@@ -230,6 +230,8 @@ def skill_plots(summary: pd.DataFrame, metrics: pd.DataFrame, samples: pd.DataFr
 
     cats = category_metrics(metrics)
     made = []
+    if not len(cats):
+        return made
     for suite, skills in skills_by_suite(samples).items():
         if suite not in BENCHMARKS:
             continue  # a prompt file's own categories, the shapes worlds' fact types: the accuracy-by-category figure
