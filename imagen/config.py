@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from imagen.errors import UserError
 
 
+def added_field(default):
+    """A field added after models were shipped: left out of `to_dict` (config.json, config hashes) while it has its
+    default, so every model and training state saved before it existed keeps its file, hash and behaviour."""
+    return dataclasses.field(default=default, metadata={"omit_default": True})
+
+
 @dataclass(frozen=True)
 class TextEncoderConfig:
     """Which frozen text encoder produces the token embeddings (paper 2.1)."""
@@ -42,6 +48,15 @@ class UNetConfig:
     lowres_cond: bool = False  # SR stage: the upsampled low-res image is concatenated to the input
     groups: int = 8  # GroupNorm groups
     dropout: float = 0.0
+    # absolute position (issue 25): without it the U-Net sees position only through zero padding.
+    # position_input: x and y coordinate channels (in [-1, 1]) concatenated to the input image;
+    # attn_position: a 2-D Fourier-feature position embedding (learned projection, zero-init) added to the input of
+    # every self-attention layer.
+    position_input: bool = added_field(False)
+    attn_position: bool = added_field(False)
+    # zero-initialised residual branches (each ResBlock's last conv) and attention and feed-forward outputs: every
+    # block starts as the identity (ADM's zero_module); the output conv is zero-initialised either way.
+    zero_init: bool = added_field(False)
 
     def __post_init__(self) -> None:
         n = len(self.dim_mults)
@@ -227,8 +242,23 @@ def toml_value(text: str):
 
 
 def to_dict(cfg) -> dict:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """A JSON-ready dict of a config dataclass (tuples become lists); `added_field` fields at their default are left
+    out."""
+    return json.loads(json.dumps(_drop_defaults(cfg, dataclasses.asdict(cfg))))
+
+
+def _drop_defaults(cfg, data):
+    """asdict's output of `cfg` without the `added_field` fields that hold their default (recursively)."""
+    if dataclasses.is_dataclass(cfg):
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                data.pop(f.name)
+            else:
+                data[f.name] = _drop_defaults(value, data[f.name])
+    elif isinstance(cfg, (tuple, list)) and isinstance(data, (tuple, list)):
+        return type(data)(_drop_defaults(c, d) for c, d in zip(cfg, data))
+    return data
 
 
 def from_dict(cls, data: dict):

@@ -172,14 +172,25 @@ class ShapesDataset:
 
     def __init__(self, n: int, seed: int, size: int, render_size: int | None = None, split: str = "train",
                  categories: tuple[str, ...] | None = None, world: str = "shapes"):
-        from imagen.worlds import get_world  # the world is only needed for this dataset
-
-        self._shapes = get_world(world)
-        self.world = self._shapes.dataset(seed, split, tuple(categories) if categories else None)
+        self._args = (world, seed, split, tuple(categories) if categories else None)
+        self._open()
         self.n, self.size = n, size
         self.render_size = max(size, render_size or size)
-        self._items: dict[int, tuple] = {}
         self._captions = [self.world.item(i)[1] for i in range(n)]
+
+    def _open(self) -> None:
+        from imagen.worlds import get_world  # the world is only needed for this dataset
+
+        name, seed, split, categories = self._args
+        self._shapes = get_world(name)
+        self.world = self._shapes.dataset(seed, split, categories)
+
+    def __getstate__(self) -> dict:  # for worker processes: the world's modules are looked up again there
+        return {k: v for k, v in self.__dict__.items() if k not in ("_shapes", "world")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     def __len__(self) -> int:
         return self.n
@@ -193,6 +204,70 @@ class ShapesDataset:
         if self.render_size == self.size:
             return img
         return square_resize(Image.fromarray(img), self.size)
+
+
+# ----------------------------------------------------------------------------- images rendered once
+
+
+class RenderedImages:
+    """A dataset's images read (or rendered) once into memory, uint8 [N, S, S, 3]; captions from the dataset.
+
+    `image(i)` is byte for byte the dataset's own `image(i)`, so training on it gives the same weights, without the
+    per-step rendering on the main thread. `workers` > 1 renders in that many processes (spawned: safe after CUDA
+    or a process group has started).
+    """
+
+    def __init__(self, ds: CaptionedImages, workers: int = 0, progress: bool = False):
+        self.ds = ds
+        self.images = _render_all(ds, workers, progress)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def caption(self, i: int) -> str:
+        return self.ds.caption(i)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+
+_WORKER_DS: list = []  # the dataset a rendering worker process was given
+
+
+def _worker_init(ds) -> None:
+    _WORKER_DS[:] = [ds]
+
+
+def _render_span(span: tuple[int, int]) -> np.ndarray:
+    ds = _WORKER_DS[0]
+    return np.stack([ds.image(i) for i in range(*span)])
+
+
+def _render_all(ds: CaptionedImages, workers: int, progress: bool) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    n = len(ds)
+    first = np.asarray(ds.image(0), dtype=np.uint8)
+    out = np.empty((n, *first.shape), dtype=np.uint8)  # [N, S, S, 3]
+    out[0] = first
+    bar = tqdm(total=n, initial=1, desc="rendering", unit="image", disable=not progress, dynamic_ncols=True)
+    if workers <= 1 or n < 256:
+        for i in range(1, n):
+            out[i] = ds.image(i)
+            bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        step = max(64, -(-n // (workers * 8)))
+        spans = [(a, min(n, a + step)) for a in range(1, n, step)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(ds,)) as pool:
+            for (a, b), images in zip(spans, pool.map(_render_span, spans)):
+                out[a:b] = images
+                bar.update(b - a)
+    bar.close()
+    return out
 
 
 # ----------------------------------------------------------------------------- packed text embeddings
@@ -319,7 +394,8 @@ def make_dataset(data, size: int, render_size: int | None = None) -> CaptionedIm
 
 
 __all__ = [
-    "CaptionedImages", "FolderDataset", "CocoDataset", "ShapesDataset", "TextTable", "build_text_table",
+    "CaptionedImages", "FolderDataset", "CocoDataset", "ShapesDataset", "RenderedImages", "TextTable",
+    "build_text_table",
     "unique_captions", "text_table_key", "epoch_permutation", "batch_indices", "square_resize", "to_tensor",
     "downsample", "make_dataset",
 ]

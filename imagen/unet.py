@@ -15,6 +15,10 @@ Layout, for levels i = 0..n-1 with channels dim * dim_mults[i]:
 Efficient U-Net choices (B.1): more blocks at low resolution (per-level num_res_blocks), skips scaled by 1/sqrt 2,
 downsampling BEFORE the convolutions of a DBlock and upsampling AFTER those of a UBlock (the convolutions run at
 the lower resolution, which is where the memory and time go).
+
+Options beyond the paper (UNetConfig, off by default; issue 25): `position_input` concatenates x/y coordinate
+channels to the input, `attn_position` adds a position embedding to every self-attention input, `zero_init` starts
+every residual branch and attention / feed-forward output at zero.
 """
 
 from __future__ import annotations
@@ -110,6 +114,36 @@ def _groups(cfg: UNetConfig, channels: int) -> int:
     return math.gcd(cfg.groups, channels)
 
 
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a layer's weight and bias in place (not on the meta device, where there is nothing to write)."""
+    for p in (module.weight, module.bias):
+        if p is not None and p.device.type != "meta":
+            nn.init.zeros_(p)
+    return module
+
+
+POSITION_FREQS = 4  # Fourier features of each coordinate: sin and cos of pi * 2^k * c for k < POSITION_FREQS
+POSITION_FEATURES = 2 + 4 * POSITION_FREQS  # (x, y) themselves, then the sines and cosines of both
+
+
+def coordinates(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The pixel centres' x and y in [-1, 1] (left/top = -1): [2, h, w], the same at every resolution."""
+    def axis(n: int) -> torch.Tensor:
+        return torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) * (1.0 if n > 1 else 0.0)
+
+    ys, xs = axis(h), axis(w)
+    return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)])
+
+
+def position_features(h: int, w: int, device=None) -> torch.Tensor:
+    """Fixed 2-D Fourier features of each position of an h x w grid: [h*w, POSITION_FEATURES] (row-major, as the
+    attention blocks flatten [B, C, H, W] to [B, H*W, C])."""
+    xy = coordinates(h, w, device).flatten(1).T  # [h*w, 2]
+    freqs = math.pi * 2.0 ** torch.arange(POSITION_FREQS, device=device, dtype=torch.float32)  # [F]
+    args = (xy[:, :, None] * freqs).flatten(1)  # [h*w, 2F]
+    return torch.cat([xy, args.sin(), args.cos()], dim=1)
+
+
 def log_snr_to_t(log_snr: torch.Tensor) -> torch.Tensor:
     """A bounded, monotone time-like value in (0, 1) from log-SNR in (-inf, inf): the cosine schedule's inverse."""
     return torch.atan(torch.exp(-0.5 * log_snr.float().clamp(-40.0, 40.0))) * (2.0 / math.pi)
@@ -135,6 +169,8 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.conv2 = Conv2d(c_out, c_out, 3, padding=1)
         self.shortcut = Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        if cfg.zero_init:
+            zero_(self.conv2)  # the residual branch starts at zero: the block is its shortcut
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         # x [B, C_in, H, W], cond [B, cond_dim] (already SiLU-activated by the model)
@@ -192,15 +228,23 @@ class Attention(nn.Module):
         else:
             self.to_qkv = Linear(channels, 3 * inner, bias=False)
         self.to_out = Linear(inner, channels)
+        # self-attention with cfg.attn_position: fixed Fourier features of each token's position, projected by a
+        # learned layer that starts at zero (the untrained block is the block without it)
+        self.pos_proj = (zero_(Linear(POSITION_FEATURES, channels))
+                         if cfg.attn_position and not self.cross else None)
+        if cfg.zero_init:
+            zero_(self.to_out)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape
         return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # [B, heads, N, head_dim]
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # x [B, N, C] image tokens; context [B, L, Dc]; context_mask [B, L] bool (True = attend)
+                context_mask: torch.Tensor | None = None, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        # x [B, N, C] image tokens; context [B, L, Dc]; context_mask [B, L] bool (True = attend); grid = (H, W), N = H*W
         h = self.norm(x)
+        if self.pos_proj is not None:
+            h = h + self.pos_proj(position_features(*grid, device=x.device).to(h.dtype))  # + [N, C]
         if self.cross:
             q = self._split(self.to_q(h))
             k, v = (self._split(t) for t in self.to_kv(context).chunk(2, dim=-1))
@@ -221,12 +265,14 @@ class AttnBlock(nn.Module):
         self.cross_attn = Attention(cfg, channels, cfg.cond_dim) if cross_attn else None
         self.ff = nn.Sequential(nn.LayerNorm(channels), Linear(channels, 2 * channels), nn.GELU(),
                                 Linear(2 * channels, channels))
+        if cfg.zero_init:
+            zero_(self.ff[-1])
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         t = x.flatten(2).transpose(1, 2)  # [B, H*W, C]
         if self.self_attn is not None:
-            t = self.self_attn(t)
+            t = self.self_attn(t, grid=(hgt, wid))
         if self.cross_attn is not None:
             t = self.cross_attn(t, text, text_mask)
         t = t + self.ff(t)
@@ -282,6 +328,7 @@ class EfficientUNet(nn.Module):
 
         # image path
         c_img = cfg.in_channels * (2 if cfg.lowres_cond else 1)  # SR: noisy image ++ upsampled low-res image
+        c_img += 2 if cfg.position_input else 0  # ++ x, y coordinate channels
         self.conv_in = Conv2d(c_img, chans[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -359,6 +406,9 @@ class EfficientUNet(nn.Module):
             if lowres is None:
                 raise ValueError("this is a super-resolution U-Net: pass lowres (already at the output size)")
             x = torch.cat([x, lowres.to(x.dtype)], dim=1)  # [B, 2C, H, W]
+        if self.cfg.position_input:
+            xy = coordinates(x.shape[-2], x.shape[-1], x.device, x.dtype)  # [2, H, W]
+            x = torch.cat([x, xy.expand(x.shape[0], -1, -1, -1)], dim=1)  # [B, C (+C) + 2, H, W]
         # channels-last: faster convolutions on CPU and GPU, and the attention blocks' [B, H*W, C] view is free
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
         skips = []
@@ -379,4 +429,5 @@ def count_parameters(cfg: UNetConfig, null_text: str = "learned") -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["EfficientUNet", "count_parameters", "cross_attention", "CROSS_ATTENTION", "log_snr_to_t", "sinusoidal", "SKIP_SCALE"]
+__all__ = ["EfficientUNet", "count_parameters", "cross_attention", "CROSS_ATTENTION", "log_snr_to_t", "sinusoidal",
+           "SKIP_SCALE", "coordinates", "position_features", "zero_"]
