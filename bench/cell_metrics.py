@@ -20,7 +20,7 @@ import numpy as np
 from bench import image_scores, store
 from bench.generate import load_images
 from bench.suites import WORLD_SUITES
-from bench.work import GridSpec, now
+from bench.work import GridSpec, HpsTable, ImageRewardTable, now
 from imagen.errors import UserError
 from imagen.fileio import sha256_file
 
@@ -45,6 +45,8 @@ class MetricFns:
     vqascore: object = None
     # (images, diversity table) -> (the embedding's name part, embeddings [N, D])
     embed: object = None
+    # ("pickscore" | "hpsv2" | "imagereward", images, prompts, its table) -> (metric name, [score per image])
+    preference: object = None
 
 
 class Networks:
@@ -144,6 +146,36 @@ def make_default_vqascore(device: str = "cpu"):
             loaded[key] = VQAScore(table["model"], device, table.get("dtype", "auto"), table["template"],
                                    table["answer"])
         scorer = loaded[key]
+        return scorer.name, scorer(list(images), list(prompts), batch_size=table.get("batch_size", 8))
+
+    return fn
+
+
+def load_preference(key: str, table, device: str = "cpu"):
+    """The learned human-preference scorer a [metrics] table names (bench.metrics.pickscore, hpsv2, imagereward)."""
+    dtype = table.get("dtype", "auto")
+    if key == "pickscore":
+        from bench.metrics.pickscore import PickScore
+
+        return PickScore(table["model"], device, dtype, table["processor"])
+    if key == "hpsv2":
+        from bench.metrics.hpsv2 import HPSv2
+
+        return HPSv2(table.get("weights"), device, dtype, table["version"], table.get("architecture", "ViT-H-14"))
+    from bench.metrics.imagereward import ImageReward
+
+    return ImageReward(table.get("weights"), device, dtype, table.get("med_config"))
+
+
+def make_default_preference(device: str = "cpu"):
+    """PickScore, HPS and ImageReward, each table's scorer loaded once per run."""
+    loaded: dict = {}
+
+    def fn(key, images, prompts, table):
+        ident = (key, json.dumps({k: v for k, v in dict(table).items() if k != "batch_size"}, sort_keys=True))
+        if ident not in loaded:
+            loaded[ident] = load_preference(key, table, device)
+        scorer = loaded[ident]
         return scorer.name, scorer(list(images), list(prompts), batch_size=table.get("batch_size", 8))
 
     return fn
@@ -269,11 +301,13 @@ def _with_inputs(table: dict | None) -> dict | None:
         from bench.metrics.clip_score import weights_tag
 
         out["clip_weights"] = weights_tag(table["pretrained"])
-    judge = table.get("detector") or (table["model"] if "template" in table else None)  # GenEval's, VQAScore's
-    if judge:
+    judge = table.get("detector") or (table["model"] if "template" in table or "processor" in table else None)
+    if judge:  # GenEval's detector, VQAScore's or PickScore's model
         from bench.metrics.hub import fingerprint
 
         out["judge_weights"] = fingerprint(judge)
+    if isinstance(table, (HpsTable, ImageRewardTable)):
+        out["judge_weights"] = image_scores.checkpoint_sha256(table)  # HPS's or ImageReward's checkpoint file
     return out
 
 
@@ -479,7 +513,8 @@ SCORERS = {"fid": _score_frechet("fid"), "fd_dinov2": _score_frechet("fd_dinov2"
            "prc": _score_distribution("prc"),
            "cmmd": _score_distribution("cmmd"), "fd_clip": _score_distribution("fd_clip"),
            "clip_score": _per_image_means("clip_score"), "alignment": _score_alignment, "geneval": _score_geneval,
-           "vqascore": _per_image_means("vqascore"), "diversity": _score_diversity}
+           "vqascore": _per_image_means("vqascore"), "diversity": _score_diversity,
+           **{k: _per_image_means(k) for k in ("pickscore", "hpsv2", "imagereward")}}
 
 
 @dataclass(frozen=True)
@@ -503,7 +538,8 @@ def prepare(spec: GridSpec, given: MetricFns | None = None, device: str = "cpu",
                     distribution=given.distribution or make_default_distribution(device, nets),
                     geneval=given.geneval or make_default_geneval(device, nets),
                     vqascore=given.vqascore or make_default_vqascore(device),
-                    embed=given.embed or make_default_embed(device, nets))
+                    embed=given.embed or make_default_embed(device, nets),
+                    preference=given.preference or make_default_preference(device))
     if m.clip_score and given.clip is None and not _importable("bench.metrics.clip_score"):
         log("warning: CLIP score skipped: bench.metrics.clip_score is not installed")
         m = dataclasses.replace(m, clip_score=None)
@@ -609,4 +645,5 @@ def _flagged(cell_id: str, df, have: set, log):
 
 __all__ = ["MetricFns", "Networks", "CellImages", "SCORERS", "compute_metrics", "prepare", "Prepared", "score_shard",
            "bootstrap_ci", "make_default_fid", "make_default_clip", "make_default_distribution", "make_default_geneval",
-           "make_default_vqascore", "make_default_embed", "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]
+           "make_default_vqascore", "make_default_embed", "make_default_preference", "load_preference",
+           "default_alignment", "ALIGNMENT", "ALIGN_PREFIX"]

@@ -1,4 +1,5 @@
-"""Per-image scores of a study: CLIP score, GenEval's verdict, VQAScore; one value per image and scorer, kept in the
+"""Per-image scores of a study: CLIP score, GenEval's verdict, VQAScore, PickScore, HPS, ImageReward; one value per
+image and scorer, kept in the
 study's `scores` table, scored where the image was made.
 
 A grid run scores its own shard's images right after making them (under torchrun each rank scores its shard with
@@ -48,6 +49,14 @@ def _score_vqascore(fns, images, df, table):
     return name, [float(v) for v in values]
 
 
+def _score_preference(key: str):
+    def score(fns, images, df, table):
+        name, values = fns.preference(key, images, list(df[store.COL_PROMPT]), table)
+        return name, [float(v) for v in values]
+
+    return score
+
+
 @dataclass(frozen=True)
 class PerImage:
     """A per-image scorer: which sample rows it scores, and (run's functions, images, rows, table) -> (name, values)."""
@@ -57,7 +66,8 @@ class PerImage:
 
 
 PER_IMAGE = {"clip_score": PerImage(_all_rows, _score_clip), "geneval": PerImage(_geneval_rows, _score_geneval),
-             "vqascore": PerImage(_all_rows, _score_vqascore)}
+             "vqascore": PerImage(_all_rows, _score_vqascore),
+             **{k: PerImage(_all_rows, _score_preference(k)) for k in ("pickscore", "hpsv2", "imagereward")}}
 
 # what a table holds that changes how fast, not what, a judge scores
 _NOT_IN_HASH = ("batch_size",)
@@ -137,8 +147,26 @@ def values(have: dict, key: str, settings, df) -> tuple[str, list[float]]:
     return got[0][0], [v for _, v in got]
 
 
+def checkpoint_sha256(table) -> str | None:
+    """The sha256 of the HPS or ImageReward checkpoint a [metrics] table names (None: not on this machine yet)."""
+    from bench.metrics.hub import file_sha256
+    from imagen.errors import UserError
+
+    try:
+        if "version" in table:
+            from bench.metrics.hpsv2 import weights_file
+
+            return file_sha256(weights_file(table.get("weights"), table["version"]))
+        from bench.metrics.imagereward import weights_files
+
+        return file_sha256(weights_files(table.get("weights"), table.get("med_config"))[0])
+    except UserError:
+        return None
+
+
 COL_SCORER = "scorer"  # scores: the [metrics] key that made the value (clip_score, geneval, vqascore, ...)
 COL_SETTINGS_HASH = "settings_hash"  # scores: sha256 of the scorer's key and settings (weights' hashes included)
 
 __all__ = ["PER_IMAGE", "PerImage", "CHUNK", "settings_hash", "stored", "missing", "score_images", "values",
+           "checkpoint_sha256",
            "COL_SCORER", "COL_SETTINGS_HASH"]

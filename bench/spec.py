@@ -17,7 +17,8 @@ from pathlib import Path
 from bench.generators import kind_of, model_defaults
 from bench.generators.base import canonical_call
 from bench.suites import parse_name
-from bench.work import ClipTable, DiversityTable, FeatureTable, GenevalTable, GridSpec, MetricsSpec, VqaTable
+from bench.work import (ClipTable, DiversityTable, FeatureTable, GenevalTable, GridSpec, HpsTable, ImageRewardTable,
+                        MetricsSpec, PickscoreTable, VqaTable)
 from imagen.config import SamplerConfig, normalize_threshold, toml_table
 from imagen.errors import UserError
 
@@ -26,7 +27,7 @@ TOP_KEYS = {"name", "model", "suites", "samples_per_prompt", "seed", "batch_size
             "metrics"}
 AXIS_KEYS = {"guidance", "threshold", "sampler", "steps", "aug_level", "distilled_guidance"}
 METRIC_KEYS = {"fid", "clip_score", "alignment", "kid", "prc", "cmmd", "fd_clip", "geneval", "vqascore",
-               "fd_dinov2", "diversity"}
+               "fd_dinov2", "diversity", "pickscore", "hpsv2", "imagereward"}
 
 
 def _known_samplers() -> tuple[str, ...]:
@@ -183,6 +184,7 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
             raise UserError(f"metrics.geneval.{k}: {v!r} must be a non-empty string")
     vqascore = _vqascore_table(metrics.get("vqascore"))
     diversity = _diversity_table(metrics.get("diversity"), clip_model)
+    pickscore, hpsv2, imagereward = _preference_tables(metrics)
     align = metrics.get("alignment", False)
     if not isinstance(align, bool):
         raise UserError("metrics.alignment: use true or false")
@@ -194,9 +196,35 @@ def parse_spec(text: str, source: str = "spec", model: str | None = None) -> Gri
                             kid=_typed(FeatureTable, kid), prc=_typed(FeatureTable, prc), cmmd=_typed(ClipTable, cmmd),
                             fd_clip=_typed(ClipTable, fd_clip), geneval=_typed(GenevalTable, geneval),
                             vqascore=_typed(VqaTable, vqascore), fd_dinov2=_typed(FeatureTable, fd_dinov2),
-                            diversity=_typed(DiversityTable, diversity)),
+                            diversity=_typed(DiversityTable, diversity), pickscore=_typed(PickscoreTable, pickscore),
+                            hpsv2=_typed(HpsTable, hpsv2), imagereward=_typed(ImageRewardTable, imagereward)),
         distilled_guidance=distilled, negative_prompt=negative, call=canonical_call(call),
     )
+
+
+def _preference_tables(metrics: dict) -> tuple:
+    """[metrics] pickscore, hpsv2, imagereward: the learned human-preference scores, each with its weights."""
+    from bench.metrics import hpsv2 as H
+    from bench.metrics import pickscore as P
+
+    pick = _metric_table(metrics.get("pickscore"), "pickscore",
+                         {"model": P.DEFAULT_MODEL, "processor": P.DEFAULT_PROCESSOR}, ("dtype", "batch_size"))
+    hps = _metric_table(metrics.get("hpsv2"), "hpsv2", {"version": H.DEFAULT_VERSION},
+                        ("weights", "architecture", "dtype", "batch_size"))
+    reward = _metric_table(metrics.get("imagereward"), "imagereward", {"dtype": "auto"},
+                           ("weights", "med_config", "batch_size"))
+    for key, table in (("pickscore", pick), ("hpsv2", hps), ("imagereward", reward)):
+        for k, v in (table or {}).items():
+            if k == "batch_size":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise UserError(f"metrics.{key}.batch_size: {v!r} must be an integer >= 1")
+            elif not isinstance(v, str) or not v.strip():
+                raise UserError(f"metrics.{key}.{k}: {v!r} must be a non-empty string")
+        if table and table.get("dtype", "auto") not in ("auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"metrics.{key}.dtype: {table['dtype']!r}; use auto, float32, bfloat16 or float16")
+    if hps:
+        H.release(hps["version"])
+    return pick, hps, reward
 
 
 def _diversity_table(value, clip_model: dict) -> dict | None:
@@ -414,6 +442,10 @@ def spec_to_toml(spec: GridSpec) -> str:
         lines.append(f"fd_dinov2 = {_toml_value(m.fd_dinov2)}")
     if m.diversity:
         lines.append(f"diversity = {_toml_value(m.diversity)}")
+    for key in ("pickscore", "hpsv2", "imagereward"):
+        table = getattr(m, key)
+        if table is not None:
+            lines.append(f"{key} = {_toml_value(table)}")
     if spec.call:
         lines += ["", "[call]"] + [f"{k} = {_toml_value(v)}" for k, v in json.loads(spec.call).items()]
     return "\n".join(lines) + "\n"

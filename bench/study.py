@@ -98,6 +98,16 @@ def provenance(spec: GridSpec) -> dict:
 
         out["vqascore"] = {k: m.vqascore.get(k) for k in ("model", "template", "answer", "dtype")}
         out["vqascore"]["weights"] = fingerprint(m.vqascore["model"])
+    if m.pickscore:
+        from bench.metrics.hub import fingerprint
+
+        out["pickscore"] = {**dict(m.pickscore), "weights": fingerprint(m.pickscore["model"])}
+    if m.hpsv2 or m.imagereward:
+        from bench.image_scores import checkpoint_sha256
+
+        for key, t in (("hpsv2", m.hpsv2), ("imagereward", m.imagereward)):
+            if t:
+                out[key] = {**dict(t), "weights_sha256": checkpoint_sha256(t)}
     return out
 
 
@@ -130,10 +140,32 @@ def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = T
         g = spec.metrics.geneval
         resolve(g["detector"])
         load_clip(g["clip"], g.get("pretrained"))
+    _check_preference_judges(spec)
     if spec.metrics.vqascore:  # the vision-language model is here, or one line before any image
         from bench.metrics.hub import hub_folder
 
         hub_folder(spec.metrics.vqascore["model"], "VQAScore's model", 'vqascore = { model = "/path/to/model" }')
+
+
+def _check_preference_judges(spec: GridSpec) -> None:
+    """PickScore's model and processor, HPS's and ImageReward's checkpoint files: here, or one line before any image
+    naming what to download and where."""
+    m = spec.metrics
+    if m.pickscore:
+        from bench.metrics import pickscore as P
+        from bench.metrics.hub import hub_folder
+
+        folder = hub_folder(m.pickscore["model"], "PickScore's model", P.EXAMPLE)
+        P._processor_folder(m.pickscore["processor"], folder)
+    if m.hpsv2:
+        from bench.metrics.hpsv2 import weights_file
+
+        weights_file(m.hpsv2.get("weights"), m.hpsv2["version"])
+    if m.imagereward:
+        from bench.metrics.imagereward import DEFAULT_TOKENIZER, load_tokenizer, weights_files
+
+        weights_files(m.imagereward.get("weights"), m.imagereward.get("med_config"))
+        load_tokenizer(DEFAULT_TOKENIZER)
 
 
 def check_reference(spec: GridSpec, prompts: list[Prompt], ref, key: str, need_images: bool = False) -> None:

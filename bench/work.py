@@ -88,6 +88,37 @@ class VqaTable(MetricTable):
 
 
 @dataclass(frozen=True, eq=False)
+class PickscoreTable(MetricTable):
+    """PickScore: the CLIP model (hub id or folder) and the processor it was trained with."""
+
+    model: str
+    processor: str
+    dtype: str = "auto"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True, eq=False)
+class HpsTable(MetricTable):
+    """HPS v2.0 or v2.1: the checkpoint (a file, a folder holding it, or a hub repository; None: xswu/HPSv2)."""
+
+    version: str
+    weights: str | None = None
+    architecture: str = "ViT-H-14"
+    dtype: str = "auto"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True, eq=False)
+class ImageRewardTable(MetricTable):
+    """ImageReward: ImageReward.pt and med_config.json (a file, a folder, or a hub repository; None: THUDM's)."""
+
+    weights: str | None = None
+    med_config: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True, eq=False)
 class DiversityTable(MetricTable):
     """Diversity within a prompt: the embedding (a feature extractor, or "clip" with a CLIP model and weights)."""
 
@@ -109,6 +140,9 @@ class MetricsSpec:
     vqascore: VqaTable | None = None  # P("Yes") from a vision-language model, every prompt
     fd_dinov2: FeatureTable | None = None  # the Frechet distance on DINOv2 ViT-L/14 features (Stein et al. 2023)
     diversity: DiversityTable | None = None  # within a prompt: mean pairwise distance and Vendi score
+    pickscore: PickscoreTable | None = None  # learned human preference (Kirstain et al. 2023)
+    hpsv2: HpsTable | None = None  # Human Preference Score v2.0 / v2.1 (Wu et al. 2023)
+    imagereward: ImageRewardTable | None = None  # ImageReward (Xu et al. 2023)
 
     def distribution(self) -> dict:
         """The metrics that compare a cell's images with a reference set, by key."""
@@ -120,7 +154,9 @@ class MetricsSpec:
         return {k: v for k, v in (("fid", self.fid), ("fd_dinov2", self.fd_dinov2), *self.distribution().items(),
                                   ("clip_score", self.clip_score),
                                   ("alignment", self.alignment), ("geneval", self.geneval),
-                                  ("vqascore", self.vqascore), ("diversity", self.diversity)) if v}
+                                  ("vqascore", self.vqascore), ("pickscore", self.pickscore),
+                                  ("hpsv2", self.hpsv2), ("imagereward", self.imagereward),
+                                  ("diversity", self.diversity)) if v}
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,7 @@ def build_human_report(session_dir: Path | str, out: Path | str | None = None, n
                     f"where people preferred one system (interval excluding 0) and the metric picked the same one "
                     f"(metric_agreement.csv has every category).</p><table><tr><th>metric</th><th>agree</th>"
                     f"<th>share [95% Wilson]</th></tr>{metric_rows}</table>" if metric_rows else "")
+    machine_html = _machine_html(session, votes, stats, n_boot, seed)
     order = "".join(f"<li>{esc(o['question'])}: " + (esc(o["note"]) if o.get("note") else
                                                       f"log θ = {o['log_theta']:+.3f} [{o['low']:+.3f}, "
                                                       f"{o['high']:+.3f}]") + "</li>"
@@ -180,6 +181,7 @@ prompt and rater (two-way cluster-robust, Student's t); model fits by a prompt x
 <h2>Preference</h2><table><tr><th>pair</th><th>question</th><th>category</th><th>prefer A</th><th>indifferent</th>
 <th>prefer B</th><th>A - B</th><th>votes</th></tr>{rows}</table>
 {metrics_html}
+{machine_html}
 <h2>Order effect (Davidson &amp; Beaver 1977)</h2><ul>{order}</ul>
 <h2>Agreement</h2><ul>{agree}</ul>
 <p>Statistics as JSON: <code>imagen-bench drawbench stats {esc(str(session_dir))} --json</code></p>
@@ -187,3 +189,36 @@ prompt and rater (two-way cluster-robust, Student's t); model fits by a prompt x
     atomic_write(out / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
     atomic_write(out / "stats.json", lambda tmp: tmp.write_text(json.dumps(stats, indent=1, default=str)))
     return out / "index.html"
+
+
+def _machine_html(session, votes: pd.DataFrame, stats: dict, n_boot: int, seed: int) -> str:
+    """The machine raters (drawbench auto) beside the people: per rater, pair and category, their answer shares and
+    agreement with the people's verdicts; stats["machine"] gets the same rows."""
+    from drawbench import auto
+
+    machine = auto.machine_votes(session)
+    if not len(machine):
+        return ""
+    kept = votes[~votes.rater.isin(stats["dropped_raters"]) & votes.attention.isna()]
+    rows = stats["machine"] = auto.agreement(kept, machine, stats["systems"], n_boot=min(n_boot, 1000), seed=seed)
+    esc = html.escape
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    def ci(v, lo, hi, fmt):
+        return "-" if v is None else f"{fmt(v)} [{'-' if lo is None else fmt(lo)}, {'-' if hi is None else fmt(hi)}]"
+
+    body = "".join(
+        f"<tr><td>{esc(r['rater'])}</td><td>{esc(r['question'])}</td><td>{esc(r['system_a'])} vs "
+        f"{esc(r['system_b'])}</td><td>{esc(str(r['category']))}</td><td>{r['n']}</td>"
+        f"<td>{pct(r['machine_a'])} / {pct(r['machine_same'])} / {pct(r['machine_b'])}</td>"
+        f"<td>{pct(r['people_a'])} / {pct(r['people_same'])} / {pct(r['people_b'])}</td>"
+        f"<td>{ci(r['agree'], r['agree_low'], r['agree_high'], pct)} of {r['decided']}</td>"
+        f"<td>{ci(r['kappa'], r['kappa_low'], r['kappa_high'], lambda x: f'{x:+.2f}')}</td></tr>" for r in rows)
+    return ("<h2>Machine raters against people</h2><p>Each judge answered every comparison from its images' scores "
+            "(drawbench auto; indifferent within its margin), kept apart from the votes above. Shares: prefer A / "
+            "indifferent / prefer B; people's: the answer most raters gave per comparison. Agreement: the share of "
+            "comparisons both decided on which they agree; Cohen's κ over the three answers; 95% intervals by a "
+            "bootstrap over prompts.</p><table><tr><th>rater</th><th>question</th><th>pair</th><th>category</th>"
+            f"<th>n</th><th>machine</th><th>people</th><th>agreement</th><th>κ</th></tr>{body}</table>")

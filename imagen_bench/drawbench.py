@@ -41,6 +41,19 @@ STATS_EPILOG = """examples:
   imagen-bench drawbench stats sessions/imagen-vs-baseline
   imagen-bench drawbench stats sessions/imagen-vs-baseline --min-attention 0.8 --json > stats.json
 """
+AUTO_DESCRIPTION = """A machine rater: a judge model answers every comparison of a session the way a person does (the
+left set, the right set, or indifferent), for the question it can answer: alignment (vqascore, pickscore,
+clip_score) or quality (hpsv2, imagereward). A set's score is the mean of its images' scores against the prompt;
+the judge is indifferent when the two means differ by no more than --margin (in the judge's own units; each judge
+has a stated default). The answers go to SESSION/machine/<metric>.parquet as a rater of kind machine, never into
+the people's votes; `drawbench stats` sets them beside the people's, with their agreement (share of comparisons both
+decided on which they agree, Cohen's kappa) per category, with 95% intervals."""
+AUTO_EPILOG = """examples:
+  imagen-bench drawbench auto sessions/imagen-vs-baseline --judge pickscore --device cuda
+  imagen-bench drawbench auto sessions/imagen-vs-baseline --judge hpsv2 --model ~/w/HPS_v2.1_compressed.pt
+  imagen-bench drawbench auto sessions/imagen-vs-baseline --judge vqascore --model Qwen/Qwen2.5-VL-7B-Instruct
+  imagen-bench drawbench stats sessions/imagen-vs-baseline          # people, and each machine rater beside them
+"""
 
 
 def register(subparsers) -> None:
@@ -127,6 +140,20 @@ def register(subparsers) -> None:
     p.add_argument("--current-only", action="store_true", help="only each rater's latest vote per comparison")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("auto", help="a judge model answers every comparison (a machine rater, kept apart)",
+                       description=AUTO_DESCRIPTION, formatter_class=HelpFormatter, epilog=AUTO_EPILOG)
+    p.add_argument("session", type=Path, metavar="SESSION")
+    p.add_argument("--judge", required=True, choices=["vqascore", "pickscore", "clip_score", "hpsv2", "imagereward"])
+    p.add_argument("--model", default=None,
+                   help="the judge's weights: a hub id or folder (vqascore, pickscore), a checkpoint file or folder "
+                        "(hpsv2 v2.1, imagereward), MODEL[:PRETRAINED] (clip_score); default: the published one")
+    p.add_argument("--margin", type=float, default=None, help="indifference margin in the judge's units")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.set_defaults(func=cmd_auto)
 
     p = sub.add_parser("stats", help="preference shares, Bradley-Terry, agreement, position bias",
                        description="Per category and overall, per question: shares preferring A, B or neither with "
@@ -270,6 +297,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_auto(args) -> int:
+    from drawbench import auto
+    from drawbench.pairs import load_session
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    session = load_session(args.session)
+    scorer = auto.load_scorer(args.judge, args.model, args.device, args.dtype)
+    path = auto.rate_session(session, args.judge, scorer, args.margin, args.batch_size, progress=not args.json)
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    counts = df["choice"].value_counts().to_dict()
+    result = {"path": str(path), "rater": df["rater"].iloc[0] if len(df) else None, "metric": scorer.name,
+              "question": auto.JUDGES[args.judge].question, "margin": float(df["margin"].iloc[0]) if len(df) else None,
+              "comparisons": int(len(df)), "answers": {k: int(v) for k, v in counts.items()}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['rater']} answered {result['comparisons']} comparisons on {result['question']} (margin "
+              f"{result['margin']}): {result['answers']}\nwrote {path}")
+    return 0
+
+
 def cmd_stats(args) -> int:
     from drawbench.pairs import load_session
     from drawbench.stats import summarize
@@ -283,6 +334,13 @@ def cmd_stats(args) -> int:
         raise UserError(f"{args.session} has no votes yet; run `imagen-bench drawbench app {args.session}` first")
     out = summarize(votes, n_boot=args.bootstrap, seed=args.seed, min_attention=args.min_attention,
                     systems=[x.name for x in session.systems])
+    from drawbench import auto
+
+    machine = auto.machine_votes(session)
+    if len(machine):  # machine raters beside the people (the people's kept votes, no attention checks)
+        kept = votes[~votes.rater.isin(out["dropped_raters"]) & votes.attention.isna()]
+        out["machine"] = auto.agreement(kept, machine, out["systems"], n_boot=min(args.bootstrap, 1000),
+                                        seed=args.seed)
     if args.html is not None:
         from drawbench.report import build_human_report
 
@@ -336,4 +394,22 @@ def format_summary(s: dict) -> str:
     for r in s["attention"]:
         if r["checks"]:
             lines.append(f"attention {r['rater']}: {r['passed']}/{r['checks']} passed")
+    last = None
+    for r in s.get("machine", []):
+        if (r["rater"], r["system_a"], r["system_b"]) != last:
+            last = (r["rater"], r["system_a"], r["system_b"])
+            lines.append(f"\n{r['rater']} ({r['question']}, margin {r['margin']:g}) against people: "
+                         f"{r['system_a']} vs {r['system_b']}  (machine / people: prefer A, indifferent, prefer B; "
+                         "agreement on comparisons both decided, Cohen's kappa; 95% intervals over prompts)")
+        agree = "  -  " if r["agree"] is None else (f"{_pct(r['agree'])} [{_pct(r['agree_low'])},"
+                                                    f"{_pct(r['agree_high'])}]")
+        kappa = "n/a" if r["kappa"] is None else (f"{r['kappa']:+.2f} [{_num(r['kappa_low'])}, "
+                                                  f"{_num(r['kappa_high'])}]")
+        lines.append(f"  {r['category']:<20} {r['n']:>4}  machine {_pct(r['machine_a'])}/{_pct(r['machine_same'])}/"
+                     f"{_pct(r['machine_b'])}  people {_pct(r['people_a'])}/{_pct(r['people_same'])}/"
+                     f"{_pct(r['people_b'])}  agree {agree} of {r['decided']}  kappa {kappa}")
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
