@@ -65,6 +65,7 @@ def test_a_base_that_returns_the_clean_scene_scores_like_the_clean_scene(scenes,
     assert 0.5 < clean["accuracy"]["overall"] < 1.0  # the scorer at 32 px is close to, not exactly, right
     for row in result["levels"]:
         assert row["accuracy"] == clean["accuracy"] and row["count"] == clean["count"], row["log_snr"]
+        assert row["x0_mse"] == 0.0  # its first estimate is the scene itself
     assert [r["log_snr"] for r in result["levels"]] == list(LEVELS)
     assert [r["steps"] for r in result["levels"]] == [len(level_grid(v, 10, "cosine")) - 1 for v in LEVELS]
     assert cascade.unets[0].calls == sum(r["steps"] for r in result["levels"])
@@ -87,6 +88,7 @@ def test_a_base_that_returns_another_scene_scores_like_that_scene(scenes):
     assert row["count"] == {**seen, "overall": N}
     assert row["accuracy"] == pytest.approx({**{t: right[t] / seen[t] for t in seen}, "overall": every / N})
     assert row["accuracy"]["overall"] < result["clean"]["accuracy"]["overall"]
+    assert row["x0_mse"] == pytest.approx(float((wrong - x0).square().mean()), rel=1e-5)
 
 
 def test_clean_scenes_are_the_worlds_held_out_captions_rendered_as_the_trainer_does():
