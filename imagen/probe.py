@@ -188,5 +188,5 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_LEVELS", "parse_levels", "probe", "load_base", "clean_scenes", "score_rows", "level_grid", "format_table",
-           "scene_seed", "wilson"]
+__all__ = ["DEFAULT_LEVELS", "parse_levels", "probe", "load_base", "clean_scenes", "score_rows", "level_grid",
+           "format_table", "scene_seed", "wilson"]
