@@ -94,8 +94,9 @@ The SDEdit noise-level probe of a model's base stage (imagen.probe): n clean hel
 (its prompt suite's first n captions) are noised to each log-SNR level, denoised by the base with the model's own
 sampler from that level to clean data, and scored by the world's scorer at the base's resolution, per fact type.
 A fact whose accuracy falls between two levels is decided by the base in that range of noise; "clean" is the
-renders themselves (the scorer's own ceiling). Each scene gets one noise draw, the same at every level. About 30 s
-of one core at the defaults on shapes-hard."""
+renders themselves (the scorer's own ceiling). Each scene gets one noise draw, the same at every level. About 16 s
+of one core at the defaults on shapes-hard (its own sampler: DDIM 20, w = 1). A run folder has no sampler.toml, so
+it samples at the global defaults (DDPM 50, w = 5): give --sampler ddim --steps 20 --guidance 1 to compare."""
 
 PROBE_EPILOG = """\
 examples:
@@ -192,7 +193,7 @@ def register(subparsers) -> None:
     # "-3,-1,0,1,3" reads as a value, not an option, as "-3" does (argparse's own test for negative numbers)
     pr._negative_number_matcher = re.compile(r"^-\d*\.?\d+(?:[eE][-+]?\d+)?(?:,[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)*$")
     pr.add_argument("--levels", nargs="+", default=["-3,-1,0,1,3"], metavar="LEVEL",
-                    help="log-SNR levels, comma- or space-separated (-20: pure noise)")
+                    help="log-SNR levels, comma- or space-separated (-20: pure noise) (default: -3,-1,0,1,3)")
     pr.add_argument("--seed", type=int, default=0, help="held-out split seed (the world's prompt suite's)")
     pr.add_argument("--world", help="score on this world (default: the model's own, from its world.txt)")
     pr.add_argument("--guidance", type=float, nargs=1, metavar="W", help="the base's guidance weight (default: the "
