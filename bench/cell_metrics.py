@@ -164,7 +164,7 @@ def load_preference(key: str, table, device: str = "cpu"):
         return HPSv2(table.get("weights"), device, dtype, table["version"], table.get("architecture", "ViT-H-14"))
     from bench.metrics.imagereward import ImageReward
 
-    return ImageReward(table.get("weights"), device, dtype, table.get("med_config"))
+    return ImageReward(table.get("weights"), device, dtype, table.get("med_config"), table["tokenizer"])
 
 
 def make_default_preference(device: str = "cpu"):
@@ -290,7 +290,11 @@ def _with_inputs(table: dict | None) -> dict | None:
     weights sha256, the CLIP weights file's hash; so a stored row never looks current once any of them changed."""
     if not table:
         return table
-    out = dict(table)
+    out = {k: v for k, v in dict(table).items() if k != "batch_size"}  # the batch size changes speed, not values
+    if table.get("embedding") not in (None, "clip"):  # diversity on a feature extractor
+        from bench.metrics.features import weights_sha256
+
+        out["extractor_weights"] = weights_sha256(table["embedding"])
     if table.get("reference") not in (None, "shapes"):
         out["reference_content"] = _reference_fingerprint(table["reference"])
     if "extractor" in table:
@@ -443,7 +447,10 @@ def _per_image_means(key: str):
         if (cell.cell_id, ihash) in cell.have:
             return []
         name, values = image_scores.values(cell.scores, key, settings, cell.df)
-        return _mean_rows(cell.cell_id, name, values, cell.cats, ihash, list(cell.df[store.COL_PROMPT_ID]))
+        rows = _mean_rows(cell.cell_id, name, values, cell.cats, ihash, list(cell.df[store.COL_PROMPT_ID]))
+        for r in rows:  # which stored per-image values made the row (imagen-bench table's per-suite columns)
+            r[store.COL_DETAILS] = json.dumps({"settings_hash": image_scores.settings_hash(key, settings)})
+        return rows
 
     return score
 
@@ -552,7 +559,25 @@ def prepare(spec: GridSpec, given: MetricFns | None = None, device: str = "cpu",
     tables = m.tables()
     # what a metric depends on besides the images: a reference path's content, the network's weights
     settings = {k: _with_inputs(t) if not isinstance(t, bool) else t for k, t in tables.items()}
+    for k, t in tables.items():  # "auto" is bfloat16 on a GPU and float32 on a CPU: the values differ
+        if not isinstance(t, bool) and t.get("dtype") is not None:
+            settings[k]["dtype_resolved"] = _resolved_dtype(k, t["dtype"], device)
     return Prepared(tables, settings, fns)
+
+
+def _resolved_dtype(key: str, dtype: str, device: str) -> str:
+    """The precision a judge runs in for a table's dtype on this device (its own rule for "auto")."""
+    if key == "vqascore":
+        from bench.metrics.vqascore import resolve_dtype
+
+        return str(resolve_dtype(dtype, device))
+    if key == "hpsv2":
+        from bench.metrics.hpsv2 import resolve_dtype as hps_dtype
+
+        return f"autocast {hps_dtype(dtype, device)}"
+    if dtype == "auto":
+        return "torch.float32"  # PickScore and ImageReward run in float32 wherever they run, as their authors do
+    return f"torch.{dtype}"
 
 
 def _samples(study: Path, items) -> object:
@@ -582,8 +607,10 @@ def score_shard(study: Path, run: Prepared, mine, items, *, progress: bool = Tru
     settings = run.settings
     image_scores.score_images(study, _unflagged(_samples(Path(study), mine)), tables, settings, run.fns, prefix=prefix,
                               load_images=load_images, progress=progress)
-    everything = _unflagged(_samples(Path(study), items))
-    return not image_scores.missing(everything, tables, settings, image_scores.stored(study))
+    everything = _samples(Path(study), items)
+    if set(everything[store.COL_SAMPLE_ID]) != {it.sample_id for it in items}:
+        return False  # another shard is still making images: it scores them, and the last one aggregates
+    return not image_scores.missing(_unflagged(everything), tables, settings, image_scores.stored(study))
 
 
 def _compute_metrics(study: Path, spec: GridSpec, *, items, run: Prepared, progress: bool, prefix: str, log) -> int:

@@ -71,14 +71,17 @@ PER_IMAGE = {"clip_score": PerImage(_all_rows, _score_clip), "geneval": PerImage
 
 # what a table holds that changes how fast, not what, a judge scores
 _NOT_IN_HASH = ("batch_size",)
+# The version of each scorer's code: bumped whenever a rule, a preprocessing step or a label mapping changes what it
+# computes from the same weights, so values stored by the earlier code stop looking current.
+SCORER_VERSIONS = {"clip_score": 1, "geneval": 2, "vqascore": 1, "pickscore": 1, "hpsv2": 1, "imagereward": 1}
 
 
 def settings_hash(key: str, settings) -> str:
-    """The hash that keys a scorer's values: its [metrics] key and everything its value depends on (the table with
-    its weights' hashes), less what only changes speed."""
+    """The hash that keys a scorer's values: its [metrics] key, its code's version and everything its value depends
+    on (the table with its weights' hashes and resolved dtype), less what only changes speed."""
     if isinstance(settings, dict):
         settings = {k: v for k, v in settings.items() if k not in _NOT_IN_HASH}
-    canon = json.dumps([key, settings], sort_keys=True, default=str)
+    canon = json.dumps([key, SCORER_VERSIONS.get(key, 1), settings], sort_keys=True, default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -164,9 +167,7 @@ def checkpoint_sha256(table) -> str | None:
         return None
 
 
-COL_SCORER = "scorer"  # scores: the [metrics] key that made the value (clip_score, geneval, vqascore, ...)
-COL_SETTINGS_HASH = "settings_hash"  # scores: sha256 of the scorer's key and settings (weights' hashes included)
+COL_SCORER, COL_SETTINGS_HASH = store.COL_SCORER, store.COL_SETTINGS_HASH
 
-__all__ = ["PER_IMAGE", "PerImage", "CHUNK", "settings_hash", "stored", "missing", "score_images", "values",
-           "checkpoint_sha256",
-           "COL_SCORER", "COL_SETTINGS_HASH"]
+__all__ = ["PER_IMAGE", "PerImage", "CHUNK", "SCORER_VERSIONS", "settings_hash", "stored", "missing", "score_images",
+           "values", "checkpoint_sha256", "COL_SCORER", "COL_SETTINGS_HASH"]

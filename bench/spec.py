@@ -211,8 +211,8 @@ def _preference_tables(metrics: dict) -> tuple:
                          {"model": P.DEFAULT_MODEL, "processor": P.DEFAULT_PROCESSOR}, ("dtype", "batch_size"))
     hps = _metric_table(metrics.get("hpsv2"), "hpsv2", {"version": H.DEFAULT_VERSION},
                         ("weights", "architecture", "dtype", "batch_size"))
-    reward = _metric_table(metrics.get("imagereward"), "imagereward", {"dtype": "auto"},
-                           ("weights", "med_config", "batch_size"))
+    reward = _metric_table(metrics.get("imagereward"), "imagereward",
+                           {"dtype": "auto", "tokenizer": "bert-base-uncased"}, ("weights", "med_config", "batch_size"))
     for key, table in (("pickscore", pick), ("hpsv2", hps), ("imagereward", reward)):
         for k, v in (table or {}).items():
             if k == "batch_size":

@@ -319,5 +319,7 @@ COL_PROMPTS_HASH = "prompts_hash"  # study: sha256 of the sorted prompt ids of t
 COL_OPTIONS_HASH = "options_hash"  # study: sha256 of the spec's negative prompt and [call] options
 COL_META = "meta"  # samples: JSON of the prompt file's other columns for this prompt (null when none)
 COL_DETAILS = "details"  # metrics: JSON of what else made a value (KID's std and subset size, k, sigma, ...)
+COL_SCORER = "scorer"  # scores: the [metrics] key that made the value (clip_score, geneval, vqascore, ...)
+COL_SETTINGS_HASH = "settings_hash"  # scores: sha256 of the scorer's key, code version and settings (weights' hashes)
 COL_N_FLAGGED = "n_flagged"  # metrics: images of the cell left out because a safety checker flagged them
 

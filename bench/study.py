@@ -142,9 +142,9 @@ def check_metric_inputs(spec: GridSpec, prompts: list[Prompt], metrics: bool = T
         load_clip(g["clip"], g.get("pretrained"))
     _check_preference_judges(spec)
     if spec.metrics.vqascore:  # the vision-language model is here, or one line before any image
-        from bench.metrics.hub import hub_folder
+        from bench.metrics.vqascore import check_model
 
-        hub_folder(spec.metrics.vqascore["model"], "VQAScore's model", 'vqascore = { model = "/path/to/model" }')
+        check_model(spec.metrics.vqascore["model"])
 
 
 def _check_preference_judges(spec: GridSpec) -> None:
@@ -156,16 +156,16 @@ def _check_preference_judges(spec: GridSpec) -> None:
         from bench.metrics.hub import hub_folder
 
         folder = hub_folder(m.pickscore["model"], "PickScore's model", P.EXAMPLE)
-        P._processor_folder(m.pickscore["processor"], folder)
+        P.processor_folder(m.pickscore["processor"], folder)
     if m.hpsv2:
-        from bench.metrics.hpsv2 import weights_file
+        from bench.metrics.hpsv2 import checked_file
 
-        weights_file(m.hpsv2.get("weights"), m.hpsv2["version"])
+        checked_file(m.hpsv2.get("weights"), m.hpsv2["version"])
     if m.imagereward:
-        from bench.metrics.imagereward import DEFAULT_TOKENIZER, load_tokenizer, weights_files
+        from bench.metrics.imagereward import load_tokenizer, weights_files
 
         weights_files(m.imagereward.get("weights"), m.imagereward.get("med_config"))
-        load_tokenizer(DEFAULT_TOKENIZER)
+        load_tokenizer(m.imagereward["tokenizer"])
 
 
 def check_reference(spec: GridSpec, prompts: list[Prompt], ref, key: str, need_images: bool = False) -> None:

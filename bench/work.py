@@ -114,6 +114,7 @@ class ImageRewardTable(MetricTable):
 
     weights: str | None = None
     med_config: str | None = None
+    tokenizer: str = "bert-base-uncased"  # BLIP's BERT tokenizer: a hub id (from the cache) or a folder
     dtype: str = "auto"
     batch_size: int = 8
 

@@ -127,6 +127,10 @@ def rate_session(session, judge: str, scorer, margin: float | None = None, batch
             bar.update(len(part))
     if bar is not None:
         bar.close()
+    if not np.isfinite(scores).all():
+        bad = comps[jobs[int(np.flatnonzero(~np.isfinite(scores))[0])][0]]
+        raise UserError(f"{scorer.name} gave a score that is not a number for comparison {bad.id} ({bad.prompt!r}); "
+                        "nothing was written")
     per = pd.DataFrame({"k": [k for k, _, _ in jobs], "side": [s for _, s, _ in jobs], "score": scores})
     means = per.groupby(["k", "side"])["score"].mean().unstack()
     rows = []

@@ -303,6 +303,9 @@ def cmd_auto(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.margin is not None and not args.margin >= 0:
+        raise UserError(f"--margin {args.margin}: an indifference margin is >= 0, in the judge's units "
+                        f"({auto.JUDGES[args.judge].units})")
     session = load_session(args.session)
     scorer = auto.load_scorer(args.judge, args.model, args.device, args.dtype)
     path = auto.rate_session(session, args.judge, scorer, args.margin, args.batch_size, progress=not args.json)

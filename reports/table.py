@@ -56,7 +56,10 @@ def collect(studies: list[str | Path]) -> tuple[list[dict], list[str], list[str]
                 values[col] = (float(r[store.COL_VALUE]), _num(r.get(store.COL_LOW)), _num(r.get(store.COL_HIGH)))
                 if col not in columns:
                     columns.append(col)
-            for col, v in _per_suite(study, s).items():
+            hashes = {str(r[store.COL_METRIC]): json.loads(r[store.COL_DETAILS]).get("settings_hash")
+                      for _, r in cell_rows.iterrows() if isinstance(r.get(store.COL_DETAILS), str)
+                      and not isinstance(r[store.COL_CATEGORY], str)}
+            for col, v in _per_suite(study, s, hashes).items():
                 values[col] = v
                 if col not in columns:
                     columns.append(col)
@@ -73,15 +76,20 @@ def _skill_categories(samples: pd.DataFrame) -> dict:
     return {cat: suite for suite, cats in skills_by_suite(samples).items() if suite in SKILL_SUITES for cat in cats}
 
 
+ALIGNMENT_SCORES = ("vqascore_", "clip_score_", "pickscore_")  # scores of how well an image shows its prompt
+
+
 def _skill_column(metric: str, bench: str | None) -> bool:
-    """GenEval's tags are columns of GenEval's score; T2I-CompBench's categories of every alignment score (its own
-    judges are not ours: VQAScore and CLIP score per category stand in, under their own names)."""
-    return bench == "t2i-compbench" or (bench == "geneval" and metric.startswith("geneval_"))
+    """GenEval's tags are columns of GenEval's score; T2I-CompBench's categories of the alignment scores (its own
+    judges are not ours: VQAScore, CLIP score and PickScore per category stand in, under their own names)."""
+    return ((bench == "t2i-compbench" and metric.startswith(ALIGNMENT_SCORES))
+            or (bench == "geneval" and metric.startswith("geneval_")))
 
 
-def _per_suite(study: Path, samples: pd.DataFrame) -> dict:
+def _per_suite(study: Path, samples: pd.DataFrame, hashes: dict) -> dict:
     """{"<metric> (<suite>)": (mean, low, high)} of each per-image score of a cell whose prompts come from several
-    suites: the mean over the suite's images, the interval a bootstrap clustered by prompt."""
+    suites: the mean over the suite's images, the interval a bootstrap clustered by prompt. Only the values the
+    cell's overall row was made of (`hashes`: metric -> the scorer's settings hash it records)."""
     from bench.cell_metrics import bootstrap_ci
 
     if not len(samples) or samples[store.COL_SUITE].nunique() < 2:
@@ -89,6 +97,8 @@ def _per_suite(study: Path, samples: pd.DataFrame) -> dict:
     scores = store.read_table(study, store.SCORES)
     if not len(scores):
         return {}
+    if store.COL_SETTINGS_HASH in scores:
+        scores = scores[[hashes.get(m) == h for m, h in zip(scores[store.COL_METRIC], scores[store.COL_SETTINGS_HASH])]]
     scores = scores.drop_duplicates([store.COL_SAMPLE_ID, store.COL_METRIC, store.COL_SHA256], keep="last")
     got = scores.merge(samples[[store.COL_SAMPLE_ID, store.COL_SHA256, store.COL_SUITE, store.COL_PROMPT_ID]],
                        on=[store.COL_SAMPLE_ID, store.COL_SHA256])

@@ -95,4 +95,23 @@ def test_preference_tables_are_checked():
                            ('hpsv2 = { wieghts = "x" }', "unknown")):
         with pytest.raises(UserError, match=message):
             parse_spec(_spec(table))
-    assert dict(parse_spec(_spec("imagereward = true")).metrics.imagereward) == {"dtype": "auto", "batch_size": 8}
+    assert dict(parse_spec(_spec("imagereward = true")).metrics.imagereward) == {
+        "dtype": "auto", "batch_size": 8, "tokenizer": "bert-base-uncased"}
+
+
+def test_judges_that_are_here_but_wrong_are_refused_before_any_image(judges, tmp_path, data_dir, monkeypatch):
+    """The published v2.0 file asked for as v2.1, and a VQAScore model that is not an image-text-to-text model
+    (PickScore's CLIP): one line each, before any image."""
+    from bench.metrics import hpsv2 as H
+    from bench.metrics.hub import file_sha256
+
+    monkeypatch.setitem(H.RELEASES, "v2.0", H.Release("v2.0", "HPS_v2_compressed.pt", file_sha256(judges["hps"]), 0))
+    for table, message in (
+            (f'hpsv2 = {{ weights = "{judges["hps"]}", version = "v2.1", architecture = "{pf.HPS_TINY}" }}',
+             'the published v2.0 file'),
+            (f'vqascore = {{ model = "{judges["pickscore"]}" }}', "not an image-text-to-text model")):
+        with pytest.raises(UserError, match=message) as err:
+            run_grid(parse_spec(_spec(table)), tmp_path / "s", generator=_Gen(), progress=False, log=lambda *_: None,
+                     data_dir=data_dir)
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "s").exists()

@@ -83,6 +83,19 @@ def weights_file(source: str | None, version: str) -> str:
     return hub_file(source or DEFAULT_REPO, rel.filename, f"HPS {version}'s weights", example(version))
 
 
+def checked_file(source: str | None, version: str) -> tuple[str, str]:
+    """(the checkpoint of `version`, its sha256), refusing the other version's published file in one line (a grid
+    checks this before any image)."""
+    rel = release(version)
+    path = weights_file(source, version)
+    sha256 = file_sha256(path)
+    other = [r for r in RELEASES.values() if r.sha256 == sha256 and r.version != version]
+    if other:
+        raise UserError(f"HPS weights {path} are the published {other[0].version} file, not {version}'s: "
+                        f"set version = \"{other[0].version}\" or give {rel.filename}")
+    return path, sha256
+
+
 def resolve_dtype(dtype: str, device: str):
     """The autocast dtype, or None for plain float32."""
     import torch
@@ -120,12 +133,7 @@ class HPSv2:
 
         rel = release(version)
         self.autocast = resolve_dtype(dtype, device)
-        self.path = weights_file(source, version)
-        self.sha256 = file_sha256(self.path)
-        other = [r for r in RELEASES.values() if r.sha256 == self.sha256 and r.version != version]
-        if other:
-            raise UserError(f"HPS weights {self.path} are the published {other[0].version} file, not {version}'s: "
-                            f"set version = \"{other[0].version}\" or give {rel.filename}")
+        self.path, self.sha256 = checked_file(source, version)
         state = load_checkpoint(self.path, self.sha256, known=self.sha256 == rel.sha256, what="HPS")
         self.model, self.tokenizer, self.image_size, self.mean, self.std = _open_clip(architecture, state, self.path)
         self.model = self.model.to(device)
@@ -189,5 +197,5 @@ def _open_clip(architecture: str, state: dict, path: str):
     return model, open_clip.get_tokenizer(architecture), int(size), tuple(mean), tuple(std)
 
 
-__all__ = ["HPSv2", "Release", "RELEASES", "DEFAULT_REPO", "DEFAULT_VERSION", "ARCHITECTURE", "DTYPES",
+__all__ = ["checked_file", "HPSv2", "Release", "RELEASES", "DEFAULT_REPO", "DEFAULT_VERSION", "ARCHITECTURE", "DTYPES",
            "KEY_HPSV2_0", "KEY_HPSV2_1", "release", "metric_name", "weights_file", "resolve_dtype", "hps_transform"]

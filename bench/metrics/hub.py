@@ -104,17 +104,18 @@ def load_checkpoint(path: str, sha256: str, known: bool, what: str) -> dict:
 
 
 def fingerprint(source: str) -> str | None:
-    """What a judge's files are, for the hash that keys its scores: its config's sha256 with each weights file's name
-    and size (a hub snapshot: also its commit). None when the judge is not here (its scorer is injected)."""
+    """What a judge's files are, for the hash that keys its scores: its config's sha256 and each weights file's
+    content hash (a hub snapshot's link names its blob, the file's LFS sha256; a folder's files are hashed, remembered
+    by path, size and mtime). None when the judge is not here (its scorer is injected)."""
     try:
         folder = Path(hub_folder(source, "judge", ""))
     except UserError:
         return None
     parts = [hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()]
-    if folder.parent.name == "snapshots":
-        parts.append(folder.name)
-    parts += sorted(f"{p.name}:{p.stat().st_size}" for p in folder.iterdir()
-                    if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    for p in sorted(folder.iterdir()):
+        if p.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            blob = Path(os.readlink(p)).name if p.is_symlink() and folder.parent.name == "snapshots" else None
+            parts.append(f"{p.name}:{blob or file_sha256(str(p))}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -49,7 +49,7 @@ def preference_probability(scores_a, scores_b) -> np.ndarray:
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # transformers 4's, 5's
 
 
-def _processor_folder(processor: str, model_folder: str) -> str:
+def processor_folder(processor: str, model_folder: str) -> str:
     """The processor's folder (its config beside the tokenizer's files) or its hub snapshot; a model folder that
     holds its own processor files stands in for the default processor when that is not here."""
     where = 'pickscore = { model = "...", processor = "/path/to/CLIP-ViT-H-14-laion2B-s32B-b79K" }'
@@ -73,7 +73,7 @@ class PickScore:
 
         self.torch_dtype = resolve_dtype(dtype)
         folder = hub_folder(model, "PickScore's model", EXAMPLE)
-        proc_folder = _processor_folder(processor, folder)
+        proc_folder = processor_folder(processor, folder)
         try:
             with quiet_loading():
                 self.model = CLIPModel.from_pretrained(folder, dtype=self.torch_dtype)

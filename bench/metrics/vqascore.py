@@ -62,6 +62,24 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
+def check_model(model: str) -> str:
+    """The model's folder, if it is here and its config is an image-text-to-text model transformers knows; else one
+    line (a grid checks this before any image)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    folder = hub_folder(model, "VQAScore's model", 'vqascore = { model = "/path/to/model" }')
+    try:
+        kind = AutoConfig.from_pretrained(folder).model_type
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"VQAScore's model {model!r}: cannot read its config in {folder} ({type(exc).__name__})"
+                        ) from None
+    if kind not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise UserError(f"VQAScore's model {model!r} is a {kind!r} model, not an image-text-to-text model "
+                        f"(e.g. Qwen2.5-VL, LLaVA-OneVision, Idefics3, Gemma 3)")
+    return folder
+
+
 class VQAScore:
     """One vision-language model loaded once; `scorer(images, prompts)` -> P(answer) per image."""
 
@@ -73,7 +91,7 @@ class VQAScore:
         from imagen.text import quiet_loading
 
         check_template(template)
-        folder = hub_folder(model, "VQAScore's model", 'vqascore = { model = "/path/to/model" }')
+        folder = check_model(model)
         self.torch_dtype = resolve_dtype(dtype, device)
         try:
             with quiet_loading():
@@ -154,5 +172,5 @@ def _append(inputs, ids: list[int]):
     return inputs
 
 
-__all__ = ["VQAScore", "DEFAULT_MODEL", "DEFAULT_TEMPLATE", "DEFAULT_ANSWER", "DTYPES", "metric_name",
+__all__ = ["VQAScore", "check_model", "DEFAULT_MODEL", "DEFAULT_TEMPLATE", "DEFAULT_ANSWER", "DTYPES", "metric_name",
            "check_template", "answer_probability", "resolve_dtype"]
