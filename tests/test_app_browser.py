@@ -101,18 +101,23 @@ def new_page(browser):
     return page, errors
 
 
+def practise_and_begin(page):
+    """Answer the practice comparison by keys (a, j, Enter), then begin the study."""
+    page.click("#practice")
+    page.wait_for_selector("#comparison[data-ready]")
+    page.keyboard.press("a")
+    page.keyboard.press("j")
+    page.keyboard.press("Enter")
+    page.click("#begin")
+
+
 def sign_in(page, url, code, practise=True):
     page.goto(url)
     page.fill("#name", "Ann")
     page.fill("#code", code)
     page.click("#sign-in button")
     if practise:  # the instructions, one practice comparison, then the study
-        page.click("#practice")
-        page.wait_for_selector("#comparison[data-ready]")
-        page.keyboard.press("a")
-        page.keyboard.press("j")
-        page.keyboard.press("Enter")
-        page.click("#begin")
+        practise_and_begin(page)
     page.wait_for_selector("#comparison[data-ready]")
 
 
@@ -291,12 +296,7 @@ def test_shown_images_are_their_png_files_pixel_for_pixel(browser, tmp_path, dat
         page.goto(url)
         page.fill("#name", "Cy")
         page.click("#sign-in button")
-        page.click("#practice")
-        page.wait_for_selector("#comparison[data-ready]")
-        page.keyboard.press("a")
-        page.keyboard.press("j")
-        page.keyboard.press("Enter")
-        page.click("#begin")
+        practise_and_begin(page)
         page.wait_for_selector("#comparison[data-ready]")
         assert page.locator("#prompt .text").text_content() == evil
         assert page.evaluate("window.pwned") is None and page.locator("#prompt img").count() == 0
@@ -333,12 +333,7 @@ def test_crowd_participant_signs_in_by_the_link_and_gets_the_completion_code(bro
         page, errors = new_page(browser)
         page.goto(f"{url}/?PROLIFIC_PID=60a1b2c3&STUDY_ID=st9&SESSION_ID=se4")
         expect(page.locator("#instructions")).to_contain_text("You will compare 2 pairs")
-        page.click("#practice")
-        page.wait_for_selector("#comparison[data-ready]")
-        page.keyboard.press("a")
-        page.keyboard.press("j")
-        page.keyboard.press("Enter")
-        page.click("#begin")
+        practise_and_begin(page)
         for k in range(2):
             expect(page.locator("#progress")).to_contain_text(f"{k} of 2 comparisons done")
             page.click(button("quality", "left"))
