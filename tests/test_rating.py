@@ -10,11 +10,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -277,3 +279,19 @@ def test_server_killed_mid_run_loses_and_duplicates_nothing(kind, tmp_path, data
         proc.kill()
         proc.wait()
         drop()
+
+
+def test_the_load_script_drives_raters_without_browsers_and_checks_the_store(tmp_path, data_dir):
+    """bench/perf/rating_load.py --http, small: every vote cast is stored once, no rater fails (so the benchmark
+    that documents how many raters one server holds cannot rot)."""
+    out = tmp_path / "load.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "perf" / "rating_load.py"
+    got = subprocess.run([sys.executable, str(script), "--http", "--raters", "6", "--votes", "3", "--prompts", "10",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "IMAGEN_BENCH_DATA": str(data_dir)})
+    assert got.returncode == 0, got.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert (row["raters"], row["cast"], row["stored"], row["second_answers"]) == (6, 18, 18, 0)
+    assert row["failed_raters"] == [] and row["page_errors"] == 0
+    assert len([x for x in [row["submit"]["p50"], row["submit"]["p95"]] if x > 0]) == 2
+    assert row["cpu_ms_per_vote_by_process"]["server"] > 0

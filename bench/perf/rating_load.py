@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's fake studies (real PNG files, DrawBench prompts)
 
 MAX_RATERS, MAX_VOTES = 60, 50
+MAX_HTTP_RATERS = 400  # --http raters cost a thread each, not a browser
+CHOICES = ("left", "same", "right")
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -69,7 +71,7 @@ NEXT = """(c) => new Promise((ok) => {
 
 
 async def one_rater(browser, url: str, code: str, votes: int, think: float, rng: random.Random,
-                    out: dict) -> None:
+                    out: dict, ready=None) -> None:
     ctx = await browser.new_context(viewport={"width": 1366, "height": 900})
     await ctx.add_init_script(INIT)
     page = await ctx.new_page()
@@ -95,6 +97,8 @@ async def one_rater(browser, url: str, code: str, votes: int, think: float, rng:
     await page.click("#begin")
     await page.wait_for_selector("#comparison[data-ready]")
     cid = await page.get_attribute("#comparison", "data-comparison")
+    if ready is not None:  # every rater on their first comparison: all vote at once
+        await ready()
     for _ in range(votes):
         if think:
             await asyncio.sleep(rng.uniform(0.5, 1.5) * think)  # looking at the images
@@ -111,7 +115,8 @@ async def one_rater(browser, url: str, code: str, votes: int, think: float, rng:
     await ctx.close()
 
 
-async def run_level(url: str, codes: list[str], n: int, votes: int, think: float, limit_s: float) -> dict:
+async def run_level(url: str, codes: list[str], n: int, votes: int, think: float, limit_s: float,
+                    together: bool = False) -> dict:
     from playwright.async_api import async_playwright
 
     out = {"open": [], "sign_in": [], "open_to_signed_in": [], "submit": [], "submit_in_page": [], "errors": [],
@@ -120,12 +125,102 @@ async def run_level(url: str, codes: list[str], n: int, votes: int, think: float
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
             t0 = time.perf_counter()
-            tasks = [one_rater(browser, url, codes[k], votes, think, random.Random(k), out) for k in range(n)]
+            arrived, go = [0], asyncio.Event()
+
+            async def ready() -> None:
+                arrived[0] += 1
+                if arrived[0] == n:
+                    out["all_signed_in_s"] = time.perf_counter() - t0
+                    go.set()
+                await go.wait()
+
+            tasks = [one_rater(browser, url, codes[k], votes, think, random.Random(k), out,
+                               ready if together else None) for k in range(n)]
             results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), limit_s)
             out["wall_s"] = time.perf_counter() - t0
             out["failed"] = [repr(r)[:200] for r in results if isinstance(r, BaseException)]
         finally:
             await browser.close()
+    return out
+
+
+def http_rater(port: int, code: str, votes: int, rng: random.Random, out: dict, lock, start) -> None:
+    """A rater without a browser: the requests the page makes, in order, on one kept-alive connection (the page,
+    its assets, the session, sign-in, then per vote the vote and the next comparison's 8 images), so the server's
+    own latency shows apart from the browsers' CPU."""
+    import http.client
+    from http.cookies import SimpleCookie
+
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    jar: dict[str, str] = {}
+
+    def call(method: str, path: str, body: dict | None = None):
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        con.request(method, path, body=data, headers=headers)
+        resp = con.getresponse()
+        raw = resp.read()
+        for header in resp.headers.get_all("Set-Cookie") or []:
+            jar.update({k: m.value for k, m in SimpleCookie(header).items()})
+        if resp.status >= 400:
+            raise RuntimeError(f"{method} {path}: {resp.status} {raw[:200]!r}")
+        return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
+
+    start.wait()
+    t0 = time.perf_counter()
+    for path in ("/", "/assets/rate.js", "/assets/rate.css"):
+        call("GET", path)
+    call("GET", "/api/session")
+    t1 = time.perf_counter()
+    state = call("POST", "/api/sign-in", {"name": "rater", "code": code})["state"]
+    for url in state["comparison"]["left"] + state["comparison"]["right"] + state["practice"]["images"]:
+        call("GET", url)
+    t2 = time.perf_counter()
+    times = []
+    for _ in range(votes):
+        t = time.perf_counter()
+        got = call("POST", "/api/vote", {"comparison": state["comparison"]["id"], "quality": rng.choice(CHOICES),
+                                         "alignment": rng.choice(CHOICES), "revise": False, "seconds": 0.1})
+        state = got["state"]
+        if state["upcoming"]:  # what the page fetches ahead, as it shows the new comparison
+            for url in state["upcoming"]["left"] + state["upcoming"]["right"]:
+                call("GET", url)
+        times.append(time.perf_counter() - t)
+        if got["status"] != "stored" or not state["comparison"]:
+            break
+    con.close()
+    with lock:
+        out["open"].append(t1 - t0)
+        out["sign_in"].append(t2 - t1)
+        out["open_to_signed_in"].append(t2 - t0)
+        out["submit"].extend(times)
+        out["cast"] += len(times)
+
+
+def run_level_http(port: int, codes: list[str], n: int, votes: int, limit_s: float) -> dict:
+    import threading
+
+    out = {"open": [], "sign_in": [], "open_to_signed_in": [], "submit": [], "submit_in_page": [], "errors": [],
+           "cast": 0, "failed": []}
+    lock, start = threading.Lock(), threading.Event()
+
+    def run(k: int) -> None:
+        try:
+            http_rater(port, codes[k], votes, random.Random(k), out, lock, start)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed rater
+            with lock:
+                out["failed"].append(repr(exc)[:200])
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    start.set()
+    for t in threads:
+        t.join(max(0.0, limit_s - (time.perf_counter() - t0)))
+    out["wall_s"] = time.perf_counter() - t0
     return out
 
 
@@ -141,12 +236,80 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def pairs(studies: list[str], out: Path, seed: int) -> list[str]:
-    """A session of 60 access codes by the documented command; returns the codes."""
+def process_kind(pid: int, server: int) -> str | None:
+    """Which part of the load a process is: the server, this script, Playwright's driver, a Chromium process."""
+    if pid == server:
+        return "server"
+    if pid == os.getpid():
+        return "script"
+    try:  # Chromium rewrites its title, the arguments joined by spaces
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+    except OSError:
+        return None
+    if cmd and ("chrom" in cmd[0] or "headless_shell" in cmd[0]):
+        kind = next((c[7:] for c in cmd if c.startswith("--type=")), "browser")
+        return "chromium " + next((c[19:] for c in cmd if c.startswith("--utility-sub-type=")), kind)
+    if cmd and "node" in cmd[0] and any("playwright" in c for c in cmd):
+        return "playwright driver"
+    return None
+
+
+class CpuByProcess:
+    """Samples every process's CPU seconds twice a second while a level runs and sums the growth per kind
+    (processes that end between samples lose at most their last half second)."""
+
+    def __init__(self, server: int):
+        import threading
+
+        self.server, self.first, self.last, self.kind = server, {}, {}, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def sample(self) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            if pid not in self.kind:
+                self.kind[pid] = process_kind(pid, self.server)
+            if self.kind[pid] is None:
+                continue
+            try:
+                cpu = cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+            self.first.setdefault(pid, cpu if pid in (self.server, os.getpid()) else 0.0)
+            self.last[pid] = cpu
+
+    def loop(self) -> None:
+        while not self.stop.wait(0.5):
+            self.sample()
+
+    def __enter__(self):
+        self.sample()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sample()
+
+    def seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, cpu in self.last.items():
+            k = self.kind[pid]
+            out[k] = out.get(k, 0.0) + cpu - self.first[pid]
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def pairs(studies: list[str], out: Path, seed: int, codes: int = 60) -> list[str]:
+    """A session of `codes` access codes (60 at least) by the documented command; returns the codes."""
     env = {**os.environ, "DRAWBENCH_ORGANISER_PASSWORD": "load-test"}
     got = subprocess.run(["imagen-bench", "drawbench", "pairs", *[a for s in studies for a in ("--study", s)],
-                          "--per-set", "4", "--codes", "60", "--attention-rate", "0.05", "--seed", str(seed),
-                          "--out", str(out), "--json"], env=env, check=True, capture_output=True, text=True)
+                          "--per-set", "4", "--codes", str(max(60, codes)), "--attention-rate", "0.05",
+                          "--seed", str(seed), "--out", str(out), "--json"],
+                         env=env, check=True, capture_output=True, text=True)
     return list(json.loads(got.stdout)["codes"].values())
 
 
@@ -183,11 +346,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="image side in pixels (PNG)")
     ap.add_argument("--think", type=float, default=0.0,
                     help="mean seconds a rater looks before answering (0: as fast as the page allows)")
+    ap.add_argument("--http", action="store_true",
+                    help="raters without browsers: the page's requests from threads of this script, to see the "
+                         "server's own latency apart from the browsers' CPU")
+    ap.add_argument("--together", action="store_true",
+                    help="votes start when every rater is on their first comparison (not while others sign in)")
     ap.add_argument("--limit", type=float, default=420.0, help="seconds allowed per rater count")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
-    if max(args.raters) > MAX_RATERS or args.votes > MAX_VOTES:
-        raise SystemExit(f"at most {MAX_RATERS} raters and {MAX_VOTES} votes each")
+    if max(args.raters) > (MAX_HTTP_RATERS if args.http else MAX_RATERS) or args.votes > MAX_VOTES:
+        raise SystemExit(f"at most {MAX_RATERS} raters ({MAX_HTTP_RATERS} with --http) and {MAX_VOTES} votes each")
 
     from drawbench_fixtures import drawbench_prompts, make_study
 
@@ -200,13 +368,15 @@ def main() -> None:
                    for i in range(2)]
         for n in args.raters:
             session = tmp / f"session-{n}"
-            codes = pairs(studies, session, seed=n)
+            codes = pairs(studies, session, seed=n, codes=n)
             port = free_port()
             proc, server = serve(session, port)
             try:
                 cpu0, machine0 = cpu_seconds(server), machine_cpu_seconds()
-                got = asyncio.run(run_level(f"http://127.0.0.1:{port}", codes, n, args.votes, args.think,
-                                            args.limit))
+                with CpuByProcess(server) as by_process:
+                    url = f"http://127.0.0.1:{port}"
+                    got = run_level_http(port, codes, n, args.votes, args.limit) if args.http else \
+                        asyncio.run(run_level(url, codes, n, args.votes, args.think, args.limit, args.together))
                 got["server_cpu_s"] = cpu_seconds(server) - cpu0
                 got["machine_cpu_s"] = machine_cpu_seconds() - machine0
             finally:
@@ -216,6 +386,8 @@ def main() -> None:
             row = {"raters": n, "cast": got["cast"], "stored": stored, "second_answers": twice,
                    "server_cpu_ms_per_vote": 1000 * got["server_cpu_s"] / max(1, got["cast"]),
                    "machine_cpu_ms_per_vote": 1000 * got["machine_cpu_s"] / max(1, got["cast"]),
+                   "cpu_ms_per_vote_by_process": {k: round(1000 * v / max(1, got["cast"]))
+                                                  for k, v in by_process.seconds().items()},
                    "page_errors": len(got["errors"]), "failed_raters": got["failed"], "wall_s": got["wall_s"]}
             for key in ("submit", "submit_in_page", "open", "sign_in", "open_to_signed_in"):
                 xs = got[key]
@@ -227,8 +399,9 @@ def main() -> None:
           "| machine CPU per vote | page errors |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s, p, o, g = r["submit"], r["submit_in_page"], r["open"], r["sign_in"]
+        in_page = "no page" if p["p95"] != p["p95"] else f"{p['p95']:.2f} s"
         print(f"| {r['raters']} | {r['stored']} / {r['cast']} | {r['second_answers']} | {s['p50']:.2f} / "
-              f"{s['p95']:.2f} / {s['max']:.2f} s ({p['p95']:.2f} s) | {o['p50']:.2f} s | {g['p50']:.2f} / "
+              f"{s['p95']:.2f} / {s['max']:.2f} s ({in_page}) | {o['p50']:.2f} s | {g['p50']:.2f} / "
               f"{g['max']:.2f} s | {r['server_cpu_ms_per_vote']:.0f} ms | {r['machine_cpu_ms_per_vote']:.0f} ms | "
               f"{r['page_errors']} |")
     if args.json:
