@@ -18,6 +18,7 @@ from imagen.fileio import atomic_write
 
 HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive at this n"
 FIG_DIR = "findings"
+PARTS = {"guidance": 1, "dynamic": 2, "sr_aug": 3, "text": 4}  # results key -> finding number
 
 
 def _beats(a: dict, b: dict) -> str:
@@ -302,7 +303,7 @@ def text_figure(part: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------- the report
 
 
-def _cost(part: dict) -> str:
+def _cost(part: dict, kept: bool = False) -> str:
     extra = ""
     rows = part.get("rows") or []
     if rows and all(r.get("seconds_per_image") is not None for r in rows):
@@ -316,30 +317,92 @@ def _cost(part: dict) -> str:
                        for k, v in part["training"].items())
         extra += (f" Training, as recorded when each model was trained (a model reused from the cache costs nothing "
                  f"in this run): {tr}.")
-    return f"Cost of this run's part: {part['wall_minutes']} wall minutes, {part['cpu_minutes']} CPU minutes.{extra}"
+    which = "Cost when it was measured" if kept else "Cost of this run's part"
+    return f"{which}: {part['wall_minutes']} wall minutes, {part['cpu_minutes']} CPU minutes.{extra}"
 
 
-def write_findings(results: dict, out: str | Path, command: str) -> Path:
+def _run_info(results: dict, command: str) -> dict:
+    """Where a run's parts come from: its model, world, settings and command."""
+    return {"model": results["model"], "world": results["world"], "config": results["config"], "command": command}
+
+
+def keep_earlier(results: dict, out: Path, command: str, log=print) -> dict:
+    """The results with `provenance` per part, and the parts this run did not measure kept from OUT/findings.json
+    (with the provenance they had), so `--only 1 2` updates those findings and leaves the others as they were
+    measured. Only parts of the same world are kept; finding 2 is kept only with the finding 1 it was measured with
+    (its verdict reads finding 1's cells). An unreadable earlier file keeps nothing (said), never loses this run."""
+    results = dict(results)
+    ran = {key for key in PARTS if key in results}
+    prov = dict(results.get("provenance") or {})
+    here = _run_info(results, command)
+    for key in ran:
+        prov.setdefault(key, here)
+    src = out / "findings.json"
+    try:
+        earlier = json.loads(src.read_text(encoding="utf-8")) if src.is_file() else {}
+        before = _run_info({k: earlier.get(k) for k in ("model", "world", "config")}, earlier.get("command")) \
+            if earlier else None
+        for key in PARTS:
+            if key in ran or key not in earlier or (key == "dynamic" and "guidance" in ran):
+                continue
+            kept = (earlier.get("provenance") or {}).get(key) or before
+            if kept.get("world") != results["world"]:
+                log(f"findings: not keeping finding {PARTS[key]} of {src}: it was measured on the "
+                    f"{kept.get('world')!r} world, this run on {results['world']!r}")
+                continue
+            results[key], prov[key] = earlier[key], kept
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        log(f"findings: {src} could not be read ({exc}); the report holds this run's findings only")
+        for key in set(PARTS) - ran:
+            results.pop(key, None)
+            prov.pop(key, None)
+    results["provenance"] = prov
+    return results
+
+
+def _kept(results: dict, key: str) -> dict | None:
+    """The provenance of a part kept from an earlier run (None when this run measured it)."""
+    def same(info: dict) -> str:  # tuples and lists alike (one side may have been through JSON)
+        return json.dumps({k: info.get(k) for k in ("model", "world", "config")}, sort_keys=True, default=str)
+
+    prov = results["provenance"][key]
+    return None if same(prov) == same(results) else prov
+
+
+def _kept_line(prov: dict | None) -> list[str]:
+    if prov is None:
+        return []
+    c = prov["config"]
+    return [f"*Kept from an earlier run, not measured by this one:* model `{prov['model']}` on the `{prov['world']}` "
+            f"world, {c['n']} held-out captions per setting (seed {c['seed']}), by "
+            f"`{prov.get('command') or 'imagen-bench findings'}`.", ""]
+
+
+def write_findings(results: dict, out: str | Path, command: str, log=print) -> Path:
     """docs/findings.md (or OUT/findings.md), OUT/findings/*.png and OUT/findings.json from run_findings' dict."""
-    results = with_rows(results)
     out = Path(out)
+    results = with_rows(keep_earlier(results, out, command, log))
+    kept = {key: _kept(results, key) for key in PARTS if key in results}
+    measured = [PARTS[k] for k, v in kept.items() if v is None]
     figs = out / FIG_DIR
     figs.mkdir(parents=True, exist_ok=True)
     cfg = results["config"]
     md = [
         "# The paper's findings, measured by the harness", "",
         f"Regenerate: `{command}`", "",
-        f"Model `{results['model']}` on its world `{results['world']}`: {cfg['n']} held-out captions drawn per setting "
-        f"(seed {cfg['seed']}; {_distinct(results)} distinct, the grids keep each caption once), scored by the world's "
-        "scorer. Alignment = the share of images whose every stated "
-        "fact is right, with a 95% Wilson interval (n = the images); FID is `" + str(_first_fid(results)) + "` against clean renders "
+        f"Model `{results['model']}` on its world `{results['world']}`: {cfg['n']} held-out captions drawn per "
+        f"setting (seed {cfg['seed']}; {_distinct(results)} distinct, the grids keep each caption once), scored by "
+        "the world's scorer. Alignment = the share of images whose every stated fact is right, with a 95% Wilson "
+        "interval (n = the images); FID is `" + str(_first_fid(results)) + "` against clean renders "
         "of the same scenes (no interval: at this n it is biased upwards, so compare it between settings only).",
         "",
         "A verdict compares intervals: *holds* when ours lies on the paper's side of the comparison with "
         "non-overlapping intervals, *does not hold* when it lies on the other side, *inconclusive at this n* when "
         "they overlap.", "",
         f"Total: {results['total']['wall_minutes']} wall minutes, {results['total']['cpu_minutes']} CPU minutes "
-        "(CPU minutes count every thread of the process).", ""]
+        "(CPU minutes count every thread of the process)"
+        + (f", measuring finding{'s' if len(measured) > 1 else ''} {', '.join(map(str, measured))}; the others are "
+           "kept from earlier runs, each section says which." if len(measured) < len(kept) else "."), ""]
     verdicts = {}
     if "guidance" in results:
         part = results["guidance"]
@@ -349,6 +412,7 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
         md += ["## 1. Guidance trades fidelity against alignment", "",
                "Paper (section 4.1, Figure A.11): increasing the guidance weight improves image-text alignment and "
                "worsens fidelity (FID); the curves of CLIP score against FID bend away from each other.", "",
+               *_kept_line(kept["guidance"]),
                f"**Verdict: {v}.** Per thresholding: alignment at the lowest weight and at the best larger one, the "
                "best FID and FID at the best-alignment weight. A curve holds when its alignment gain is beyond the "
                "intervals and FID is worse there than at a lower weight.", "",
@@ -356,7 +420,7 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
                "verdict |",
                "|---|---|---|---|---|---|", *lines, "", "Every cell, per fact type (share of the images whose caption "
                "states the fact that get it right) and FID:", "", *fact_table(part), "",
-               f"![guidance]({FIG_DIR}/guidance.png)", "", _cost(part), ""]
+               f"![guidance]({FIG_DIR}/guidance.png)", "", _cost(part, kept["guidance"] is not None), ""]
     if "guidance" in results and "dynamic" in results:
         part = results["dynamic"]
         v_beat, v_p, lines = dynamic_verdict(results["guidance"], part)
@@ -366,48 +430,54 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
                "Paper (section 2.3, Figures 4 and A.11): at large guidance weights dynamic thresholding gives better "
                "photorealism and alignment than static thresholding or none; the percentile p is a setting that "
                "matters.", "",
+               *_kept_line(kept["dynamic"]),
                f"**Verdict: dynamic beats static and none: {v_beat}; the percentile matters: {v_p}.** Alignment "
                "[interval] / FID at each large weight; the dynamic column is p = 0.995 (the paper's default).", "",
                "| w | none | static | dynamic | p spread (best vs worst) | dynamic beats both |",
                "|---|---|---|---|---|---|", *lines, "", f"![percentile]({FIG_DIR}/percentile.png)", "",
-               _cost(part), ""]
+               _cost(part, kept["dynamic"] is not None), ""]
     if "sr_aug" in results:
         part = results["sr_aug"]
         v, lines = sr_verdict(part)
         verdicts[3] = v
         sr_figure(part, figs / "sr_aug.png")
         ref = part["reference_inputs"]
+        pcfg = results["provenance"]["sr_aug"]["config"]
+        base_in, oracle_in = ref["base_samples"], ref["oracle"]
         md += ["## 3. Noise-conditioning augmentation for the SR stage", "",
                "Paper (section 2.4, appendix): noise-conditioning augmentation is critical for the super-resolution "
                "stages: an SR model trained without it copes badly with the base's imperfect samples.", "",
+               *_kept_line(kept["sr_aug"]),
                f"**Verdict: {v}** (the SR trained with augmentation, at its best aug level on the base's samples, "
                "against the SR trained without it at its best level). Both SR stages were trained by "
-               f"`{cfg['sr_config']}` for {part['sr_steps']} steps; the second with `--ablation no-aug`.", "",
-               f"The inputs alone, upsampled bilinearly: the base's samples {_fmt(ref['base_samples']['alignment']['overall'])} "
-               f"(FID {ref['base_samples']['fid']:.2f}); clean low-res renders {_fmt(ref['oracle']['alignment']['overall'])} "
-               f"(FID {ref['oracle']['fid']:.2f}).", "",
-               f"The augmented SR stage was trained with levels up to noise_aug_max = {part.get('noise_aug_max', 0.3):g}"
-               "; a larger sampling level is outside its training range (and every level above 0 is outside the "
-               "unaugmented one's).", "",
+               f"`{pcfg['sr_config']}` for {part['sr_steps']} steps; the second with `--ablation no-aug`.", "",
+               f"The inputs alone, upsampled bilinearly: the base's samples {_fmt(base_in['alignment']['overall'])} "
+               f"(FID {base_in['fid']:.2f}); clean low-res renders {_fmt(oracle_in['alignment']['overall'])} "
+               f"(FID {oracle_in['fid']:.2f}).", "",
+               "The augmented SR stage was trained with levels up to noise_aug_max = "
+               f"{part.get('noise_aug_max', 0.3):g}; a larger sampling level is outside its training range (and "
+               "every level above 0 is outside the unaugmented one's).", "",
                "| SR stage | input | aug level | alignment at 64 px | FID |", "|---|---|---|---|---|", *lines, "",
-               f"![sr]({FIG_DIR}/sr_aug.png)", "", _cost(part), ""]
+               f"![sr]({FIG_DIR}/sr_aug.png)", "", _cost(part, kept["sr_aug"] is not None), ""]
     if "text" in results:
         part = results["text"]
         v_enc, v_x, lines, w = text_verdicts(part)
         verdicts[4] = f"{v_enc} (pretrained vs random encoder); {v_x} (cross-attention vs pooled)"
         text_figure(part, figs / "text.png")
+        pcfg = results["provenance"]["text"]["config"]
         md += ["## 4. Text conditioning: a pretrained encoder, and cross-attention", "",
                "Paper (section 4.4): a pretrained text encoder is what makes text-to-image alignment work, and "
                "\"text conditioning method is critical\": cross-attention on the text tokens beats a pooled text "
                "embedding alone.", "",
+               *_kept_line(kept["text"]),
                f"**Verdicts at w = {w:g}: pretrained beats random-init: {v_enc}; cross-attention beats pooled: "
-               f"{v_x}.** Three bases, each trained by `{cfg['base_config']}` for {part['base_steps']} steps "
+               f"{v_x}.** Three bases, each trained by `{pcfg['base_config']}` for {part['base_steps']} steps "
                "(the second with `--ablation random-text`, the third with `--ablation pooled-text`), sampled at the "
                "base's resolution and scored there (the scorer is 98-99% right per fact on clean renders at 32 px).",
                "", "| base | w | alignment | FID |", "|---|---|---|---|", *lines, "", f"![text]({FIG_DIR}/text.png)",
-               "", _cost(part), ""]
-    md += ["## Summary", "", "| finding | verdict |", "|---|---|",
-           *[f"| {k} | {v} |" for k, v in verdicts.items()], ""]
+               "", _cost(part, kept["text"] is not None), ""]
+    md += ["## Summary", "", "| finding | verdict | measured on |", "|---|---|---|",
+           *[f"| {k} | {v} | {_measured_on(results, kept, k)} |" for k, v in verdicts.items()], ""]
     path = out / "findings.md"
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
     atomic_write(out / "findings.json", lambda tmp: Path(tmp).write_text(json.dumps(
@@ -415,8 +485,17 @@ def write_findings(results: dict, out: str | Path, command: str) -> Path:
     return path
 
 
+def _measured_on(results: dict, kept: dict, number: int) -> str:
+    key = next(k for k, n in PARTS.items() if n == number)
+    prov = results["provenance"][key]
+    return (f"`{prov['model']}`, n = {prov['config']['n']}"
+            + ("" if kept[key] is None else " (kept from an earlier run)"))
+
+
 def _distinct(results: dict) -> str:
     for key in ("guidance", "dynamic"):
+        if key in results and _kept(results, key) is not None:
+            continue
         rows = results.get(key, {}).get("rows")
         if rows and rows[0].get("align_overall_n"):
             return str(int(rows[0]["align_overall_n"]))
@@ -425,7 +504,7 @@ def _distinct(results: dict) -> str:
 
 def _first_fid(results: dict) -> str | None:
     for key in ("guidance", "sr_aug", "text"):
-        if key in results and results[key].get("fid_metric"):
+        if key in results and results[key].get("fid_metric") and _kept(results, key) is None:
             return results[key]["fid_metric"]
     return None
 

@@ -39,7 +39,7 @@ FINDINGS = (1, 2, 3, 4)
 
 @dataclass(frozen=True)
 class FindingsConfig:
-    model: str = "shapes-hard"  # the reference cascade of findings 1-3 (its base makes finding 3's low-res inputs)
+    model: str = "shapes-hard2"  # the reference cascade of findings 1-3 (its base makes finding 3's low-res inputs)
     cache: str = "runs/findings-cache"
     n: int = 50  # held-out captions per cell
     seed: int = 0

@@ -20,13 +20,16 @@ OUT/findings/ and every number in OUT/findings.json:
 
 Findings 1-2 are grid studies (CACHE/studies/, resumable). Findings 3-4 train ablation models with the training
 configs and `imagen-bench train --ablation`'s changes into CACHE/<name>/; a model whose recipe is unchanged is
-reused, and a stopped one resumes. The report says what each part cost in wall and CPU minutes."""
+reused, and a stopped one resumes. The report says what each part cost in wall and CPU minutes.
+
+A run of some findings (--only) keeps the others from OUT/findings.json, each section labelled with the model,
+captions and command that measured it (finding 2 is kept only with the finding 1 it was measured with)."""
 
 EPILOG = """\
 examples:
   imagen-bench findings                                     # the committed run (docs/findings.md; about an hour
                                                             # on a 2-core CPU once the ablation models are cached)
-  imagen-bench findings --only 1 2 --n 50                   # the two grids only, on fewer captions
+  imagen-bench findings --only 1 2 --n 400 --seed 1       # the two grids only, on more captions (3-4 kept)
   imagen-bench findings --model runs/shapes-hard --out /tmp/f --cache /tmp/fc
   imagen-bench findings --n 4 --steps 2 --guidance 1 5 --percentiles 0.9 --aug-levels 0 0.3 \\
       --base-steps 2 --sr-steps 2 --train-n 32 --out /tmp/f --cache /tmp/fc   # a smoke run (a minute or two)
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_findings(cfg, log=log)
     command = "imagen-bench findings " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
         "findings"] else "imagen-bench findings"
-    path = write_findings(results, args.out, command)
+    path = write_findings(results, args.out, command, log)
     if args.json:
         print(json.dumps({"report": str(path), "total": results["total"]}))
     else:
@@ -83,7 +86,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("findings", help="the paper's findings measured on our own model, with verdicts",
                               description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    p.add_argument("--model", default="shapes-hard", help="shipped model or checkpoint folder (findings 1-3)")
+    p.add_argument("--model", default="shapes-hard2", help="shipped model or checkpoint folder (findings 1-3)")
     p.add_argument("--out", default="docs", help="folder for findings.md, findings.json and findings/*.png")
     p.add_argument("--cache", default="runs/findings-cache", help="grid studies and ablation models (reused)")
     p.add_argument("--only", type=int, nargs="+", default=[1, 2, 3, 4], metavar="K", help="findings to measure")

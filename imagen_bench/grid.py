@@ -104,17 +104,18 @@ def register(subparsers) -> None:
 
     qs = subparsers.add_parser(
         "quickstart", help="the main job: a guidance x thresholding grid on the shipped model, with a report",
-        description="Run bench/specs/quickstart.toml (4+ guidance weights x none/static/dynamic thresholding, "
-                    "FID, CLIP score and alignment) on the shipped shapes model, or on the untrained `tiny` preset "
-                    "when no trained model is installed, then write the report. Resumable: run it again to finish.",
+        description="Run bench/specs/quickstart.toml (5 guidance weights x none/static/dynamic thresholding, "
+                    "FID and alignment on 30 held-out captions of the hard shapes world) on the shipped shapes-hard2 "
+                    "model, or on the untrained `tiny` preset when no trained model is installed, then write the "
+                    "report with the paper's Figure A.11. Resumable: run it again to finish.",
         formatter_class=HelpFormatter,
         epilog="examples:\n  imagen-bench quickstart\n  imagen-bench quickstart --out runs/quickstart\n"
                "  imagen-bench quickstart --prompts 4 --steps 4 --out /tmp/qs   # a smaller, faster grid\n",
     )
     qs.add_argument("--out", default="imagen-bench-quickstart", help="study folder")
     qs.add_argument("--model", default=None,
-                    help="model to benchmark (default: shapes if installed, else tiny); an axis the spec leaves out "
-                         "comes from its sampler.toml")
+                    help="model to benchmark (default: shapes-hard2 if installed, else tiny); an axis the spec leaves "
+                         "out comes from its sampler.toml")
     qs.add_argument("--prompts", type=int, default=None, help="prompts per suite (smaller = faster)")
     qs.add_argument("--steps", type=int, default=None, help="sampling steps (smaller = faster)")
     qs.add_argument("--device", default="cpu", help="torch device for generation")
@@ -167,15 +168,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+QUICKSTART_MODEL = "shapes-hard2"
+
+
 def quickstart_model(requested: str | None) -> tuple[str, str | None]:
-    """(model, note): the shipped shapes model when installed, else the untrained tiny preset with a note."""
+    """(model, note): the shipped shapes-hard2 model when installed, else the untrained tiny preset with a note."""
     if requested:
         return requested, None
-    weights = Path(__file__).resolve().parents[1] / "imagen" / "weights" / "shapes"
+    weights = Path(__file__).resolve().parents[1] / "imagen" / "weights" / QUICKSTART_MODEL
     if (weights / "config.json").is_file():
-        return "shapes", None
-    return "tiny", ("note: the trained shapes model is not installed (imagen/weights/shapes); benchmarking the "
-                    "UNTRAINED `tiny` preset instead, so its images are noise and its numbers are meaningless")
+        return QUICKSTART_MODEL, None
+    return "tiny", (f"note: the trained {QUICKSTART_MODEL} model is not installed (imagen/weights/{QUICKSTART_MODEL})"
+                    "; benchmarking the UNTRAINED `tiny` preset instead, so its images are noise and its numbers "
+                    "are meaningless")
 
 
 def cmd_quickstart(args) -> int:

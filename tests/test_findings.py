@@ -15,6 +15,27 @@ from imagen_bench import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_shapes_hard2_is_shipped_small_with_its_recipe_and_the_first_models_sr_stage():
+    assert "shapes-hard2" in shipped_models()
+    folder = resolve("shapes-hard2")
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 12e6
+    assert model_world_of("shapes-hard2") == "shapes-hard"
+    recipe = tomllib.loads((ROOT / "configs" / "hard2_model.toml").read_text())
+    shipped = to_dict(read_config(folder))
+    assert shipped["text"] == recipe["text"]
+    for st, want in zip(shipped["stages"], recipe["stages"]):
+        assert {k: st["unet"][k] for k in want["unet"]} == want["unet"]
+    assert shipped["stages"][0]["unet"]["position_input"] and shipped["stages"][0]["unet"]["attn_position"]
+    # scripts/train_hard2.sh completes the cascade with shapes-hard's SR stage: the same tensors
+    from safetensors.torch import load_file
+
+    mine, theirs = load_file(folder / "sr64.safetensors"), load_file(resolve("shapes-hard") / "sr64.safetensors")
+    assert mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
+    d = sampler_defaults("shapes-hard2")
+    assert (d.sampler, d.steps, d.guidance, d.threshold) == ("ddim", 20, (3.0,), "static")
+    assert (folder / "sampler.toml").read_text() == (ROOT / "configs" / "hard2_sampler.toml").read_text()
+
+
 def test_shapes_hard_is_shipped_small_with_its_world_and_recipe():
     assert "shapes-hard" in shipped_models()
     folder = resolve("shapes-hard")
@@ -69,6 +90,23 @@ def test_findings_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("reusing") == 5 and "training" not in err.replace("reusing", "")
+    # measuring some findings keeps the others from OUT/findings.json, each labelled with the run that measured it
+    assert main(args + ["--only", "4"]) == 0
+    capsys.readouterr()
+    md = (out / "findings.md").read_text()
+    assert md.count("*Kept from an earlier run") == 3 and "the others are kept from earlier runs" in md
+    summary_rows = md.split("## Summary")[1].strip().splitlines()[2:]
+    assert [r.endswith("(kept from an earlier run) |") for r in summary_rows] == [True, True, True, False]
+    assert main(["findings", "--rewrite", "--out", str(out)]) == 0  # the write-up again keeps the labels
+    capsys.readouterr()
+    assert (out / "findings.md").read_text().count("*Kept from an earlier run") == 3
+    # finding 2 reads finding 1's cells: measuring finding 1 again drops the finding 2 of the earlier run
+    assert main(args + ["--only", "1"]) == 0
+    capsys.readouterr()
+    data = json.loads((out / "findings.json").read_text())
+    assert set(data["verdicts"]) == {"1", "3", "4"} and "dynamic" not in data
+    assert data["provenance"]["guidance"]["config"]["findings"] == [1]
+    assert data["provenance"]["text"]["config"]["findings"] == [4]
     # a cache entry of another recipe is refused, naming the folder
     (cache / "base-recipe-2" / "recipe.json").write_text(json.dumps({"key": "other"}))
     assert main(args) == 2
@@ -123,12 +161,12 @@ def test_findings_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 
 @functools.cache
-def _accuracy(sampler, n: int):
+def _accuracy(sampler, n: int, model: str = "shapes-hard"):
     from bench.metrics.alignment import accuracy_dict, alignment
     from imagen.pipeline import Pipeline
     from imagen.worlds import get_world
 
-    pipe = Pipeline.load("shapes-hard")
+    pipe = Pipeline.load(model)
     caps = get_world("shapes-hard").held_out_captions(n, 0)
     images = pipe.generate([c[0] for c in caps], list(range(n)), sampler, batch_size=25)
     return accuracy_dict(alignment(list(images), [c[1] for c in caps], [c[2] for c in caps]).accuracy)
@@ -155,3 +193,24 @@ def test_shapes_hard_guidance_beats_no_guidance_by_a_tenth():
     guided, plain = _accuracy(d, 100), _accuracy(d.given(guidance=(1.0,)), 100)
     print(json.dumps({"guided": guided, "plain": plain}))
     assert guided["overall"] >= plain["overall"] + 0.10, (guided, plain)
+
+
+@pytest.mark.slow
+def test_shapes_hard2_at_its_settings_beats_shapes_hard_at_its_own():
+    """The shipped second recipe at its sampler.toml against the first model at its own, on the same 100 held-out
+    captions (seed 0) and seeds: overall alignment (measured 0.26 against 0.07)."""
+    new = _accuracy(sampler_defaults("shapes-hard2"), 100, "shapes-hard2")
+    old = _accuracy(sampler_defaults("shapes-hard"), 100)
+    print(json.dumps({"shapes-hard2": new, "shapes-hard": old}))
+    assert new["overall"] >= old["overall"] + 0.10, (new, old)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 25's targets for the 60-minute CPU recipe: overall >= 0.40 and every "
+                   "fact type >= 0.60 at the default settings; shapes-hard2 reaches about 0.27 overall, with shape, "
+                   "count and position below 0.60 (docs/training.md, 'The 60-minute run'). Remove this mark when it "
+                   "passes.")
+def test_shapes_hard2_meets_the_issue_25_targets_at_its_default_settings():
+    guided = _accuracy(sampler_defaults("shapes-hard2"), 100, "shapes-hard2")
+    print(json.dumps({"guided": guided}))
+    assert guided["overall"] >= 0.40 and all(v >= 0.60 for k, v in guided.items() if k != "overall"), guided

@@ -7,10 +7,11 @@ on screen). The browsers run on the same machine, so the figures include their o
 Measured per rater count: opening the page (-> the sign-in form), sign-in (Start -> signed in, the instructions on
 screen), Submit -> the next comparison on screen with its inputs enabled (every vote; seen by this script, and in the
 page from the Enter key to the comparison's inputs enabled), votes cast against votes stored, page errors; afterwards
-the store is checked for a second answer to any (rater, comparison). Bounded: at most 60 raters and 50 votes each,
-and a time limit per rater count.
+the store is checked for a second answer to any (rater, comparison), and the CPU per vote of each kind of process.
+Bounded: at most 60 browser raters (400 with --http) and 50 votes each, and a time limit per rater count.
 
-    python bench/perf/rating_load.py --raters 5 10 20 40 [--votes 10] [--size 256] [--json out.json]
+    python bench/perf/rating_load.py --raters 5 10 20 40 [--votes 10] [--size 256] [--together] [--json out.json]
+    python bench/perf/rating_load.py --http --raters 40 200      # the server alone, raters without browsers
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's fake studies (real PNG files, DrawBench prompts)
 
 MAX_RATERS, MAX_VOTES = 60, 50
+IMAGEN_BENCH = (sys.executable, "-m", "imagen_bench")  # the `imagen-bench` command of this interpreter
 MAX_HTTP_RATERS = 400  # --http raters cost a thread each, not a browser
 CHOICES = ("left", "same", "right")
 CHROMIUM = "/usr/bin/chromium"
@@ -48,9 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pct(xs: list[float], q: float) -> float:
+def sec(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def pct(xs: list[float], q: float) -> float | None:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))] if xs else float("nan")
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))] if xs else None
 
 
 # In the page: the time of the last Enter key (capturing, before the page's own handler), and a promise that the
@@ -127,18 +133,34 @@ async def run_level(url: str, codes: list[str], n: int, votes: int, think: float
             t0 = time.perf_counter()
             arrived, go = [0], asyncio.Event()
 
-            async def ready() -> None:
+            def arrive() -> None:  # a rater on their first comparison, or one that failed before it
                 arrived[0] += 1
                 if arrived[0] == n:
                     out["all_signed_in_s"] = time.perf_counter() - t0
                     go.set()
-                await go.wait()
 
-            tasks = [one_rater(browser, url, codes[k], votes, think, random.Random(k), out,
-                               ready if together else None) for k in range(n)]
-            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), limit_s)
+            async def rater(k: int) -> None:
+                reached = []
+
+                async def ready() -> None:
+                    reached.append(True)
+                    arrive()
+                    await go.wait()
+
+                try:
+                    await one_rater(browser, url, codes[k], votes, think, random.Random(k), out,
+                                    ready if together else None)
+                finally:
+                    if together and not reached:
+                        arrive()
+
+            tasks = [asyncio.ensure_future(rater(k)) for k in range(n)]
+            done, pending = await asyncio.wait(tasks, timeout=limit_s)
+            for t in pending:
+                t.cancel()
             out["wall_s"] = time.perf_counter() - t0
-            out["failed"] = [repr(r)[:200] for r in results if isinstance(r, BaseException)]
+            out["failed"] = [repr(t.exception())[:200] for t in done if t.exception() is not None]
+            out["failed"] += [f"timed out after {limit_s:g} s"] * len(pending)
         finally:
             await browser.close()
     return out
@@ -170,33 +192,40 @@ def http_rater(port: int, code: str, votes: int, rng: random.Random, out: dict, 
 
     start.wait()
     t0 = time.perf_counter()
-    for path in ("/", "/assets/rate.js", "/assets/rate.css"):
-        call("GET", path)
-    call("GET", "/api/session")
-    t1 = time.perf_counter()
-    state = call("POST", "/api/sign-in", {"name": "rater", "code": code})["state"]
-    for url in state["comparison"]["left"] + state["comparison"]["right"] + state["practice"]["images"]:
-        call("GET", url)
-    t2 = time.perf_counter()
-    times = []
-    for _ in range(votes):
-        t = time.perf_counter()
-        got = call("POST", "/api/vote", {"comparison": state["comparison"]["id"], "quality": rng.choice(CHOICES),
-                                         "alignment": rng.choice(CHOICES), "revise": False, "seconds": 0.1})
-        state = got["state"]
-        if state["upcoming"]:  # what the page fetches ahead, as it shows the new comparison
-            for url in state["upcoming"]["left"] + state["upcoming"]["right"]:
-                call("GET", url)
-        times.append(time.perf_counter() - t)
-        if got["status"] != "stored" or not state["comparison"]:
-            break
-    con.close()
-    with lock:
-        out["open"].append(t1 - t0)
-        out["sign_in"].append(t2 - t1)
-        out["open_to_signed_in"].append(t2 - t0)
-        out["submit"].extend(times)
-        out["cast"] += len(times)
+    t1 = t2 = None
+    times: list[float] = []
+    try:
+        for path in ("/", "/assets/rate.js", "/assets/rate.css"):
+            call("GET", path)
+        call("GET", "/api/session")
+        t1 = time.perf_counter()
+        state = call("POST", "/api/sign-in", {"name": "rater", "code": code})["state"]
+        shown = state["comparison"]["left"] + state["comparison"]["right"] + state["practice"]["images"]
+        ahead = state["upcoming"]["left"] + state["upcoming"]["right"] if state["upcoming"] else []
+        for url in shown + ahead:  # the practice and first comparison, and the next one fetched ahead
+            call("GET", url)
+        t2 = time.perf_counter()
+        for _ in range(votes):
+            t = time.perf_counter()
+            got = call("POST", "/api/vote", {"comparison": state["comparison"]["id"], "quality": rng.choice(CHOICES),
+                                             "alignment": rng.choice(CHOICES), "revise": False, "seconds": 0.1})
+            state = got["state"]
+            if state["upcoming"]:  # what the page fetches ahead, as it shows the new comparison
+                for url in state["upcoming"]["left"] + state["upcoming"]["right"]:
+                    call("GET", url)
+            times.append(time.perf_counter() - t)
+            if got["status"] != "stored" or not state["comparison"]:
+                break
+    finally:  # what was cast counts, even when a later request failed
+        con.close()
+        with lock:
+            if t1 is not None:
+                out["open"].append(t1 - t0)
+            if t2 is not None:
+                out["sign_in"].append(t2 - t1)
+                out["open_to_signed_in"].append(t2 - t0)
+            out["submit"].extend(times)
+            out["cast"] += len(times)
 
 
 def run_level_http(port: int, codes: list[str], n: int, votes: int, limit_s: float) -> dict:
@@ -221,7 +250,9 @@ def run_level_http(port: int, codes: list[str], n: int, votes: int, limit_s: flo
     for t in threads:
         t.join(max(0.0, limit_s - (time.perf_counter() - t0)))
     out["wall_s"] = time.perf_counter() - t0
-    return out
+    with lock:  # raters still running past the limit are reported, and the figures copied as they stand
+        out["failed"] += [f"timed out after {limit_s:g} s"] * sum(t.is_alive() for t in threads)
+        return json.loads(json.dumps(out))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -306,7 +337,7 @@ class CpuByProcess:
 def pairs(studies: list[str], out: Path, seed: int, codes: int = 60) -> list[str]:
     """A session of `codes` access codes (60 at least) by the documented command; returns the codes."""
     env = {**os.environ, "DRAWBENCH_ORGANISER_PASSWORD": "load-test"}
-    got = subprocess.run(["imagen-bench", "drawbench", "pairs", *[a for s in studies for a in ("--study", s)],
+    got = subprocess.run([*IMAGEN_BENCH, "drawbench", "pairs", *[a for s in studies for a in ("--study", s)],
                           "--per-set", "4", "--codes", str(max(60, codes)), "--attention-rate", "0.05",
                           "--seed", str(seed), "--out", str(out), "--json"],
                          env=env, check=True, capture_output=True, text=True)
@@ -315,7 +346,7 @@ def pairs(studies: list[str], out: Path, seed: int, codes: int = 60) -> list[str
 
 def serve(session: Path, port: int) -> tuple[subprocess.Popen, int]:
     """`imagen-bench drawbench app SESSION` in its own process group; returns it and the server's own pid."""
-    proc = subprocess.Popen(["imagen-bench", "drawbench", "app", str(session), "--port", str(port), "--address",
+    proc = subprocess.Popen([*IMAGEN_BENCH, "drawbench", "app", str(session), "--port", str(port), "--address",
                              "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     for _ in range(300):
@@ -354,6 +385,8 @@ def main() -> None:
     ap.add_argument("--limit", type=float, default=420.0, help="seconds allowed per rater count")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    if args.http and (args.think or args.together):
+        raise SystemExit("--think and --together are for browser raters; --http raters vote as fast as they can")
     if max(args.raters) > (MAX_HTTP_RATERS if args.http else MAX_RATERS) or args.votes > MAX_VOTES:
         raise SystemExit(f"at most {MAX_RATERS} raters ({MAX_HTTP_RATERS} with --http) and {MAX_VOTES} votes each")
 
@@ -388,10 +421,11 @@ def main() -> None:
                    "machine_cpu_ms_per_vote": 1000 * got["machine_cpu_s"] / max(1, got["cast"]),
                    "cpu_ms_per_vote_by_process": {k: round(1000 * v / max(1, got["cast"]))
                                                   for k, v in by_process.seconds().items()},
-                   "page_errors": len(got["errors"]), "failed_raters": got["failed"], "wall_s": got["wall_s"]}
+                   "page_errors": len(got["errors"]), "failed_raters": got["failed"], "wall_s": got["wall_s"],
+                   "all_signed_in_s": got.get("all_signed_in_s")}
             for key in ("submit", "submit_in_page", "open", "sign_in", "open_to_signed_in"):
                 xs = got[key]
-                row[key] = {"p50": pct(xs, 0.5), "p95": pct(xs, 0.95), "max": max(xs, default=float("nan"))}
+                row[key] = {"p50": pct(xs, 0.5), "p95": pct(xs, 0.95), "max": max(xs, default=None)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| raters at once | votes stored / cast | second answers | Submit -> next comparison p50 / p95 / max "
@@ -399,10 +433,10 @@ def main() -> None:
           "| machine CPU per vote | page errors |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s, p, o, g = r["submit"], r["submit_in_page"], r["open"], r["sign_in"]
-        in_page = "no page" if p["p95"] != p["p95"] else f"{p['p95']:.2f} s"
-        print(f"| {r['raters']} | {r['stored']} / {r['cast']} | {r['second_answers']} | {s['p50']:.2f} / "
-              f"{s['p95']:.2f} / {s['max']:.2f} s ({in_page}) | {o['p50']:.2f} s | {g['p50']:.2f} / "
-              f"{g['max']:.2f} s | {r['server_cpu_ms_per_vote']:.0f} ms | {r['machine_cpu_ms_per_vote']:.0f} ms | "
+        in_page = "no page" if p["p95"] is None else f"{p['p95']:.2f} s"
+        print(f"| {r['raters']} | {r['stored']} / {r['cast']} | {r['second_answers']} | {sec(s['p50'])} / "
+              f"{sec(s['p95'])} / {sec(s['max'])} s ({in_page}) | {sec(o['p50'])} s | {sec(g['p50'])} / "
+              f"{sec(g['max'])} s | {r['server_cpu_ms_per_vote']:.0f} ms | {r['machine_cpu_ms_per_vote']:.0f} ms | "
               f"{r['page_errors']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
