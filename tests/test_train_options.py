@@ -38,8 +38,11 @@ def test_shipped_models_keep_their_config_files_and_hashes():
         folder = resolve(name)
         text = (folder / "config.json").read_text()
         assert cascade_to_json(cascade_from_json(text)) == text  # the added fields are not written at their default
-        assert "position_input" not in text and "zero_init" not in text
+        for stage in json.loads(text)["stages"]:  # an added field is there only where a model turned it on
+            assert all(stage["unet"].get(k, True) is True for k in ("position_input", "attn_position", "zero_init"))
         assert len(checkpoint_hash(folder)) == 64
+    old = [json.loads((resolve(n) / "config.json").read_text()) for n in ("shapes", "shapes-hard")]
+    assert not any(k in st["unet"] for c in old for st in c["stages"] for k in ("position_input", "zero_init"))
 
 
 def test_default_options_build_the_same_network_from_the_same_seed():
