@@ -343,9 +343,16 @@ def keep_earlier(results: dict, out: Path, command: str, log=print) -> dict:
         before = _run_info({k: earlier.get(k) for k in ("model", "world", "config")}, earlier.get("command")) \
             if earlier else None
         for key in PARTS:
-            if key in ran or key not in earlier or (key == "dynamic" and "guidance" in ran):
+            if key in ran or key not in earlier:
+                continue
+            if key == "dynamic" and "guidance" in ran:
+                log("findings: not keeping finding 2 of the earlier run: it compares with the finding 1 measured then")
                 continue
             kept = (earlier.get("provenance") or {}).get(key) or before
+            config = kept.get("config")
+            if not (isinstance(config, dict) and {"n", "seed"} <= set(config) and kept.get("model")):
+                log(f"findings: not keeping finding {PARTS[key]} of {src}: it does not say what measured it")
+                continue
             if kept.get("world") != results["world"]:
                 log(f"findings: not keeping finding {PARTS[key]} of {src}: it was measured on the "
                     f"{kept.get('world')!r} world, this run on {results['world']!r}")
@@ -499,7 +506,7 @@ def _distinct(results: dict) -> str:
         rows = results.get(key, {}).get("rows")
         if rows and rows[0].get("align_overall_n"):
             return str(int(rows[0]["align_overall_n"]))
-    return "all"
+    return "not counted"
 
 
 def _first_fid(results: dict) -> str | None:

@@ -131,12 +131,14 @@ async def run_level(url: str, codes: list[str], n: int, votes: int, think: float
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
             t0 = time.perf_counter()
-            arrived, go = [0], asyncio.Event()
+            arrived, go = [0, 0], asyncio.Event()  # raters past the barrier point: all, and those signed in
 
-            def arrive() -> None:  # a rater on their first comparison, or one that failed before it
+            def arrive(signed_in: bool) -> None:  # a rater on their first comparison, or one that failed before it
                 arrived[0] += 1
+                arrived[1] += signed_in
                 if arrived[0] == n:
-                    out["all_signed_in_s"] = time.perf_counter() - t0
+                    if arrived[1] == n:  # only a figure when every rater got there
+                        out["all_signed_in_s"] = time.perf_counter() - t0
                     go.set()
 
             async def rater(k: int) -> None:
@@ -144,7 +146,7 @@ async def run_level(url: str, codes: list[str], n: int, votes: int, think: float
 
                 async def ready() -> None:
                     reached.append(True)
-                    arrive()
+                    arrive(True)
                     await go.wait()
 
                 try:
@@ -152,14 +154,15 @@ async def run_level(url: str, codes: list[str], n: int, votes: int, think: float
                                     ready if together else None)
                 finally:
                     if together and not reached:
-                        arrive()
+                        arrive(False)
 
             tasks = [asyncio.ensure_future(rater(k)) for k in range(n)]
             done, pending = await asyncio.wait(tasks, timeout=limit_s)
             for t in pending:
                 t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             out["wall_s"] = time.perf_counter() - t0
-            out["failed"] = [repr(t.exception())[:200] for t in done if t.exception() is not None]
+            out["failed"] = [repr(t.exception())[:200] for t in done if not t.cancelled() and t.exception()]
             out["failed"] += [f"timed out after {limit_s:g} s"] * len(pending)
         finally:
             await browser.close()
@@ -190,42 +193,43 @@ def http_rater(port: int, code: str, votes: int, rng: random.Random, out: dict, 
             raise RuntimeError(f"{method} {path}: {resp.status} {raw[:200]!r}")
         return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
 
+    def record(**figures) -> None:  # each figure as it is measured, so a rater cut off keeps what it did
+        with lock:
+            for key, value in figures.items():
+                if key == "cast":
+                    out["cast"] += value
+                else:
+                    out[key].append(value)
+
     start.wait()
     t0 = time.perf_counter()
-    t1 = t2 = None
-    times: list[float] = []
     try:
         for path in ("/", "/assets/rate.js", "/assets/rate.css"):
             call("GET", path)
         call("GET", "/api/session")
         t1 = time.perf_counter()
+        record(open=t1 - t0)
         state = call("POST", "/api/sign-in", {"name": "rater", "code": code})["state"]
         shown = state["comparison"]["left"] + state["comparison"]["right"] + state["practice"]["images"]
         ahead = state["upcoming"]["left"] + state["upcoming"]["right"] if state["upcoming"] else []
         for url in shown + ahead:  # the practice and first comparison, and the next one fetched ahead
             call("GET", url)
         t2 = time.perf_counter()
+        record(sign_in=t2 - t1, open_to_signed_in=t2 - t0)
         for _ in range(votes):
             t = time.perf_counter()
+            record(cast=1)  # cast when sent, as a browser rater's vote is cast at the Enter key
             got = call("POST", "/api/vote", {"comparison": state["comparison"]["id"], "quality": rng.choice(CHOICES),
                                              "alignment": rng.choice(CHOICES), "revise": False, "seconds": 0.1})
             state = got["state"]
             if state["upcoming"]:  # what the page fetches ahead, as it shows the new comparison
                 for url in state["upcoming"]["left"] + state["upcoming"]["right"]:
                     call("GET", url)
-            times.append(time.perf_counter() - t)
+            record(submit=time.perf_counter() - t)
             if got["status"] != "stored" or not state["comparison"]:
                 break
-    finally:  # what was cast counts, even when a later request failed
+    finally:
         con.close()
-        with lock:
-            if t1 is not None:
-                out["open"].append(t1 - t0)
-            if t2 is not None:
-                out["sign_in"].append(t2 - t1)
-                out["open_to_signed_in"].append(t2 - t0)
-            out["submit"].extend(times)
-            out["cast"] += len(times)
 
 
 def run_level_http(port: int, codes: list[str], n: int, votes: int, limit_s: float) -> dict:
