@@ -121,12 +121,17 @@ async def one_rater(browser, url: str, code: str, votes: int, think: float, rng:
     await ctx.close()
 
 
+def new_figures() -> dict:
+    """One rater count's figures: seconds per rater or vote, votes cast, page errors, failed raters."""
+    return {"open": [], "sign_in": [], "open_to_signed_in": [], "submit": [], "submit_in_page": [], "errors": [],
+            "cast": 0, "failed": []}
+
+
 async def run_level(url: str, codes: list[str], n: int, votes: int, think: float, limit_s: float,
                     together: bool = False) -> dict:
     from playwright.async_api import async_playwright
 
-    out = {"open": [], "sign_in": [], "open_to_signed_in": [], "submit": [], "submit_in_page": [], "errors": [],
-           "cast": 0}
+    out = new_figures()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
@@ -235,8 +240,7 @@ def http_rater(port: int, code: str, votes: int, rng: random.Random, out: dict, 
 def run_level_http(port: int, codes: list[str], n: int, votes: int, limit_s: float) -> dict:
     import threading
 
-    out = {"open": [], "sign_in": [], "open_to_signed_in": [], "submit": [], "submit_in_page": [], "errors": [],
-           "cast": 0, "failed": []}
+    out = new_figures()
     lock, start = threading.Lock(), threading.Event()
 
     def run(k: int) -> None:
